@@ -1,0 +1,141 @@
+"""Network-wide hyperparameters: one JSON file per network, loaded into one pydantic model.
+
+Every node of a run must load the same file; its hash is part of the run id, so nodes with
+different settings write to different object namespaces and never mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "hparams"
+
+
+class HparamsError(ValueError):
+    """A hyperparameter file is missing, unreadable or invalid; the message names the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """Llama architecture built from scratch with transformers (no downloads)."""
+
+    vocab_size: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    max_seq_len: int = Field(gt=0)
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+
+
+class TrainingConfig(_Strict):
+    """The inner loop each miner runs per window (AdamW, warm-up + cosine, grad clipping)."""
+
+    inner_steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0, description="sequences per inner step")
+    seq_len: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    min_lr_ratio: float = Field(ge=0, le=1, default=0.1)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(ge=0, default=0.1)
+    warmup_steps: int = Field(ge=0, description="warm-up in inner steps, counted across windows")
+    total_steps: int = Field(gt=0, description="cosine schedule length in inner steps")
+    grad_clip: float = Field(gt=0, default=1.0)
+
+
+class CodecConfig(_Strict):
+    """SparseLoCo compression of pseudo-gradients."""
+
+    chunk_size: int = Field(gt=0, default=64, description="largest tile side; 64 → 64×64 tiles")
+    topk_per_chunk: int = Field(gt=0, default=64, description="kept values per 4096-element chunk")
+    ef_beta: float = Field(gt=0, le=1, default=0.95, description="error-feedback decay")
+    max_payload_bytes: int = Field(gt=0, description="readers refuse anything larger (HEAD first)")
+
+
+class OuterConfig(_Strict):
+    outer_lr: float = Field(gt=0, default=1.0)
+    gather_peers: int = Field(gt=0, default=20)
+    reserve_peers: int = Field(ge=0, default=10)
+
+
+class WindowConfig(_Strict):
+    blocks_per_window: int = Field(gt=0)
+    upload_slot_seconds: float = Field(gt=0, description="upload counts if LastModified is inside")
+
+
+class ScoringConfig(_Strict):
+    openskill_beta: float = Field(gt=0, default=7.0)
+    openskill_tau: float = Field(ge=0, default=0.1)
+    rating_group_size: int = Field(gt=1, default=8, description="players per Plackett-Luce match")
+    unique_ema_alpha: float = Field(gt=0, le=1, default=0.3)
+    copy_overlap_threshold: float = Field(gt=0, le=1, default=0.9)
+    eval_batches: int = Field(gt=0, default=2, description="batches per loss measurement")
+    windows_per_weights: int = Field(gt=0, default=1)
+    burn_fraction: float = Field(ge=0, le=1, default=0.5)
+    gather_tier_share: float = Field(ge=0, le=1, default=0.75)
+    reserve_decay: float = Field(gt=0, le=1, default=0.5)
+
+
+class CheckpointConfig(_Strict):
+    interval_windows: int = Field(gt=0)
+    retention_windows: int = Field(gt=0)
+
+
+class Hparams(_Strict):
+    name: str
+    seed: int = 0
+    model: ModelConfig
+    training: TrainingConfig
+    codec: CodecConfig
+    outer: OuterConfig
+    window: WindowConfig
+    scoring: ScoringConfig
+    checkpoint: CheckpointConfig
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Hparams:
+        if self.training.seq_len > self.model.max_seq_len:
+            raise ValueError("training.seq_len exceeds model.max_seq_len")
+        if self.model.hidden_size % self.model.num_heads:
+            raise ValueError("model.hidden_size must be divisible by model.num_heads")
+        if self.model.num_heads % self.model.num_kv_heads:
+            raise ValueError("model.num_heads must be divisible by model.num_kv_heads")
+        if self.checkpoint.retention_windows < 2 * self.checkpoint.interval_windows:
+            raise ValueError("checkpoint.retention_windows must be >= 2 x interval_windows")
+        return self
+
+    @property
+    def digest(self) -> str:
+        """Stable hash of the settings (canonical JSON), independent of file formatting."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.name}-{self.digest[:12]}"
+
+
+def load_hparams(name_or_path: str | Path) -> Hparams:
+    """Load a preset by name (``tiny``) or a JSON file by path; unknown keys are errors."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.json"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise HparamsError(f"hparams file not found: {path}") from exc
+    except json.JSONDecodeError as exc:
+        raise HparamsError(f"hparams file {path} is not valid JSON: {exc}") from exc
+    try:
+        return Hparams.model_validate(raw)
+    except ValidationError as exc:
+        raise HparamsError(f"hparams file {path} is invalid: {exc}") from exc
