@@ -1,0 +1,137 @@
+"""Node-local settings: CLI flags in bittensor's style, with TESSERA_* environment fallbacks.
+
+Network-wide settings live in hparams; this is only what differs per node (wallet, chain, bucket,
+device, paths). Secrets (bucket write key, read secret) come from the environment only, so they
+never appear in a process list or a shell history; they are pydantic SecretStr and never logged.
+A missing or malformed setting is a one-line ``ConfigError`` that names it, before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A node setting is missing or malformed; the message names the flag or variable."""
+
+
+class BucketConfig(BaseModel):
+    """This node's own bucket: written with the write key, read by peers with the read key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint_url: str = Field(min_length=1)
+    name: str = Field(min_length=3, max_length=63)
+    region: str = "auto"
+    write_key_id: SecretStr
+    write_secret: SecretStr
+    read_key_id: str = Field(min_length=1)
+    read_secret: SecretStr
+
+
+class NodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["miner", "validator"]
+    netuid: int = Field(ge=0)
+    wallet_name: str = "default"
+    wallet_hotkey: str = "default"
+    wallet_path: Path = Path("~/.bittensor/wallets").expanduser()
+    network: str | None = None
+    devchain: Path | None = None
+    hparams: str = "tiny"
+    bucket: BucketConfig
+    state_dir: Path
+    data_dir: Path | None = None
+    device: str = "cpu"
+    threads: int | None = Field(default=None, gt=0)
+    max_windows: int | None = Field(default=None, gt=0, description="stop after this many windows")
+    # Extra wait after an upload slot closes before gathering, to absorb clock skew between the
+    # chain's timestamps and the storage server's LastModified.
+    gather_grace_seconds: float = Field(default=0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _one_chain(self) -> NodeConfig:
+        if (self.network is None) == (self.devchain is None):
+            raise ValueError("give exactly one of --subtensor.network or --devchain")
+        return self
+
+
+# flag -> (field, help). Secrets are deliberately absent: environment only.
+_FLAGS: dict[str, tuple[str, str]] = {
+    "--netuid": ("netuid", "subnet uid"),
+    "--wallet.name": ("wallet_name", "wallet (coldkey) name"),
+    "--wallet.hotkey": ("wallet_hotkey", "hotkey name"),
+    "--wallet.path": ("wallet_path", "wallets directory"),
+    "--subtensor.network": ("network", "finney | test | local | ws://..."),
+    "--devchain": ("devchain", "path of an embedded devchain SQLite file"),
+    "--hparams": ("hparams", "preset name (tiny, 150M, ...) or path of an hparams JSON"),
+    "--bucket.endpoint": ("bucket.endpoint_url", "S3 endpoint URL of this node's bucket"),
+    "--bucket.name": ("bucket.name", "this node's bucket"),
+    "--bucket.region": ("bucket.region", "S3 region (R2: auto)"),
+    "--bucket.read-key-id": ("bucket.read_key_id", "read-only access key id committed on chain"),
+    "--state-dir": ("state_dir", "where this node keeps its state across restarts"),
+    "--data-dir": ("data_dir", "pre-tokenised shards (default: the embedded corpus)"),
+    "--device": ("device", "torch device"),
+    "--threads": ("threads", "torch CPU threads"),
+    "--max-windows": ("max_windows", "stop after this many windows"),
+}
+_SECRET_ENV = {
+    "bucket.write_key_id": "TESSERA_BUCKET_WRITE_KEY_ID",
+    "bucket.write_secret": "TESSERA_BUCKET_WRITE_SECRET",
+    "bucket.read_secret": "TESSERA_BUCKET_READ_SECRET",
+}
+
+
+def _env_name(flag: str) -> str:
+    return "TESSERA_" + flag.lstrip("-").replace(".", "_").replace("-", "_").upper()
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    for flag, (_, help_text) in _FLAGS.items():
+        parser.add_argument(flag, dest=flag, default=None, help=f"{help_text} (env {_env_name(flag)})")
+
+
+def _set(tree: dict, dotted: str, value: object) -> None:
+    head, _, rest = dotted.partition(".")
+    if rest:
+        _set(tree.setdefault(head, {}), rest, value)
+    else:
+        tree[head] = value
+
+
+def node_config_from_args(role: str, args: argparse.Namespace, env: dict[str, str] | None = None) -> NodeConfig:
+    """Merge flags (first) and TESSERA_* variables into a validated NodeConfig."""
+    env = dict(os.environ) if env is None else env
+    raw: dict = {"role": role}
+    for flag, (field, _) in _FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            value = env.get(_env_name(flag))
+        if value is not None:
+            _set(raw, field, value)
+    for field, var in _SECRET_ENV.items():
+        if var in env:
+            _set(raw, field, env[var])
+    raw.setdefault("state_dir", str(Path("~/.tessera").expanduser() / role))
+    try:
+        return NodeConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ConfigError(f"invalid node setting {where}: {first['msg']} ({_hint(where)})") from exc
+
+
+def _hint(field: str) -> str:
+    for flag, (name, _) in _FLAGS.items():
+        if name == field:
+            return f"flag {flag} or env {_env_name(flag)}"
+    for name, var in _SECRET_ENV.items():
+        if name == field:
+            return f"env {var}"
+    return "see --help"
