@@ -1,0 +1,81 @@
+"""The window's gather set, and the one outer step every node applies after the window.
+
+G(w) comes from chain state at the first block of w (stake-weighted validator weights), so
+every node derives it alone. Payloads that fail the checks any node can make are replaced by the
+next reserves in a fixed order; the survivors are aggregated and applied. The same function is
+used live (right after the upload slot closes) and when a joining node replays past windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from compression import aggregate, outer_step
+from neurons.fetch import FetchedPayload, SlotRule, fetch_many
+from neurons.peers import PeerDirectory
+from protocol.chain import Chain, Metagraph
+from protocol.clock import WindowClock
+from protocol.hparams import Hparams
+from scoring.gather import GatherSet, select_gather_set
+
+
+@dataclass
+class WindowGather:
+    window: int
+    gather_set: GatherSet
+    accepted: list[int]
+    fetched: dict[int, FetchedPayload]
+
+    @property
+    def updates(self):
+        return [self.fetched[uid].decoded.update for uid in self.accepted]
+
+
+def miner_uids(metagraph: Metagraph) -> list[int]:
+    """Miners are the neurons without a validator permit."""
+    return sorted(n.uid for n in metagraph.neurons if not n.validator_permit)
+
+
+def slot_rule(hparams: Hparams, clock: WindowClock, window: int) -> SlotRule:
+    start, _ = clock.upload_slot(window)
+    return SlotRule(
+        run_id=hparams.run_id,
+        window=window,
+        slot_start=start,
+        slot_seconds=hparams.window.upload_slot_seconds,
+        max_bytes=hparams.codec.max_payload_bytes,
+    )
+
+
+def gather_window(
+    chain: Chain,
+    clock: WindowClock,
+    peers: PeerDirectory,
+    hparams: Hparams,
+    shapes: Mapping[str, tuple[int, ...]],
+    window: int,
+    also_fetch: Iterable[int] = (),
+) -> WindowGather:
+    """Fetch G(w) and its reserves (plus ``also_fetch``, for validators) and pick who counts."""
+    at_start = chain.metagraph(clock.first_block(window))
+    peers.refresh(chain.metagraph())
+    gather_set = select_gather_set(
+        at_start, hparams.outer.gather_peers, hparams.outer.reserve_peers, candidates=miner_uids(at_start)
+    )
+    order = list(gather_set.gather) + list(gather_set.reserves)
+    extra = [uid for uid in also_fetch if uid not in order]
+    fetched = fetch_many(peers, order + extra, slot_rule(hparams, clock, window), shapes)
+    # Gather members first, then reserves in their fixed order fill any gap.
+    accepted = [uid for uid in order if fetched[uid].ok][: hparams.outer.gather_peers]
+    return WindowGather(window, gather_set, accepted, fetched)
+
+
+def apply_gather(model: torch.nn.Module, gathered: WindowGather, shapes, outer_lr: float) -> None:
+    """θ_{w+1} = θ_w − lr · aggregate(G(w)); a window with no accepted payload changes nothing."""
+    if not gathered.accepted:
+        return
+    dense = aggregate(gathered.updates, shapes)
+    outer_step(model, dense, lr=outer_lr)

@@ -1,0 +1,87 @@
+"""What the local subnet shows: a live rich table while it runs, a JSON summary at the end.
+
+Both are built only from the nodes' event logs (``events.jsonl`` per node) and the chain, the
+same things an operator can read, so the launcher needs no back channel into the nodes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from rich.table import Table
+
+from protocol.chain import Chain
+
+
+@dataclass
+class NodeLog:
+    name: str
+    role: str
+    uid: int
+    records: list[dict]
+
+
+def validator_windows(logs: list[NodeLog]) -> list[int]:
+    """Windows every validator has processed live (not replayed), in order."""
+    per_validator = [
+        {r["window"] for r in log.records if not r.get("replayed")} for log in logs if log.role == "validator"
+    ]
+    if not per_validator:
+        return []
+    return sorted(set.intersection(*per_validator))
+
+
+def chain_weights(chain: Chain, block: int) -> dict[int, float]:
+    """Stake-weighted mean of the validators' weight rows as on chain at ``block``."""
+    metagraph = chain.metagraph(block)
+    total_stake = sum(n.stake for n in metagraph.neurons if n.weights)
+    combined: dict[int, float] = defaultdict(float)
+    for n in metagraph.neurons:
+        for uid, w in n.weights.items():
+            combined[uid] += w * (n.stake / total_stake if total_stake else 0.0)
+    return {uid: round(w, 6) for uid, w in sorted(combined.items())}
+
+
+def window_summary(window: int, logs: list[NodeLog], chain: Chain | None) -> dict:
+    by_node = {log.name: _record(log, window) for log in logs}
+    vals = [r for log in logs if log.role == "validator" and (r := by_node[log.name]) is not None]
+    losses = [r["heldout_loss"] for r in vals if r.get("heldout_loss") is not None]
+    lead = vals[0] if vals else {}
+    weights_block = max((r.get("weights_block") or 0) for r in vals) if vals else 0
+    weights = chain_weights(chain, weights_block) if chain is not None and weights_block else {}
+    return {
+        "window": window,
+        "loss": sum(losses) / len(losses) if losses else None,
+        "scores": {int(k): v for k, v in lead.get("scores", {}).items()},
+        "weights": weights,
+        "payload_bytes": {int(k): v for k, v in lead.get("payload_bytes", {}).items()},
+        "rejected": {int(k): v for k, v in lead.get("rejected", {}).items()},
+        "gathered": lead.get("gathered", []),
+        "stage_seconds": lead.get("stage_seconds", {}),
+        "fingerprints": {name: r["fingerprint"] for name, r in by_node.items() if r is not None},
+    }
+
+
+def _record(log: NodeLog, window: int) -> dict | None:
+    found = [r for r in log.records if r["window"] == window]
+    return found[-1] if found else None
+
+
+def live_table(logs: list[NodeLog], miners: list[int], chain: Chain | None, last: int = 8) -> Table:
+    table = Table(title="tessera local subnet", expand=False)
+    for col in ("window", "held-out loss", *[f"miner {u} score/weight" for u in miners], "MB moved", "in step", "stage s"):
+        table.add_column(col, justify="right")
+    for window in validator_windows(logs)[-last:]:
+        s = window_summary(window, logs, chain)
+        loss = f"{s['loss']:.4f}" if s["loss"] is not None else "-"
+        cells = []
+        for uid in miners:
+            score, weight = s["scores"].get(uid), s["weights"].get(uid)
+            reason = s["rejected"].get(uid)
+            cells.append(reason or f"{score if score is not None else 0:.3f}/{weight if weight is not None else 0:.3f}")
+        moved = sum(s["payload_bytes"].values()) / 1e6
+        in_step = "yes" if len(set(s["fingerprints"].values())) == 1 else "NO"
+        stages = " ".join(f"{k[:5]}={v:.1f}" for k, v in s["stage_seconds"].items())
+        table.add_row(str(window), loss, *cells, f"{moved:.3f}", in_step, stages)
+    return table

@@ -1,0 +1,118 @@
+"""The miner: train on its own data for a window, publish the compressed drift, follow the network.
+
+Window w, top to bottom (DESIGN.md "One window, step by step"):
+  train H inner steps from θ_w → Δ = θ_w − θ_local → error feedback + compress → signed payload
+  → upload when w+1 begins (inside the slot) → gather G(w) → outer step → θ_{w+1} → fingerprint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+
+from compression import ErrorFeedbackCompressor, PayloadManifest, encode_payload
+from neurons.data import assigned_batches, open_shards
+from neurons.events import WindowRecord
+from neurons.fingerprint import model_fingerprint
+from neurons.node import Node, advance, catch_up, publish_fingerprint, start_window
+from neurons.state import save_node_state
+from neurons.train import InnerTrainer
+from protocol.keys import payload_key
+from storage import ObjectExists, StorageError
+
+log = logging.getLogger(__name__)
+
+
+class Miner:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        hp = node.hparams
+        self.shards = open_shards(node.config.data_dir, hp.model.vocab_size, node.config.state_dir.parent)
+        self.trainer = InnerTrainer(node.model, hp.training, node.config.device)
+        self.compressor = ErrorFeedbackCompressor(
+            node.shapes, chunk_size=hp.codec.chunk_size, topk_per_chunk=hp.codec.topk_per_chunk,
+            beta=hp.codec.ef_beta, device=node.config.device,
+        )
+        self.train_seconds = 0.0  # last measured, to skip a window we cannot finish in time
+
+    def run(self) -> None:
+        node = self.node
+        start_window(node)
+        ef = {k.removeprefix("ef."): v for k, v in node.extra_state.items() if k.startswith("ef.")}
+        if ef:
+            self.compressor.load_state_dict(ef)
+        done = 0
+        while not node.stop.is_set():
+            catch_up(node)
+            if node.stop.is_set():
+                break
+            self.one_window()
+            done += 1
+            if node.config.max_windows and done >= node.config.max_windows:
+                break
+
+    def one_window(self) -> None:
+        node, w = self.node, self.node.window
+        payload, loss = self.train_and_compress(w) if self.has_time_to_train(w) else (None, None)
+        uploaded = self.upload(w, payload) if payload is not None else 0
+        gathered = advance(node)
+        fp = model_fingerprint(node.model)
+        publish_fingerprint(node, w, fp, gathered.accepted)
+        extra = {f"ef.{k}": v for k, v in self.compressor.state_dict().items()}
+        save_node_state(node.state_path, node.model, node.hparams.run_id, node.window, extra)
+        node.events.append(
+            WindowRecord(node.name, "miner", node.uid, w, fp, gathered.accepted, loss=loss, uploaded_bytes=uploaded)
+        )
+        log.info("%s window %d: loss %s, uploaded %d B, gathered %s -> %s", node.name, w, loss, uploaded, gathered.accepted, fp)
+
+    def has_time_to_train(self, w: int) -> bool:
+        next_start = self.node.clock.window_start_time(w + 1)
+        return time.time() + self.train_seconds <= next_start + self.node.hparams.window.upload_slot_seconds / 2
+
+    def train_and_compress(self, w: int) -> tuple[bytes, float]:
+        node, hp = self.node, self.node.hparams
+        started = time.time()
+        base = {n: p.detach().clone() for n, p in node.model.named_parameters()}
+        batches = assigned_batches(
+            self.shards, hp.seed, node.uid, w, hp.training.inner_steps, hp.training.batch_size, hp.training.seq_len
+        )
+        stats = self.trainer.train_window(batches)
+        with torch.no_grad():
+            delta = {}
+            for name, p in node.model.named_parameters():
+                delta[name] = base[name] - p
+                p.copy_(base[name])  # back to θ_w: the outer step is applied to the shared model
+        message = self.compressor.compress(delta)
+        manifest = PayloadManifest.for_message(
+            message, run_id=hp.run_id, window=w, uid=node.uid, hotkey=node.signer.hotkey,
+            global_step=self.trainer.global_step, base_fingerprint=model_fingerprint(node.model),
+        )
+        payload = encode_payload(message, manifest, sign=node.signer.sign)
+        self.train_seconds = time.time() - started
+        return payload, stats.loss_last
+
+    def upload(self, w: int, payload: bytes) -> int:
+        """Upload once window w+1 has begun; retry inside the slot; never overwrite."""
+        node = self.node
+        slot_start, slot_end = node.clock.upload_slot(w)
+        # Storage LastModified has whole-second resolution: start at the first whole second
+        # inside the slot, so a truncated timestamp can never fall before the slot opens.
+        if not node.sleep_until(math.ceil(slot_start) + 0.05):
+            return 0
+        key = payload_key(node.hparams.run_id, w, node.uid)
+        delay = 0.25
+        while time.time() < slot_end and not node.stop.is_set():
+            try:
+                node.store.put(key, payload)
+                return len(payload)
+            except ObjectExists:
+                return 0  # uploaded before a restart: payloads are immutable
+            except StorageError as exc:
+                log.warning("%s upload for window %d failed, retrying: %s", node.name, w, exc)
+                node.stop.wait(delay)
+                delay = min(delay * 2, 2.0)
+        log.error("%s missed the upload slot of window %d", node.name, w)
+        return 0

@@ -1,0 +1,152 @@
+"""What miners and validators share: building a node from its config, and keeping θ in step.
+
+A node holds θ_w (``node.window`` = w): the model after every window before w was applied. It
+gets there by loading local state, or the newest majority-confirmed validator checkpoint, or θ0,
+and then replaying each missing window with the very same gather + outer step used live.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bittensor
+import torch
+
+from neurons.config import NodeConfig
+from neurons.events import EventLog, WindowRecord
+from neurons.fingerprint import model_fingerprint
+from neurons.gather import WindowGather, apply_gather, gather_window
+from neurons.model import build_model, param_shapes
+from neurons.peers import PeerDirectory
+from neurons.state import load_node_state
+from protocol.chain import Chain, NotRegisteredError
+from protocol.chain_factory import open_chain
+from protocol.clock import WindowClock
+from protocol.commitment import BucketCommitment
+from protocol.hparams import Hparams, load_hparams
+from protocol.keys import fingerprint_key
+from protocol.signing import HotkeySigner
+from storage import ObjectExists, ObjectStore, S3Store, StorageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    config: NodeConfig
+    hparams: Hparams
+    chain: Chain
+    signer: HotkeySigner
+    uid: int
+    clock: WindowClock
+    store: ObjectStore
+    peers: PeerDirectory
+    model: torch.nn.Module
+    shapes: dict[str, tuple[int, ...]]
+    events: EventLog
+    stop: threading.Event
+    window: int = 0
+    extra_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.role}-{self.uid}"
+
+    @property
+    def state_path(self) -> Path:
+        return self.config.state_dir / "node_state.safetensors"
+
+    def sleep_until(self, unix_time: float) -> bool:
+        """Sleep until ``unix_time``; False when asked to stop first."""
+        return not self.stop.wait(max(0.0, unix_time - time.time()))
+
+
+def build_node(config: NodeConfig, stop: threading.Event) -> Node:
+    hparams = load_hparams(config.hparams)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    chain = open_chain(config.network, str(config.devchain) if config.devchain else None, config.netuid)
+    wallet = bittensor.Wallet(name=config.wallet_name, hotkey=config.wallet_hotkey, path=str(config.wallet_path))
+    signer = HotkeySigner(wallet)
+    uid = chain.metagraph().uid_of(signer.hotkey)
+    if uid is None:
+        raise NotRegisteredError(f"hotkey {signer.hotkey} is not registered on netuid {config.netuid}")
+    bucket = config.bucket
+    store = S3Store(
+        endpoint_url=bucket.endpoint_url,
+        bucket=bucket.name,
+        access_key_id=bucket.write_key_id.get_secret_value(),
+        secret_access_key=bucket.write_secret.get_secret_value(),
+        region=bucket.region,
+    )
+    commit_bucket_if_needed(chain, signer, uid, config)
+    model = build_model(hparams.model, hparams.seed).to(config.device)
+    clock = WindowClock(chain, hparams.window.blocks_per_window, hparams.window.upload_slot_seconds)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    return Node(
+        config=config, hparams=hparams, chain=chain, signer=signer, uid=uid, clock=clock, store=store,
+        peers=PeerDirectory(chain), model=model, shapes=param_shapes(model),
+        events=EventLog(config.state_dir / "events.jsonl"), stop=stop,
+    )
+
+
+def commit_bucket_if_needed(chain: Chain, signer: HotkeySigner, uid: int, config: NodeConfig) -> None:
+    """Publish this node's read-only bucket credentials unless the chain already holds them."""
+    b = config.bucket
+    wanted = BucketCommitment(
+        endpoint_url=b.endpoint_url, bucket=b.name, region=b.region,
+        access_key_id=b.read_key_id, secret_access_key=b.read_secret.get_secret_value(),
+    ).encode()
+    if chain.commitments().get(uid) != wanted:
+        chain.commit(signer, wanted)
+        log.info("committed bucket %s for uid %d", b.name, uid)
+
+
+def start_window(node: Node) -> None:
+    """Set θ and ``node.window`` from local state if it belongs to this run, else θ0 at window 0."""
+    restored = load_node_state(node.state_path, node.model, node.hparams.run_id)
+    if restored is not None:
+        node.window, node.extra_state = restored.window, restored.extra
+        log.info("%s resumed from local state at window %d", node.name, node.window)
+        return
+    from neurons.join import join_from_checkpoint  # joining needs peers; keep import local to the slow path
+
+    node.window = join_from_checkpoint(node)
+
+
+def advance(node: Node, also_fetch: tuple[int, ...] = ()) -> WindowGather:
+    """Wait for window ``node.window``'s slot to close, gather it, apply it: θ_w → θ_{w+1}."""
+    w = node.window
+    _, slot_end = node.clock.upload_slot(w)
+    node.sleep_until(slot_end + node.config.gather_grace_seconds)
+    gathered = gather_window(node.chain, node.clock, node.peers, node.hparams, node.shapes, w, also_fetch)
+    apply_gather(node.model, gathered, node.shapes, node.hparams.outer.outer_lr)
+    node.window = w + 1
+    return gathered
+
+
+def catch_up(node: Node) -> None:
+    """Replay every window that closed before now, so θ is the network's θ for the current window."""
+    while not node.stop.is_set() and node.window < node.clock.current_window():
+        gathered = advance(node)
+        fp = model_fingerprint(node.model)
+        node.events.append(
+            WindowRecord(node.name, node.config.role, node.uid, gathered.window, fp, gathered.accepted, replayed=True)
+        )
+        log.info("%s replayed window %d (%d payloads) -> %s", node.name, gathered.window, len(gathered.accepted), fp)
+
+
+def publish_fingerprint(node: Node, window: int, fingerprint: str, accepted: list[int]) -> None:
+    """Record θ_{window+1}'s fingerprint in our bucket; others compare theirs against it."""
+    body = json.dumps({"window": window, "fingerprint": fingerprint, "gathered": accepted, "uid": node.uid})
+    try:
+        node.store.put(fingerprint_key(node.hparams.run_id, window, node.uid), body.encode())
+    except ObjectExists:
+        pass  # already published before a restart; objects are immutable
+    except StorageError as exc:
+        log.warning("%s could not publish fingerprint for window %d: %s", node.name, window, exc)
