@@ -1,0 +1,225 @@
+"""Copy detection: near-duplicate top-k index sets between uploads.
+
+A copier takes another miner's payload (this window's, or one it saw earlier, or the published
+aggregate), perhaps adds a little noise, and re-uploads it. Top-k selection makes the *set of kept
+coordinates* a strong signature: an honest miner trained on its own data keeps a visibly different
+set, while small noise on a copy barely moves it (the copied coordinates stay the largest).
+
+Each upload is reduced to a bottom-k sketch (the ``size`` smallest hashes of its global
+coordinate keys, with the sign of each kept value). Two sketches estimate the Jaccard index of the
+full sets, from which we get the *containment* of the smaller set in the larger one (so copying
+only part of a payload is caught too) and the sign agreement on shared coordinates (so a copy whose
+index set was shaken by larger noise is still caught when its values point the same way).
+Sketches are small and fixed-size, so comparing every pair of a window and a bounded memory of
+earlier windows stays cheap at any model size.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from compression.sparse import SparseUpdate
+
+# Memory source for the validator's own aggregate of a window: a "miner" that re-uploads the
+# aggregate everyone already applied is a free-rider, and its set sits inside the aggregate's.
+AGGREGATE_SOURCE = -1
+
+_U64 = np.uint64
+
+
+@dataclass(frozen=True)
+class IndexSketch:
+    """Bottom-k sketch of one upload's kept coordinates (sorted hashes, aligned value signs)."""
+
+    hashes: np.ndarray  # uint64, sorted ascending, unique
+    positive: np.ndarray  # bool, sign of the value at each hashed coordinate
+    total: int  # number of kept coordinates in the whole upload
+
+
+@dataclass(frozen=True)
+class CopyPolicy:
+    """When two sketches are called duplicates.
+
+    ``overlap`` is the containment threshold (``ScoringConfig.copy_overlap_threshold``). The
+    second rule needs less overlap but near-perfect sign agreement on it: honest peers share
+    some coordinates (the common gradient direction), but not with every sign equal.
+    """
+
+    overlap: float = 0.9
+    sign_overlap: float = 0.5
+    sign_agreement: float = 0.98
+    min_shared: int = 32  # below this many shared sketch entries the sign rule has no power
+
+
+@dataclass(frozen=True)
+class Similarity:
+    containment: float
+    sign_agreement: float
+    shared: int
+
+
+@dataclass(frozen=True)
+class Upload:
+    uid: int
+    last_modified: float  # storage LastModified (seconds); the earlier upload is the original
+    sketch: IndexSketch
+
+
+@dataclass(frozen=True)
+class CopyFinding:
+    uid: int
+    original: int  # uid of the original (or AGGREGATE_SOURCE)
+    original_window: int
+    similarity: Similarity
+
+    @property
+    def detail(self) -> str:
+        s = self.similarity
+        return (
+            f"copy of uid {self.original} window {self.original_window} "
+            f"(containment {s.containment:.2f}, sign agreement {s.sign_agreement:.2f})"
+        )
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    # A fixed, well-mixing 64-bit hash so every validator builds the same sketch.
+    with np.errstate(over="ignore"):
+        x = x + _U64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
+        return x ^ (x >> _U64(31))
+
+
+def sketch_update(update: SparseUpdate, size: int = 2048) -> IndexSketch:
+    """Reduce an update to the ``size`` smallest hashes of its (parameter, index) keys."""
+    keys, signs = [], []
+    for name in sorted(update):
+        st = update[name]
+        idx = st.indices.detach().cpu().numpy().astype(np.uint64)
+        tag = _U64(zlib.crc32(name.encode())) << _U64(32)
+        keys.append(_splitmix64(idx ^ tag))
+        signs.append(st.values.detach().cpu().numpy() > 0)
+    if not keys:
+        return IndexSketch(np.zeros(0, np.uint64), np.zeros(0, bool), 0)
+    hashes, positive = np.concatenate(keys), np.concatenate(signs)
+    total = hashes.size
+    hashes, first = np.unique(hashes, return_index=True)  # sorted; collisions are negligible
+    positive = positive[first]
+    return IndexSketch(hashes[:size].copy(), positive[:size].copy(), total)
+
+
+def similarity(a: IndexSketch, b: IndexSketch) -> Similarity:
+    """Estimate containment of the smaller set in the larger, and sign agreement where shared."""
+    if a.hashes.size == 0 or b.hashes.size == 0:
+        return Similarity(0.0, 0.0, 0)
+    k = min(a.hashes.size, b.hashes.size)
+    union_k = np.union1d(a.hashes, b.hashes)[:k]
+    in_a = np.isin(union_k, a.hashes, assume_unique=True)
+    in_b = np.isin(union_k, b.hashes, assume_unique=True)
+    both = union_k[in_a & in_b]
+    jaccard = both.size / union_k.size
+    # |A ∩ B| = J (|A| + |B|) / (1 + J); divide by the smaller set for containment
+    inter = jaccard * (a.total + b.total) / (1.0 + jaccard)
+    containment = min(1.0, inter / min(a.total, b.total))
+    if both.size == 0:
+        return Similarity(containment, 0.0, 0)
+    sa = a.positive[np.searchsorted(a.hashes, both)]
+    sb = b.positive[np.searchsorted(b.hashes, both)]
+    return Similarity(containment, float((sa == sb).mean()), int(both.size))
+
+
+def is_duplicate(s: Similarity, policy: CopyPolicy) -> bool:
+    if s.containment >= policy.overlap:
+        return True
+    return (
+        s.containment >= policy.sign_overlap
+        and s.shared >= policy.min_shared
+        and s.sign_agreement >= policy.sign_agreement
+    )
+
+
+class CopyMemory:
+    """Sketches of accepted uploads (and aggregates) from the last ``max_windows`` windows.
+
+    Kept in memory only: after a restart it refills within ``max_windows`` windows.
+    """
+
+    def __init__(self, max_windows: int = 3) -> None:
+        self.max_windows = max_windows
+        self._windows: deque[tuple[int, dict[int, IndexSketch]]] = deque()
+
+    def remember(self, window: int, sketches: Mapping[int, IndexSketch]) -> None:
+        if self._windows and self._windows[-1][0] == window:
+            self._windows[-1][1].update(sketches)
+        else:
+            self._windows.append((window, dict(sketches)))
+        while len(self._windows) > self.max_windows:
+            self._windows.popleft()
+
+    def before(self, window: int) -> Iterable[tuple[int, int, IndexSketch]]:
+        """(window, source, sketch) for every remembered upload older than ``window``."""
+        for w, sketches in self._windows:
+            if w < window:
+                for source, sk in sorted(sketches.items()):
+                    yield w, source, sk
+
+
+def find_copies(
+    window: int, uploads: Iterable[Upload], memory: CopyMemory, policy: CopyPolicy
+) -> dict[int, CopyFinding]:
+    """Flag every upload that duplicates a remembered one or an earlier upload of this window.
+
+    Within the window, duplicates are grouped transitively; the member with the earliest storage
+    LastModified (ties: lower uid) is the original, unless it too duplicates a remembered upload.
+    """
+    ups = sorted(uploads, key=lambda u: (u.last_modified, u.uid))
+    findings: dict[int, CopyFinding] = {}
+    for up in ups:
+        best = _best_remembered(window, up.sketch, memory, policy)
+        if best is not None:
+            findings[up.uid] = CopyFinding(up.uid, best[1], best[0], best[2])
+    for group in _duplicate_groups(ups, policy):
+        original = next((u for u in group if u.uid not in findings), None)
+        if original is None:
+            continue
+        for u in group:
+            if u is not original and u.uid not in findings:
+                sim = similarity(u.sketch, original.sketch)
+                findings[u.uid] = CopyFinding(u.uid, original.uid, window, sim)
+    return findings
+
+
+def _best_remembered(
+    window: int, sketch: IndexSketch, memory: CopyMemory, policy: CopyPolicy
+) -> tuple[int, int, Similarity] | None:
+    best: tuple[int, int, Similarity] | None = None
+    for w, source, old in memory.before(window):
+        sim = similarity(sketch, old)
+        if is_duplicate(sim, policy) and (best is None or sim.containment > best[2].containment):
+            best = (w, source, sim)
+    return best
+
+
+def _duplicate_groups(ups: list[Upload], policy: CopyPolicy) -> list[list[Upload]]:
+    """Connected components of the "is a duplicate of" graph, each in upload order."""
+    parent = list(range(len(ups)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(ups)):
+        for j in range(i + 1, len(ups)):
+            if is_duplicate(similarity(ups[i].sketch, ups[j].sketch), policy):
+                parent[root(j)] = root(i)
+    groups: dict[int, list[Upload]] = {}
+    for i, up in enumerate(ups):
+        groups.setdefault(root(i), []).append(up)
+    return [g for g in groups.values() if len(g) > 1]

@@ -1,0 +1,123 @@
+"""One window of Gauntlet bookkeeping: fold stage-1 verdicts and stage-2 measurements into the
+score book, rate, and turn the book into weights.
+
+The validator loop does the I/O and the measuring; this module only decides. Order per window:
+stage-1 results (faults count as evidence against the miner, excused misses only age it),
+LossScore and unique-data indicator into EMAs and decayed counts, OpenSkill ratings in groups,
+latest sync score, then final scores and weights (``scoring.weights``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from protocol.hparams import OuterConfig, ScoringConfig
+from scoring.filters import RejectReason, Stage1Result
+from scoring.lossscore import LossMeasurement, loss_score, unique_indicator
+from scoring.ratings import make_model, rate_window
+from scoring.state import MinerRecord, ScoreBook
+from scoring.weights import GatePolicy, WeightPolicy, compute_weights, final_scores
+
+# What a fault window feeds the EMAs: no improvement, and evidence against unique data.
+FAULT_LOSS_SAMPLE = 0.0
+FAULT_UNIQUE_SAMPLE = -1
+
+
+class AlreadyScoredError(ValueError):
+    """The window was already folded into the book (e.g. re-run after a restart)."""
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    window: int
+    loss_scores: dict[int, float]  # this window's LossScore per evaluated uid
+    indicators: dict[int, int]  # this window's unique-data indicator per evaluated uid
+    scores: dict[int, float]  # final scores after this window (0 = not paid)
+    weights: dict[int, float]  # what to set on chain (sums to 1, or empty)
+
+
+def _ema(old: float, sample: float, alpha: float) -> float:
+    return (1.0 - alpha) * old + alpha * sample
+
+
+def _add_evidence(rec: MinerRecord, loss: float, indicator: int, cfg: ScoringConfig) -> None:
+    a = cfg.unique_ema_alpha
+    rec.loss_ema = _ema(rec.loss_ema, loss, a)
+    rec.unique_ema = _ema(rec.unique_ema, float(indicator), a)
+    rec.unique_pos = cfg.evidence_decay * rec.unique_pos + (1.0 if indicator > 0 else 0.0)
+    rec.unique_n = cfg.evidence_decay * rec.unique_n + 1.0
+
+
+def update_book(
+    book: ScoreBook,
+    window: int,
+    hotkeys: Mapping[int, str],
+    stage1: Iterable[Stage1Result],
+    measurements: Mapping[int, LossMeasurement],
+    sync: Mapping[int, float],
+    cfg: ScoringConfig,
+    seed: str = "",
+) -> tuple[dict[int, float], dict[int, int]]:
+    """Fold window ``window`` into ``book``; returns (LossScores, indicators) of evaluated uids.
+
+    ``hotkeys`` is the full registered {uid: hotkey} map (records of others are dropped);
+    ``measurements`` holds the stage-2 result of each uid that passed stage 1; ``sync`` the
+    sync score of each uid whose fingerprint was read. ``seed`` varies the rating groups by run.
+    """
+    if book.last_window is not None and window <= book.last_window:
+        raise AlreadyScoredError(f"window {window} already scored (book at {book.last_window})")
+    book.reconcile(hotkeys)
+    scores: dict[int, float] = {}
+    indicators: dict[int, int] = {}
+    for res in stage1:
+        if res.uid not in hotkeys:
+            continue
+        rec = book.record(res.uid, hotkeys[res.uid], window)
+        if res.reason is not RejectReason.MISSING:
+            rec.last_seen_window = window
+        if res.passed and res.uid in measurements:
+            m = measurements[res.uid]
+            scores[res.uid], indicators[res.uid] = loss_score(m), unique_indicator(m)
+            _add_evidence(rec, scores[res.uid], indicators[res.uid], cfg)
+            rec.last_loss_score = scores[res.uid]
+            rec.last_evaluated_window = window
+            rec.windows_evaluated += 1
+            rec.last_reason = None
+        elif not res.passed:
+            rec.windows_rejected += 1
+            rec.last_reason = str(res.reason)
+            if res.is_fault:
+                _add_evidence(rec, FAULT_LOSS_SAMPLE, FAULT_UNIQUE_SAMPLE, cfg)
+    for uid, s in sync.items():
+        if uid in hotkeys:
+            book.record(uid, hotkeys[uid], window).sync = float(s)
+    _rate(book, scores, cfg, f"{seed}:{window}")
+    book.last_window = window
+    return scores, indicators
+
+
+def _rate(book: ScoreBook, scores: Mapping[int, float], cfg: ScoringConfig, seed: str) -> None:
+    model = make_model(cfg.openskill_beta, cfg.openskill_tau)
+    current = {u: book.records[u].rating for u in scores}
+    for uid, rating in rate_window(current, scores, model, cfg.rating_group_size, seed).items():
+        book.records[uid].set_rating(rating)
+
+
+def score_window(
+    book: ScoreBook,
+    window: int,
+    hotkeys: Mapping[int, str],
+    stage1: Iterable[Stage1Result],
+    measurements: Mapping[int, LossMeasurement],
+    sync: Mapping[int, float],
+    scoring: ScoringConfig,
+    outer: OuterConfig,
+    burn_uid: int | None = None,
+    seed: str = "",
+) -> WindowResult:
+    """``update_book`` then final scores and weights: everything a validator needs per window."""
+    loss, ind = update_book(book, window, hotkeys, stage1, measurements, sync, scoring, seed)
+    scores = final_scores(book, window, GatePolicy.from_config(scoring))
+    weights = compute_weights(scores, WeightPolicy.from_config(scoring, outer), burn_uid)
+    return WindowResult(window, loss, ind, scores, weights)

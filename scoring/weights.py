@@ -1,0 +1,140 @@
+"""From score book to weights: who has earned payment, in what order, and how much.
+
+Payment is gated on *evidence of contribution*, not on a positive rating:
+- the update lowers loss on data the miner could not know (EMA of LossScore > 0);
+- it helps the miner's own assigned data more than random data, with statistical confidence:
+  the Wilson lower bound of the (decayed) share of +1 unique-data indicators exceeds 1/2, and
+  the unique-data EMA is positive. A free-rider's indicator is a coin flip at best, so its
+  bound stays under 1/2; an honest newcomer clears it after 2–3 windows;
+- the miner is in sync and was evaluated within the last ``stale_windows`` windows.
+
+Among the eligible, the rating only *orders* payment: final score = strength(ordinal) ×
+unique EMA × sync, where strength is a softplus of the ordinal, so a fresh rating (ordinal ≈ 0)
+or a weak one (ordinal < 0) still ranks instead of zeroing an honest miner.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from protocol.hparams import OuterConfig, ScoringConfig
+from scoring.ratings import Rating
+from scoring.state import MinerRecord, ScoreBook
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    stale_windows: int = 2
+    min_sync: float = 0.5
+    evidence_z: float = 1.645
+    beta: float = 7.0  # OpenSkill beta: the scale of the ordinal
+
+    @classmethod
+    def from_config(cls, cfg: ScoringConfig) -> GatePolicy:
+        return cls(cfg.stale_windows, cfg.min_sync_score, cfg.evidence_z, cfg.openskill_beta)
+
+
+@dataclass(frozen=True)
+class WeightPolicy:
+    gather_peers: int = 20
+    reserve_peers: int = 10
+    gather_tier_share: float = 0.75
+    reserve_decay: float = 0.5
+    burn_fraction: float = 0.5
+
+    @classmethod
+    def from_config(cls, scoring: ScoringConfig, outer: OuterConfig) -> WeightPolicy:
+        return cls(
+            outer.gather_peers,
+            outer.reserve_peers,
+            scoring.gather_tier_share,
+            scoring.reserve_decay,
+            scoring.burn_fraction,
+        )
+
+
+def wilson_lower_bound(successes: float, trials: float, z: float) -> float:
+    """One-sided lower confidence bound of a success rate (works with fractional counts)."""
+    if trials <= 0:
+        return 0.0
+    p = successes / trials
+    z2 = z * z
+    centre = p + z2 / (2 * trials)
+    spread = z * math.sqrt(max(0.0, p * (1 - p) / trials + z2 / (4 * trials * trials)))
+    return (centre - spread) / (1 + z2 / trials)
+
+
+def payment_gate(rec: MinerRecord, window: int, gate: GatePolicy) -> str | None:
+    """Why ``rec`` is not paid at ``window``, or None when it has shown contribution."""
+    if rec.last_evaluated_window is None or rec.last_evaluated_window < window - gate.stale_windows:
+        return "not evaluated recently"
+    if rec.sync < gate.min_sync:
+        return "out of sync"
+    if rec.loss_ema <= 0:
+        return "no improvement on unseen data"
+    if rec.unique_ema <= 0:
+        return "unique-data EMA not positive"
+    if wilson_lower_bound(rec.unique_pos, rec.unique_n, gate.evidence_z) <= 0.5:
+        return "not enough unique-data evidence yet"
+    return None
+
+
+def rank_strength(rating: Rating, beta: float) -> float:
+    """Positive, increasing in the ordinal: ≈ ordinal when large, decays smoothly below zero."""
+    x = rating.ordinal / beta
+    return beta * (x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x)))
+
+
+def final_score(rec: MinerRecord, window: int, gate: GatePolicy) -> float:
+    if payment_gate(rec, window, gate) is not None:
+        return 0.0
+    return rank_strength(rec.rating, gate.beta) * max(0.0, rec.unique_ema) * rec.sync
+
+
+def final_scores(book: ScoreBook, window: int, gate: GatePolicy) -> dict[int, float]:
+    return {uid: final_score(rec, window, gate) for uid, rec in sorted(book.records.items())}
+
+
+def compute_weights(
+    scores: Mapping[int, float], policy: WeightPolicy, burn_uid: int | None = None
+) -> dict[int, float]:
+    """Weights summing to 1 over miners with score > 0 (and ``burn_uid``).
+
+    Ranked by score (ties: lower uid): the top ``gather_peers`` share ``gather_tier_share`` of the
+    non-burned weight on a linear ramp from 2 (first slot) to 1 (slot ``gather_peers``); the next
+    ``reserve_peers`` share the rest geometrically (×``reserve_decay`` per slot). A tier with no
+    one in it passes its share to the other. ``burn_fraction`` goes to ``burn_uid``; with
+    ``burn_uid=None`` nothing is burned (the chain normalizes weights, so withholding a share
+    is the same as not burning it). No eligible miner: everything to ``burn_uid``, or ``{}``
+    (the caller should then skip ``set_weights``).
+    """
+    ranked = sorted((u for u, s in scores.items() if s > 0 and u != burn_uid), key=lambda u: (-scores[u], u))
+    gather = ranked[: policy.gather_peers]
+    reserve = ranked[policy.gather_peers : policy.gather_peers + policy.reserve_peers]
+    if not gather:
+        return {} if burn_uid is None else {burn_uid: 1.0}
+    burn = policy.burn_fraction if burn_uid is not None else 0.0
+    pay = 1.0 - burn
+    g_share = policy.gather_tier_share if reserve else 1.0
+    out = _tier(gather, _ramp(len(gather), policy.gather_peers), pay * g_share)
+    if reserve:
+        geometric = [policy.reserve_decay**i for i in range(len(reserve))]
+        out.update(_tier(reserve, geometric, pay * (1.0 - g_share)))
+    if burn_uid is not None and burn > 0:
+        out[burn_uid] = burn
+    total = sum(out.values())
+    return {u: w / total for u, w in out.items()}  # exact sum 1 up to rounding
+
+
+def _ramp(n: int, slots: int) -> list[float]:
+    # positions on the full tier's 2 → 1 ramp, so a slot's relative pay does not depend on field size
+    if slots <= 1:
+        return [1.0] * n
+    return [2.0 - i / (slots - 1) for i in range(n)]
+
+
+def _tier(uids: list[int], shape: list[float], share: float) -> dict[int, float]:
+    total = sum(shape)
+    return {u: share * s / total for u, s in zip(uids, shape, strict=True)}
