@@ -66,7 +66,12 @@ class Chain(ABC):
 
     @abstractmethod
     def block_timestamp(self, block: int) -> float:
-        """Unix time (seconds) at which ``block`` was produced."""
+        """Unix time (seconds) at which ``block`` was produced; for a block not yet produced,
+        the time it is expected at (head timestamp + remaining blocks x block time)."""
+
+    def block_time(self) -> float:
+        """Seconds per block. Backends override; 12 s is Bittensor mainnet's slot."""
+        return 12.0
 
     @abstractmethod
     def metagraph(self, block: int | None = None) -> Metagraph:
@@ -87,3 +92,7 @@ class Chain(ABC):
     @abstractmethod
     def is_registered(self, hotkey: str) -> bool:
         """Whether ``hotkey`` holds a uid on the subnet."""
+
+    def uid_of(self, hotkey: str) -> int | None:
+        """The uid ``hotkey`` holds now, or None."""
+        return self.metagraph().uid_of(hotkey)
