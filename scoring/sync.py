@@ -1,8 +1,8 @@
 """Sync score: is a miner training on the same global model as the validator?
 
 Every node publishes a small fingerprint of θ after each window: a digest of all parameter bits
-plus the values at a few hundred fixed positions. Identical digests mean identical models (the
-aggregation is deterministic). When digests differ (another hardware class, or a node that
+(``neurons.fingerprint``) and, optionally, the values at a few hundred fixed positions. Identical
+digests mean identical models (the aggregation is deterministic). When digests differ (another hardware class, or a node that
 missed updates), the sampled values tell *how far* apart the models are, measured in typical
 per-window steps: a node one step behind is close, one that never applied the aggregate drifts
 away a little more every window.
@@ -10,7 +10,6 @@ away a little more every window.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ import torch
 
 @dataclass(frozen=True)
 class Fingerprint:
-    digest: str  # sha256 over every parameter's name, shape, dtype and raw bytes, in name order
+    digest: str  # hash of every parameter's exact bits (the caller's; equal digests = same model)
     sample: tuple[float, ...]  # values at ``sample_positions`` (flat positions over all params)
 
     def to_json(self) -> dict[str, object]:
@@ -33,40 +32,55 @@ class Fingerprint:
         return cls(digest=str(data["digest"]), sample=tuple(float(x) for x in sample))
 
 
-def _ordered(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
-    return sorted(((n, t.detach()) for n, t in named), key=lambda item: item[0])
-
-
 def sample_positions(total: int, count: int, seed: int) -> torch.Tensor:
     """``count`` fixed flat positions in [0, total), the same on every node for a given seed."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, total, (min(count, total),), generator=gen).sort().values
 
 
-def fingerprint(
+@torch.no_grad()
+def sample_values(
     named_params: Iterable[tuple[str, torch.Tensor]], count: int = 256, seed: int = 0
+) -> tuple[float, ...]:
+    """θ at ``count`` fixed positions of all parameters laid end to end in name order."""
+    params = sorted(((n, t.detach()) for n, t in named_params), key=lambda item: item[0])
+    sizes = [t.numel() for _, t in params]
+    total = sum(sizes)
+    if total == 0:
+        return ()
+    pos = sample_positions(total, count, seed)
+    bounds = torch.tensor(sizes).cumsum(0)
+    which = torch.searchsorted(bounds, pos, right=True)  # parameter holding each position
+    out = []
+    for p, k in zip(pos.tolist(), which.tolist(), strict=True):
+        offset = p - (int(bounds[k - 1]) if k else 0)
+        out.append(float(params[k][1].reshape(-1)[offset]))
+    return tuple(out)
+
+
+def fingerprint(
+    digest: str, named_params: Iterable[tuple[str, torch.Tensor]], count: int = 256, seed: int = 0
 ) -> Fingerprint:
-    params = _ordered(named_params)
-    h = hashlib.sha256()
-    flats = []
-    for name, t in params:
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        cpu = t.contiguous().cpu()
-        h.update(cpu.reshape(-1).view(torch.uint8).numpy().tobytes())
-        flats.append(cpu.reshape(-1).to(torch.float64))
-    flat = torch.cat(flats) if flats else torch.zeros(0, dtype=torch.float64)
-    pos = sample_positions(flat.numel(), count, seed) if flat.numel() else torch.zeros(0, dtype=torch.int64)
-    return Fingerprint(digest=h.hexdigest(), sample=tuple(float(x) for x in flat[pos].tolist()))
+    """``digest`` is the node's exact-bits hash (e.g. ``neurons.fingerprint.model_fingerprint``)."""
+    return Fingerprint(digest=digest, sample=sample_values(named_params, count, seed))
 
 
 def sync_score(
-    peer: Fingerprint | None, own: Fingerprint, step_scale: float, max_steps_behind: float = 3.0
+    peer: Fingerprint | str | None,
+    own: Fingerprint | str,
+    step_scale: float = 0.0,
+    max_steps_behind: float = 3.0,
 ) -> float:
     """1.0 for the same model; falls linearly to 0 at ``max_steps_behind`` typical steps away.
 
     ``step_scale`` is the mean absolute change of the sampled values over one window (the caller
-    knows it from its own last outer step). A missing or malformed fingerprint scores 0.
+    knows it from its own last outer step). A missing or malformed fingerprint scores 0. Plain
+    digest strings (no samples) give 1 on equality and 0 otherwise.
     """
+    if isinstance(peer, str) or isinstance(own, str):
+        peer_digest = peer if isinstance(peer, str) else (peer.digest if peer else None)
+        own_digest = own if isinstance(own, str) else own.digest
+        return 1.0 if peer_digest == own_digest else 0.0
     if peer is None or len(peer.sample) != len(own.sample):
         return 0.0
     if peer.digest == own.digest:

@@ -102,39 +102,42 @@ def compute_weights(
 ) -> dict[int, float]:
     """Weights summing to 1 over miners with score > 0 (and ``burn_uid``).
 
-    Ranked by score (ties: lower uid): the top ``gather_peers`` share ``gather_tier_share`` of the
-    non-burned weight on a linear ramp from 2 (first slot) to 1 (slot ``gather_peers``); the next
-    ``reserve_peers`` share the rest geometrically (×``reserve_decay`` per slot). A tier with no
-    one in it passes its share to the other. ``burn_fraction`` goes to ``burn_uid``; with
-    ``burn_uid=None`` nothing is burned (the chain normalizes weights, so withholding a share
-    is the same as not burning it). No eligible miner: everything to ``burn_uid``, or ``{}``
-    (the caller should then skip ``set_weights``).
+    Miners are ranked by score (ties: lower uid) into the slots of ``slot_weights``; only filled
+    slots are paid and their weights are scaled to the non-burned share. ``burn_fraction`` goes
+    to ``burn_uid``; with ``burn_uid=None`` nothing is burned (the chain normalizes weights, so
+    withholding a share is the same as not burning it). No eligible miner: everything to
+    ``burn_uid``, or ``{}`` (the caller should then skip ``set_weights``).
     """
     ranked = sorted((u for u, s in scores.items() if s > 0 and u != burn_uid), key=lambda u: (-scores[u], u))
-    gather = ranked[: policy.gather_peers]
-    reserve = ranked[policy.gather_peers : policy.gather_peers + policy.reserve_peers]
-    if not gather:
+    slots = slot_weights(policy)
+    paid = ranked[: len(slots)]
+    if not paid:
         return {} if burn_uid is None else {burn_uid: 1.0}
     burn = policy.burn_fraction if burn_uid is not None else 0.0
-    pay = 1.0 - burn
-    g_share = policy.gather_tier_share if reserve else 1.0
-    out = _tier(gather, _ramp(len(gather), policy.gather_peers), pay * g_share)
-    if reserve:
-        geometric = [policy.reserve_decay**i for i in range(len(reserve))]
-        out.update(_tier(reserve, geometric, pay * (1.0 - g_share)))
+    total = sum(slots[: len(paid)])
+    out = {u: (1.0 - burn) * w / total for u, w in zip(paid, slots, strict=False)}
     if burn_uid is not None and burn > 0:
         out[burn_uid] = burn
-    total = sum(out.values())
-    return {u: w / total for u, w in out.items()}  # exact sum 1 up to rounding
+    return out
 
 
-def _ramp(n: int, slots: int) -> list[float]:
-    # positions on the full tier's 2 → 1 ramp, so a slot's relative pay does not depend on field size
-    if slots <= 1:
-        return [1.0] * n
-    return [2.0 - i / (slots - 1) for i in range(n)]
+def slot_weights(policy: WeightPolicy) -> list[float]:
+    """Relative pay of each rank in a full field, non-increasing.
 
-
-def _tier(uids: list[int], shape: list[float], share: float) -> dict[int, float]:
-    total = sum(shape)
-    return {u: share * s / total for u, s in zip(uids, shape, strict=True)}
+    The reference layout: the ``gather_peers`` gather slots share ``gather_tier_share`` on a
+    linear ramp from 2 (first) to 1 (last); the ``reserve_peers`` reserve slots share the rest
+    geometrically (×``reserve_decay``). Taken literally, the first reserve slot would earn more
+    than the last gather slots (with 20 + 10 slots: 0.125 vs 0.025), rewarding a miner for
+    ranking *lower*; so each slot is capped at the slot above it. With 20 + 10 slots the reserve
+    tier then holds 0.106 against the gather tier's 0.75, i.e. 12 % of the paid weight, not 25 %.
+    """
+    g, r = policy.gather_peers, policy.reserve_peers
+    ramp = [2.0 - i / (g - 1) for i in range(g)] if g > 1 else [1.0] * g
+    geometric = [policy.reserve_decay**i for i in range(r)]
+    g_share = policy.gather_tier_share if r else 1.0
+    slots = [g_share * x / sum(ramp) for x in ramp]
+    if r:
+        slots += [(1.0 - g_share) * x / sum(geometric) for x in geometric]
+    for i in range(1, len(slots)):
+        slots[i] = min(slots[i], slots[i - 1])
+    return slots
