@@ -9,7 +9,7 @@ Each upload is reduced to a bottom-k sketch (the ``size`` smallest hashes of its
 coordinate keys, with the sign of each kept value). Two sketches estimate the Jaccard index of the
 full sets, from which we get the *containment* of the smaller set in the larger one (so copying
 only part of a payload is caught too) and the sign agreement on shared coordinates (so a copy whose
-index set was shaken by larger noise is still caught when its values point the same way).
+index set was shaken by larger noise is still caught when nearly all its values point the same way).
 Sketches are small and fixed-size, so comparing every pair of a window and a bounded memory of
 earlier windows stays cheap at any model size.
 """
@@ -46,12 +46,14 @@ class CopyPolicy:
     """When two sketches are called duplicates.
 
     ``overlap`` is the containment threshold (``ScoringConfig.copy_overlap_threshold``). The
-    second rule needs less overlap but near-perfect sign agreement on it: honest peers share
-    some coordinates (the common gradient direction), but not with every sign equal.
+    second rule accepts somewhat less overlap when the signs agree almost everywhere, for a copy
+    whose index set was shaken by noise. It stays well above honest overlap because honest peers
+    agree in sign on the coordinates they share too (those are where the common gradient
+    direction dominates): signs add evidence only on top of a large overlap.
     """
 
     overlap: float = 0.9
-    sign_overlap: float = 0.5
+    sign_overlap: float = 0.7
     sign_agreement: float = 0.98
     min_shared: int = 32  # below this many shared sketch entries the sign rule has no power
 

@@ -1,0 +1,136 @@
+import torch
+
+from compression.sparse import SparseTensor, SparseUpdate
+from scoring.copycheck import (
+    AGGREGATE_SOURCE,
+    CopyMemory,
+    CopyPolicy,
+    Upload,
+    find_copies,
+    is_duplicate,
+    similarity,
+    sketch_update,
+)
+
+SHAPES = {"a": (64, 64), "b": (128, 64)}
+POLICY = CopyPolicy(overlap=0.9)
+
+
+def topk_update(dense: dict[str, torch.Tensor], density: float = 1 / 16) -> SparseUpdate:
+    out = {}
+    for name, t in dense.items():
+        flat = t.reshape(-1)
+        k = int(flat.numel() * density)
+        idx = flat.abs().topk(k).indices.sort().values
+        out[name] = SparseTensor(tuple(t.shape), idx, flat[idx].clone())
+    return out
+
+
+def field(seed: int, shared: torch.Tensor | None = None, own_scale: float = 1.0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in SHAPES.items():
+        own = own_scale * torch.randn(shape, generator=gen)
+        out[name] = own if shared is None else own + shared[name]
+    return out
+
+
+def honest_pair() -> tuple[SparseUpdate, SparseUpdate]:
+    # both peers see a common gradient direction plus their own data's part, as honest miners do
+    common = field(0)
+    return topk_update(field(1, common)), topk_update(field(2, common))
+
+
+def noisy_copy(dense: dict[str, torch.Tensor], update: SparseUpdate, noise: float, seed: int) -> SparseUpdate:
+    """What a copier does: decode, add dense noise, re-run top-k."""
+    gen = torch.Generator().manual_seed(seed)
+    noisy = {}
+    for name, st in update.items():
+        d = st.to_dense()
+        noisy[name] = d + noise * d.abs().max() * torch.randn(d.shape, generator=gen)
+    return topk_update(noisy)
+
+
+def test_honest_peers_are_not_duplicates():
+    a, b = honest_pair()
+    sim = similarity(sketch_update(a), sketch_update(b))
+    assert 0.05 < sim.containment < 0.8  # they do share coordinates...
+    assert not is_duplicate(sim, POLICY)  # ...but not like a copy
+
+
+def test_exact_copy_is_duplicate():
+    a, _ = honest_pair()
+    sim = similarity(sketch_update(a), sketch_update(a))
+    assert sim.containment == 1.0 and sim.sign_agreement == 1.0
+
+
+def test_small_noise_copy_caught_by_overlap():
+    common = field(0)
+    dense = field(1, common)
+    a = topk_update(dense)
+    sim = similarity(sketch_update(a), sketch_update(noisy_copy(dense, a, 0.01, 5)))
+    assert sim.containment >= 0.9 and is_duplicate(sim, POLICY)
+
+
+def test_larger_noise_copy_caught_by_signs():
+    a = topk_update(field(1, field(0)))
+    copy = noisy_copy({}, a, 0.15, 6)
+    sim = similarity(sketch_update(a), sketch_update(copy))
+    assert 0.7 < sim.containment < 0.9  # the index set moved noticeably
+    assert sim.sign_agreement >= 0.98 and is_duplicate(sim, POLICY)
+
+
+def test_partial_copy_caught_by_containment():
+    a, _ = honest_pair()
+    half = {"a": a["a"]}  # only one parameter copied
+    assert is_duplicate(similarity(sketch_update(half), sketch_update(a)), POLICY)
+
+
+def test_original_is_earliest_then_lowest_uid():
+    a, b = honest_pair()
+    sa, sb = sketch_update(a), sketch_update(b)
+    ups = [Upload(7, 10.0, sa), Upload(3, 12.0, sa), Upload(5, 11.0, sa), Upload(9, 10.0, sb)]
+    found = find_copies(4, ups, CopyMemory(), POLICY)
+    assert set(found) == {3, 5}
+    assert all(f.original == 7 and f.original_window == 4 for f in found.values())
+    tie = find_copies(4, [Upload(8, 1.0, sa), Upload(2, 1.0, sa)], CopyMemory(), POLICY)
+    assert set(tie) == {8} and tie[8].original == 2
+
+
+def test_replay_of_remembered_upload_and_aggregate():
+    a, b = honest_pair()
+    memory = CopyMemory(max_windows=2)
+    memory.remember(3, {1: sketch_update(a), AGGREGATE_SOURCE: sketch_update(b)})
+    ups = [Upload(2, 0.0, sketch_update(a)), Upload(4, 0.0, sketch_update({"b": b["b"]}))]
+    found = find_copies(5, ups, memory, POLICY)
+    assert found[2].original == 1 and found[2].original_window == 3
+    assert found[4].original == AGGREGATE_SOURCE
+    assert "copy of uid 1 window 3" in found[2].detail
+    # same-window entries of memory are not "earlier"
+    assert find_copies(3, ups[:1], memory, POLICY) == {}
+
+
+def test_memory_is_bounded():
+    a, _ = honest_pair()
+    memory = CopyMemory(max_windows=2)
+    for w in range(5):
+        memory.remember(w, {w: sketch_update(a)})
+    assert sorted({w for w, _, _ in memory.before(10)}) == [3, 4]
+
+
+def test_copy_of_a_replay_is_not_made_original():
+    a, _ = honest_pair()
+    memory = CopyMemory()
+    memory.remember(1, {1: sketch_update(a)})
+    sk = sketch_update(a)
+    found = find_copies(2, [Upload(5, 1.0, sk), Upload(6, 2.0, sk)], memory, POLICY)
+    assert {f.original for f in found.values()} == {1}
+
+
+def test_sketch_is_deterministic_and_bounded():
+    a, _ = honest_pair()
+    s1, s2 = sketch_update(a, size=256), sketch_update(a, size=256)
+    assert s1.hashes.size == 256 and (s1.hashes == s2.hashes).all()
+    assert s1.total == sum(st.indices.numel() for st in a.values())
+    assert sketch_update({}).total == 0
+    assert similarity(sketch_update({}), s1).containment == 0.0
