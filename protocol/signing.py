@@ -8,10 +8,12 @@ what the metagraph publishes for each uid.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import bittensor
 from bittensor_core import KeyfileError, Keypair
+
+if TYPE_CHECKING:  # the full SDK takes ~1 s to import; only wallet creation needs it
+    import bittensor
 
 SIGNATURE_BYTES = 64  # sr25519 and ed25519 signatures are both 64 bytes
 
@@ -37,7 +39,7 @@ class HotkeySigner:
     """
 
     def __init__(self, source: bittensor.Wallet | Keypair):
-        if isinstance(source, bittensor.Wallet):
+        if not isinstance(source, Keypair):  # a Wallet: its hotkey file is read here
             try:
                 keypair = source.hotkey
             except (KeyfileError, OSError, ValueError) as exc:
@@ -85,6 +87,8 @@ def create_wallet(name: str, hotkey: str, path: str | Path, *, overwrite: bool =
 
     Existing key files are kept unless ``overwrite``; the mnemonics are not printed.
     """
+    import bittensor
+
     wallet = bittensor.Wallet(name=name, hotkey=hotkey, path=str(Path(path).expanduser()))
     if overwrite or not wallet.coldkeypub_file.exists_on_device():
         wallet.create_new_coldkey(use_password=False, overwrite=overwrite, suppress=True)
