@@ -87,7 +87,7 @@ class ScoringConfig(_Strict):
     stale_windows: int = Field(ge=0, default=2, description="paid only if evaluated this recently")
     min_sync_score: float = Field(ge=0, le=1, default=0.5)
     evidence_decay: float = Field(gt=0, lt=1, default=0.9, description="decay of unique-data counts")
-    evidence_z: float = Field(ge=0, default=1.645, description="one-sided z of the unique-data test")
+    evidence_z: float = Field(ge=0, default=2.0, description="one-sided z of the unique-data test")
     copy_memory_windows: int = Field(ge=0, default=3, description="earlier windows kept for copy checks")
 
 

@@ -28,7 +28,7 @@ from scoring.state import MinerRecord, ScoreBook
 class GatePolicy:
     stale_windows: int = 2
     min_sync: float = 0.5
-    evidence_z: float = 1.645
+    evidence_z: float = 2.0
     beta: float = 7.0  # OpenSkill beta: the scale of the ordinal
 
     @classmethod
