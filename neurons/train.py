@@ -1,0 +1,127 @@
+"""The inner loop: H AdamW steps per window on a node's own data, and a no-grad loss evaluation.
+
+The AdamW state lives as long as the trainer, across windows: the outer step changes the
+parameters in place between windows, and the moments carry over as in DiLoCo/SparseLoCo. The
+learning rate follows a warm-up + cosine schedule on the *global* inner step, which a joining
+node restores from the checkpoint manifest (``trainer.global_step = manifest.global_step``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from protocol.hparams import TrainingConfig
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    loss_first: float
+    loss_last: float
+    steps: int
+    tokens: int
+    loss_mean: float = math.nan
+    lr_last: float = math.nan
+    seconds: float = 0.0
+
+
+def lr_at(step: int, cfg: TrainingConfig) -> float:
+    """Learning rate at global inner step ``step``: linear warm-up, cosine decay to ``min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_steps = max(1, cfg.total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast only where it is fast and well supported; on CPU it would be slower and
+    # would change the numerics the tests and the CPU localnet rely on.
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=batch, labels=batch, use_cache=False).loss
+
+
+class InnerTrainer:
+    """AdamW over ``model``'s parameters; weight decay on matrices only (not on norm gains)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainingConfig, device: torch.device | str):
+        self.model = model
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.global_step = 0
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=lr_at(0, cfg),
+            betas=cfg.betas,
+            fused=self.device.type == "cuda",
+        )
+
+    def train_window(self, batches: Sequence[torch.Tensor]) -> TrainStats:
+        """One inner step per batch; returns first/last/mean loss, steps and tokens seen."""
+        if not batches:
+            raise ValueError("train_window needs at least one batch")
+        started = time.perf_counter()
+        self.model.train()
+        losses, tokens, lr = [], 0, math.nan
+        for batch in batches:
+            lr = lr_at(self.global_step, self.cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            batch = batch.to(self.device, non_blocking=True)
+            with _autocast(self.device):
+                loss = _lm_loss(self.model, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+            tokens += batch.numel()
+            self.global_step += 1
+        values = torch.stack(losses).float().cpu()  # one device sync per window, not per step
+        if not torch.isfinite(values).all():
+            raise FloatingPointError(f"non-finite training loss at global step {self.global_step}: {values.tolist()}")
+        return TrainStats(
+            loss_first=float(values[0]),
+            loss_last=float(values[-1]),
+            steps=len(batches),
+            tokens=tokens,
+            loss_mean=float(values.mean()),
+            lr_last=lr,
+            seconds=time.perf_counter() - started,
+        )
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Sequence[torch.Tensor], autocast: bool = False) -> float:
+    """Token-weighted mean next-token loss (float32 unless ``autocast``: scoring compares small deltas)."""
+    if not batches:
+        raise ValueError("evaluate needs at least one batch")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        predicted = 0
+        for batch in batches:
+            batch = batch.to(device, non_blocking=True)
+            with _autocast(device) if autocast else nullcontext():
+                loss = _lm_loss(model, batch)
+            n = batch.shape[0] * (batch.shape[1] - 1)  # next-token predictions in this batch
+            total += loss.double() * n
+            predicted += n
+        return float(total / predicted)
+    finally:
+        model.train(was_training)
