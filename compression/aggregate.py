@@ -1,0 +1,100 @@
+"""Deterministic aggregation of peers' sparse updates, the outer step, and index overlap.
+
+Order independence is made exact rather than hoped for: each peer's clip factor depends only on
+that peer and on the sorted list of norms; the clipped values are turned into 64-bit fixed point
+on a per-parameter scale (a power of two derived from the largest magnitude, an order-free
+max) and summed with integer adds, which are associative. The same payloads in any order, on
+any device, give the same bits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from compression.sparse import SparseTensor, SparseUpdate
+
+# Fixed-point headroom: |sum| <= peers * 2**_VALUE_BITS must stay below 2**62.
+_VALUE_BITS = 50
+
+
+def _median(values: torch.Tensor) -> torch.Tensor:
+    s = values.sort().values
+    n = s.numel()
+    return (s[(n - 1) // 2] + s[n // 2]) / 2
+
+
+def _clip_factors(parts: Sequence[SparseTensor]) -> torch.Tensor:
+    """Per peer min(1, median_norm / norm) in float64 (a zero norm keeps factor 1)."""
+    norms = torch.stack([p.values.to(torch.float64).norm() for p in parts])
+    med = _median(norms)
+    return torch.where(norms > med, med / norms.clamp(min=1e-300), torch.ones_like(norms))
+
+
+def _aggregate_param(parts: Sequence[SparseTensor], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    numel = math.prod(shape)
+    factors = _clip_factors(parts).to(device)
+    clipped = [p.values.to(device=device, dtype=torch.float64) * factors[i] for i, p in enumerate(parts)]
+    peak = max(float(c.abs().max().item()) if c.numel() else 0.0 for c in clipped)
+    if peak == 0.0:
+        return torch.zeros(shape, dtype=torch.float32, device=device)
+    shift = _VALUE_BITS - math.frexp(peak)[1]  # peak * 2**shift < 2**_VALUE_BITS
+    # Scaling by a power of two is exact, and below 2**53 the rounding to integers is too.
+    sums = torch.zeros(numel, dtype=torch.int64, device=device)
+    counts = torch.zeros(numel, dtype=torch.int32, device=device)
+    for p, c in zip(parts, clipped, strict=True):
+        idx = p.indices.to(device)
+        sums.index_add_(0, idx, torch.round(c * 2.0**shift).to(torch.int64))
+        counts.index_add_(0, idx, torch.ones(idx.numel(), dtype=torch.int32, device=device))
+    mean = sums.to(torch.float64).mul_(2.0**-shift).div_(counts.clamp(min=1))
+    return mean.to(torch.float32).view(shape)
+
+
+def aggregate(
+    updates: Sequence[SparseUpdate],
+    shapes: Mapping[str, tuple[int, ...]],
+    device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Dense float32 update per parameter: clip each peer to the median norm, mean where peers overlap.
+
+    Peers missing a parameter simply do not contribute to it; with no peers the update is zero.
+    """
+    if len(updates) > 2 ** (62 - _VALUE_BITS):
+        raise ValueError(f"too many peers for the fixed-point accumulator: {len(updates)}")
+    out: dict[str, torch.Tensor] = {}
+    for name, shape in shapes.items():
+        shape = tuple(int(d) for d in shape)
+        parts = [u[name] for u in updates if name in u]
+        for p in parts:
+            if tuple(p.shape) != shape:
+                raise ValueError(f"{name}: peer update shape {tuple(p.shape)} != {shape}")
+        dev = torch.device(device) if device is not None else (parts[0].values.device if parts else torch.device("cpu"))
+        if not parts:
+            out[name] = torch.zeros(shape, dtype=torch.float32, device=dev)
+            continue
+        out[name] = _aggregate_param(parts, shape, dev)
+    return out
+
+
+@torch.no_grad()
+def outer_step(params: Mapping[str, torch.Tensor] | torch.nn.Module, dense_update: Mapping[str, torch.Tensor], lr: float = 1.0) -> None:
+    """theta <- theta - lr * delta in place, for every parameter named in ``dense_update``."""
+    named = dict(params.named_parameters()) if isinstance(params, torch.nn.Module) else dict(params)
+    missing = set(dense_update) - set(named)
+    if missing:
+        raise KeyError(f"update names parameters the model lacks: {sorted(missing)[:3]}")
+    for name, delta in dense_update.items():
+        p = named[name]
+        p.sub_(delta.to(device=p.device, dtype=torch.float32).mul(lr).to(p.dtype))
+
+
+def index_overlap(a: SparseUpdate, b: SparseUpdate) -> float:
+    """Shared kept coordinates over the mean count kept (Dice): 1.0 for identical index sets."""
+    shared, total = 0, 0
+    for name in a.keys() & b.keys():
+        ia, ib = a[name].indices, b[name].indices.to(a[name].indices.device)
+        shared += int(torch.isin(ia, ib).sum().item())
+    total = sum(t.indices.numel() for t in a.values()) + sum(t.indices.numel() for t in b.values())
+    return 2.0 * shared / total if total else 0.0
