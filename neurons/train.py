@@ -59,6 +59,8 @@ class InnerTrainer:
         self.model = model
         self.cfg = cfg
         self.device = torch.device(device)
+        if any(p.device.type != self.device.type for p in model.parameters()):
+            raise ValueError(f"move the model to {self.device} before building its trainer (optimizer state lives there)")
         self.global_step = 0
         decay = [p for p in model.parameters() if p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.ndim < 2]

@@ -87,3 +87,5 @@ def test_empty_inputs_are_errors(hparams) -> None:
         InnerTrainer(model, hparams.training, "cpu").train_window([])
     with pytest.raises(ValueError):
         evaluate(model, [])
+    with pytest.raises(ValueError, match="move the model"):
+        InnerTrainer(model, hparams.training, "meta")
