@@ -28,6 +28,7 @@ class WindowRecord:
     rejected: dict[int, str] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     uploaded_bytes: int = 0
+    weights_block: int | None = None  # block at which this window's weights were set on chain
     replayed: bool = False
 
 

@@ -59,12 +59,13 @@ def _checkpoint_candidates(node, validators: list[int]) -> list[tuple[int, int]]
 
 
 def join_from_checkpoint(node) -> int:
-    """Load the best checkpoint into ``node.model`` and return its window (0 with θ0 if none)."""
+    """Load the best checkpoint into ``node.model``; return the window it holds θ for (0: θ0)."""
     metagraph = node.chain.metagraph()
     node.peers.refresh(metagraph)
     validators = [n.uid for n in metagraph.neurons if n.validator_permit and n.uid != node.uid]
+    # A checkpoint named for window w holds θ_{w+1}, which validators fingerprinted for w.
     for window, uid in _checkpoint_candidates(node, validators):
-        expected = majority_fingerprint(node, validators, window - 1)
+        expected = majority_fingerprint(node, validators, window)
         if expected is None:
             continue
         try:
@@ -74,8 +75,8 @@ def join_from_checkpoint(node) -> int:
             log.warning("checkpoint %d of validator %d unusable: %s", window, uid, exc)
             continue
         if manifest.fingerprint == expected:
-            log.info("%s joined from validator %d's checkpoint at window %d", node.name, uid, window)
-            return window
+            log.info("%s joined from validator %d's checkpoint of window %d", node.name, uid, window)
+            return window + 1
         log.warning("checkpoint %d of validator %d disagrees with the majority fingerprint", window, uid)
     fresh = build_model(node.hparams.model, node.hparams.seed).to(node.config.device)
     node.model.load_state_dict(fresh.state_dict())

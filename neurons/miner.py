@@ -14,10 +14,10 @@ import time
 import torch
 
 from compression import ErrorFeedbackCompressor, PayloadManifest, encode_payload
-from neurons.data import assigned_batches, open_shards
+from neurons.data import assigned_batches
 from neurons.events import WindowRecord
 from neurons.fingerprint import model_fingerprint
-from neurons.node import Node, advance, catch_up, publish_fingerprint, start_window
+from neurons.node import Node, advance, catch_up, open_shards, publish_fingerprint, run_node, start_window
 from neurons.state import save_node_state
 from neurons.train import InnerTrainer
 from protocol.keys import payload_key
@@ -30,7 +30,7 @@ class Miner:
     def __init__(self, node: Node) -> None:
         self.node = node
         hp = node.hparams
-        self.shards = open_shards(node.config.data_dir, hp.model.vocab_size, node.config.state_dir.parent)
+        self.shards = open_shards(node)
         self.trainer = InnerTrainer(node.model, hp.training, node.config.device)
         self.compressor = ErrorFeedbackCompressor(
             node.shapes, chunk_size=hp.codec.chunk_size, topk_per_chunk=hp.codec.topk_per_chunk,
@@ -59,6 +59,8 @@ class Miner:
         payload, loss = self.train_and_compress(w) if self.has_time_to_train(w) else (None, None)
         uploaded = self.upload(w, payload) if payload is not None else 0
         gathered = advance(node)
+        if gathered is None:
+            return
         fp = model_fingerprint(node.model)
         publish_fingerprint(node, w, fp, gathered.accepted)
         extra = {f"ef.{k}": v for k, v in self.compressor.state_dict().items()}
@@ -79,6 +81,8 @@ class Miner:
         batches = assigned_batches(
             self.shards, hp.seed, node.uid, w, hp.training.inner_steps, hp.training.batch_size, hp.training.seq_len
         )
+        # One network-wide schedule: a miner that joins late is at the same point of warm-up/cosine.
+        self.trainer.global_step = w * hp.training.inner_steps
         stats = self.trainer.train_window(batches)
         with torch.no_grad():
             delta = {}
@@ -86,9 +90,11 @@ class Miner:
                 delta[name] = base[name] - p
                 p.copy_(base[name])  # back to θ_w: the outer step is applied to the shared model
         message = self.compressor.compress(delta)
-        manifest = PayloadManifest.for_message(
-            message, run_id=hp.run_id, window=w, uid=node.uid, hotkey=node.signer.hotkey,
-            global_step=self.trainer.global_step, base_fingerprint=model_fingerprint(node.model),
+        manifest = PayloadManifest(
+            run_id=hp.run_id, window=w, uid=node.uid, hotkey=node.signer.hotkey,
+            global_step=self.trainer.global_step, codec=message.params,
+            shapes={name: list(shape) for name, shape in message.shapes.items()},
+            base_fingerprint=model_fingerprint(node.model),
         )
         payload = encode_payload(message, manifest, sign=node.signer.sign)
         self.train_seconds = time.time() - started
@@ -116,3 +122,18 @@ class Miner:
                 delay = min(delay * 2, 2.0)
         log.error("%s missed the upload slot of window %d", node.name, w)
         return 0
+
+
+def configure(parser) -> None:
+    from neurons.config import add_node_arguments
+
+    add_node_arguments(parser)
+    parser.set_defaults(func=lambda args: run_node("miner", args, Miner))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from neurons.cli import main
+
+    sys.exit(main(["miner", *sys.argv[1:]]))

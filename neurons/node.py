@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +19,13 @@ import bittensor
 import torch
 
 from neurons.config import NodeConfig
+from neurons.corpus import ensure_embedded_data
 from neurons.events import EventLog, WindowRecord
 from neurons.fingerprint import model_fingerprint
 from neurons.gather import WindowGather, apply_gather, gather_window
 from neurons.model import build_model, param_shapes
 from neurons.peers import PeerDirectory
+from neurons.shards import TokenShards
 from neurons.state import load_node_state
 from protocol.chain import Chain, NotRegisteredError
 from protocol.chain_factory import open_chain
@@ -31,7 +34,8 @@ from protocol.commitment import BucketCommitment
 from protocol.hparams import Hparams, load_hparams
 from protocol.keys import fingerprint_key
 from protocol.signing import HotkeySigner
-from storage import ObjectExists, ObjectStore, S3Store, StorageError
+from storage import ObjectExists, ObjectStore, StorageError
+from storage.s3 import S3Store
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,13 @@ def build_node(config: NodeConfig, stop: threading.Event) -> Node:
     )
 
 
+def open_shards(node: Node) -> TokenShards:
+    """The operator's shards, or the embedded corpus built (once) beside the node's state."""
+    if node.config.data_dir is not None:
+        return TokenShards(node.config.data_dir)
+    return TokenShards(ensure_embedded_data(node.config.state_dir / "data", node.hparams.model.vocab_size))
+
+
 def commit_bucket_if_needed(chain: Chain, signer: HotkeySigner, uid: int, config: NodeConfig) -> None:
     """Publish this node's read-only bucket credentials unless the chain already holds them."""
     b = config.bucket
@@ -119,14 +130,29 @@ def start_window(node: Node) -> None:
     node.window = join_from_checkpoint(node)
 
 
-def advance(node: Node, also_fetch: tuple[int, ...] = ()) -> WindowGather:
-    """Wait for window ``node.window``'s slot to close, gather it, apply it: θ_w → θ_{w+1}."""
-    w = node.window
-    _, slot_end = node.clock.upload_slot(w)
-    node.sleep_until(slot_end + node.config.gather_grace_seconds)
-    gathered = gather_window(node.chain, node.clock, node.peers, node.hparams, node.shapes, w, also_fetch)
+def wait_for_slot_close(node: Node, window: int) -> bool:
+    """Sleep until window's upload slot has closed (plus a grace); False if asked to stop."""
+    _, slot_end = node.clock.upload_slot(window)
+    return node.sleep_until(slot_end + node.config.gather_grace_seconds)
+
+
+def gather(node: Node, also_fetch: Iterable[int] = ()) -> WindowGather:
+    """Fetch and check the payloads of window ``node.window`` (G(w), reserves, ``also_fetch``)."""
+    return gather_window(node.chain, node.clock, node.peers, node.hparams, node.shapes, node.window, also_fetch)
+
+
+def apply(node: Node, gathered: WindowGather) -> None:
+    """The outer step: θ_w → θ_{w+1}."""
     apply_gather(node.model, gathered, node.shapes, node.hparams.outer.outer_lr)
-    node.window = w + 1
+    node.window = gathered.window + 1
+
+
+def advance(node: Node) -> WindowGather | None:
+    """Wait for window ``node.window``'s slot to close, gather it, apply it; None if stopped."""
+    if not wait_for_slot_close(node, node.window):
+        return None
+    gathered = gather(node)
+    apply(node, gathered)
     return gathered
 
 
@@ -134,6 +160,8 @@ def catch_up(node: Node) -> None:
     """Replay every window that closed before now, so θ is the network's θ for the current window."""
     while not node.stop.is_set() and node.window < node.clock.current_window():
         gathered = advance(node)
+        if gathered is None:
+            return
         fp = model_fingerprint(node.model)
         node.events.append(
             WindowRecord(node.name, node.config.role, node.uid, gathered.window, fp, gathered.accepted, replayed=True)
@@ -150,3 +178,23 @@ def publish_fingerprint(node: Node, window: int, fingerprint: str, accepted: lis
         pass  # already published before a restart; objects are immutable
     except StorageError as exc:
         log.warning("%s could not publish fingerprint for window %d: %s", node.name, window, exc)
+
+
+def run_node(role: str, args, runner) -> int:
+    """Validate settings, build the node, run ``runner(node).run()`` until done or signalled."""
+    import signal
+
+    from neurons.config import ConfigError, node_config_from_args
+
+    try:
+        config = node_config_from_args(role, args)
+    except ConfigError as exc:
+        print(f"tessera {role}: {exc}")
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node = build_node(config, stop)
+    runner(node).run()
+    log.info("%s stopped at window %d", node.name, node.window)
+    return 0

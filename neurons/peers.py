@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from protocol.chain import Chain, Metagraph
 from protocol.commitment import BucketCommitment, CommitmentError
-from storage import ObjectStore, S3Store
+from storage import ObjectStore
+from storage.s3 import S3Store
 
 log = logging.getLogger(__name__)
 

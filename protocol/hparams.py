@@ -81,6 +81,7 @@ class ScoringConfig(_Strict):
     eval_batches: int = Field(gt=0, default=2, description="batches per loss measurement")
     windows_per_weights: int = Field(gt=0, default=1)
     burn_fraction: float = Field(ge=0, le=1, default=0.5)
+    burn_uid: int | None = Field(ge=0, default=0, description="receives the burned share (subnet owner)")
     gather_tier_share: float = Field(ge=0, le=1, default=0.75)
     reserve_decay: float = Field(gt=0, le=1, default=0.5)
     # payment gates (scoring.weights): evidence of contribution, not just a positive ordinal

@@ -1,0 +1,214 @@
+"""``tessera localnet``: a whole subnet on one machine, every node its own OS process.
+
+Set-up, all offline: wallets, a devchain file (owner uid 0, validators staked, miners), the
+embedded corpus and tokenizer, and a real S3 server (SeaweedFS) on loopback with one bucket and
+a read-write + read-only key pair per node. Then the nodes run as ``tessera miner|validator``
+processes exactly as an operator would start them; this launcher only watches their event logs
+and the chain, draws the live table, stops everyone at the end (or on Ctrl-C) and writes the
+JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+
+from neurons.corpus import ensure_embedded_data
+from neurons.events import read_records
+from neurons.localnet_view import NodeLog, live_table, validator_windows, window_summary
+from neurons.model import build_model
+from protocol.devchain import DevChain
+from protocol.hparams import load_hparams
+from protocol.signing import HotkeySigner, create_wallet
+from storage.seaweedfs import READ_ONLY, READ_WRITE, Identity, SeaweedServer
+
+NETUID = 1
+VALIDATOR_STAKE = 1000.0
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    role: str
+    uid: int
+    bucket: str
+    writer: Identity
+    reader: Identity
+    start_window: int = 0  # for late joiners: start once the chain reaches this window
+    process: subprocess.Popen | None = None
+
+    @property
+    def state_dir_name(self) -> str:
+        return self.name
+
+
+def _register(chain: DevChain, wallets: Path, name: str, stake: float) -> int:
+    wallet = create_wallet(name, "default", wallets)
+    return chain.register(HotkeySigner(wallet), wallet.coldkeypub.ss58_address, stake=stake)
+
+
+def plan_network(workdir: Path, miners: int, validators: int, block_time: float) -> tuple[DevChain, list[NodeSpec]]:
+    """Create the devchain and register owner, validators and miners (in that uid order)."""
+    chain = DevChain.create(workdir / "chain.sqlite", netuid=NETUID, block_time=block_time)
+    wallets = workdir / "wallets"
+    _register(chain, wallets, "owner", 0.0)  # uid 0: the subnet owner, where burned weight goes
+    specs = []
+    for role, count, stake in (("validator", validators, VALIDATOR_STAKE), ("miner", miners, 0.0)):
+        for i in range(count):
+            name = f"{role}-{i}"
+            uid = _register(chain, wallets, name, stake)
+            bucket = f"tsr-{role[0]}{i}"
+            specs.append(
+                NodeSpec(
+                    name, role, uid, bucket,
+                    writer=Identity.generate(f"{name}-rw", READ_WRITE, [bucket]),
+                    reader=Identity.generate(f"{name}-ro", READ_ONLY, [bucket]),
+                )
+            )
+    return chain, specs
+
+
+def node_command(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, data_dir: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "neurons.cli", spec.role,
+        "--netuid", str(NETUID), "--devchain", str(workdir / "chain.sqlite"),
+        "--wallet.name", spec.name, "--wallet.hotkey", "default", "--wallet.path", str(workdir / "wallets"),
+        "--hparams", hparams, "--bucket.endpoint", endpoint, "--bucket.name", spec.bucket,
+        "--bucket.region", "us-east-1", "--bucket.read-key-id", spec.reader.access_key,
+        "--state-dir", str(workdir / "nodes" / spec.name), "--data-dir", str(data_dir), "--threads", "1",
+    ]
+
+
+def start_node(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, data_dir: Path) -> None:
+    env = dict(os.environ)
+    env.update(
+        TESSERA_BUCKET_WRITE_KEY_ID=spec.writer.access_key,
+        TESSERA_BUCKET_WRITE_SECRET=spec.writer.secret_key,
+        TESSERA_BUCKET_READ_SECRET=spec.reader.secret_key,
+        OMP_NUM_THREADS="1",
+    )
+    log = (workdir / "logs" / f"{spec.name}.log").open("ab")
+    spec.process = subprocess.Popen(
+        node_command(spec, workdir, endpoint, hparams, data_dir), env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def stop_nodes(specs: list[NodeSpec], grace: float = 15.0) -> None:
+    running = [s.process for s in specs if s.process is not None and s.process.poll() is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def node_logs(specs: list[NodeSpec], workdir: Path) -> list[NodeLog]:
+    return [
+        NodeLog(s.name, s.role, s.uid, read_records(workdir / "nodes" / s.name / "events.jsonl")) for s in specs
+    ]
+
+
+def build_summary(specs: list[NodeSpec], workdir: Path, chain: DevChain, hparams_name: str, windows: int) -> dict:
+    hp = load_hparams(hparams_name)
+    params = sum(p.numel() for p in build_model(hp.model, hp.seed).parameters())
+    logs = node_logs(specs, workdir)
+    done = validator_windows(logs)[:windows]
+    return {
+        "run_id": hp.run_id,
+        "miners": [s.uid for s in specs if s.role == "miner"],
+        "validators": [s.uid for s in specs if s.role == "validator"],
+        "dense_fp32_bytes": 4 * params,
+        "windows": [window_summary(w, logs, chain) for w in done],
+    }
+
+
+def _crashed(specs: list[NodeSpec]) -> list[str]:
+    return [f"{s.name} (exit {s.process.returncode})" for s in specs if s.process and s.process.poll() is not None]
+
+
+def watch(specs, workdir, chain, args, endpoint, data_dir, console) -> str:
+    """Start late joiners on time, redraw the table, and say why we stopped."""
+    miners = [s.uid for s in specs if s.role == "miner"]
+    blocks_per_window = load_hparams(args.hparams).window.blocks_per_window
+    with Live(console=console, refresh_per_second=1, transient=False) as live:
+        while True:
+            window = chain.block() // blocks_per_window
+            for s in specs:
+                if s.process is None and window >= s.start_window:
+                    start_node(s, workdir, endpoint, args.hparams, data_dir)
+            logs = node_logs(specs, workdir)
+            live.update(live_table(logs, miners, chain))
+            if len(validator_windows(logs)) >= args.windows:
+                return "done"
+            if crashed := _crashed(specs):
+                return "node exited early: " + ", ".join(crashed)
+            time.sleep(1.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    workdir = Path(args.workdir or f".tessera/localnet-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    hp = load_hparams(args.hparams)
+    console.print(f"[bold]tessera localnet[/] {args.miners} miners, {args.validators} validators, run {hp.run_id}")
+    console.print(f"work dir {workdir}")
+    data_dir = ensure_embedded_data(workdir.parent / "data-cache", hp.model.vocab_size)
+    chain, specs = plan_network(workdir, args.miners, args.validators, args.block_time)
+    first = chain.block() // hp.window.blocks_per_window
+    for s in [s for s in specs if s.role == "miner"][args.miners - args.late_miners :]:
+        s.start_window = first + args.late_by
+    identities = [i for s in specs for i in (s.writer, s.reader)]
+    outcome = "interrupted"
+    with SeaweedServer(workdir / "s3", identities) as s3:
+        try:
+            outcome = watch(specs, workdir, chain, args, s3.endpoint_url, data_dir, console)
+        except KeyboardInterrupt:
+            outcome = "interrupted (Ctrl-C)"
+        finally:
+            stop_nodes(specs)
+    summary = build_summary(specs, workdir, chain, args.hparams, args.windows)
+    summary["outcome"] = outcome
+    out = Path(args.json_out) if args.json_out else workdir / "summary.json"
+    out.write_text(json.dumps(summary, indent=1, sort_keys=True))
+    _report(console, summary, out)
+    return 0 if outcome == "done" else 1
+
+
+def _report(console: Console, summary: dict, out: Path) -> None:
+    windows = summary["windows"]
+    if len(windows) >= 2 and windows[0]["loss"] and windows[-1]["loss"]:
+        first, last = windows[0]["loss"], windows[-1]["loss"]
+        console.print(f"held-out loss {first:.4f} -> {last:.4f} ({100 * (first - last) / first:.1f}% lower)")
+    sizes = [b for w in windows for b in w["payload_bytes"].values()]
+    if sizes:
+        ratio = summary["dense_fp32_bytes"] / max(sizes)
+        console.print(f"largest payload {max(sizes)} B = 1/{math.floor(ratio)} of dense fp32")
+    console.print(f"outcome: {summary['outcome']}; summary written to {out}")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--miners", type=int, default=3)
+    parser.add_argument("--validators", type=int, default=1)
+    parser.add_argument("--windows", type=int, default=6, help="windows the validators must score")
+    parser.add_argument("--hparams", default="tiny")
+    parser.add_argument("--block-time", type=float, default=1.0, help="devchain seconds per block")
+    parser.add_argument("--late-miners", type=int, default=0, help="how many of the miners start late")
+    parser.add_argument("--late-by", type=int, default=2, help="windows the late miners wait")
+    parser.add_argument("--workdir", default=None, help="default .tessera/localnet-<time>")
+    parser.add_argument("--json-out", default=None, help="summary JSON path (default <workdir>/summary.json)")
+    parser.set_defaults(func=run)

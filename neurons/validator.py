@@ -1,0 +1,203 @@
+"""The validator: follow the network like a miner, and judge every miner's payload each window.
+
+Window w, evaluated while w+1 runs (DESIGN.md "Validator, for window w"):
+  wait for w's upload slot to close → fetch every registered miner's payload (stage 1: on time,
+  size, decodes, signature, manifest, in sync, not a copy) → stage 2 for every candidate that
+  passed (its update alone on θ_w: loss on its own data and on data it could not predict) →
+  the same outer step as everyone → held-out loss → score book, ratings, weights → set_weights
+  every ``windows_per_weights`` → fingerprint, checkpoint, local state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from neurons.checkpoint import CheckpointManifest, checkpoint_bytes
+from neurons.data import assigned_batches, heldout_batches, random_batches
+from neurons.events import WindowRecord
+from neurons.fetch import FetchedPayload
+from neurons.fingerprint import model_fingerprint
+from neurons.gather import miner_uids
+from neurons.node import (
+    Node,
+    apply,
+    catch_up,
+    gather,
+    open_shards,
+    publish_fingerprint,
+    run_node,
+    start_window,
+    wait_for_slot_close,
+)
+from neurons.state import save_node_state
+from neurons.train import evaluate
+from protocol.chain import ChainError
+from protocol.keys import checkpoint_key
+from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update
+from scoring.filters import RejectReason, Stage1Result
+from scoring.gauntlet import score_window
+from scoring.lossscore import LossMeasurement, measure_update
+from scoring.state import ScoreBook
+from scoring.sync import sync_score
+from storage import ObjectExists, StorageError
+
+log = logging.getLogger(__name__)
+
+HELDOUT_BATCHES = 4
+
+
+@dataclass
+class Stage1:
+    results: dict[int, Stage1Result]
+    sync: dict[int, float]
+
+
+class Validator:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        hp = node.hparams
+        self.shards = open_shards(node)
+        self.book_path = node.config.state_dir / "scores.json"
+        self.book = ScoreBook.load(self.book_path)
+        self.copies = CopyMemory(hp.scoring.copy_memory_windows)
+        self.copy_policy = CopyPolicy(overlap=hp.scoring.copy_overlap_threshold)
+        self.secret = _validator_secret(node.config.state_dir / "validator.secret")
+        t = hp.training
+        self.heldout = heldout_batches(self.shards, HELDOUT_BATCHES, t.batch_size, t.seq_len)
+
+    def run(self) -> None:
+        node = self.node
+        start_window(node)
+        done = 0
+        while not node.stop.is_set():
+            catch_up(node)
+            if node.stop.is_set() or not wait_for_slot_close(node, node.window):
+                break
+            self.one_window()
+            done += 1
+            if node.config.max_windows and done >= node.config.max_windows:
+                break
+
+    def one_window(self) -> None:
+        node, hp, w = self.node, self.node.hparams, self.node.window
+        times: dict[str, float] = {}
+        tick = time.time()
+        metagraph = node.chain.metagraph(node.clock.first_block(w))
+        miners = miner_uids(metagraph)
+        gathered = gather(node, also_fetch=miners)
+        times["fetch"], tick = time.time() - tick, time.time()
+        base = model_fingerprint(node.model)
+        stage1 = self.stage1(w, {uid: gathered.fetched[uid] for uid in miners}, base)
+        times["stage1"], tick = time.time() - tick, time.time()
+        measurements = self.stage2(w, gathered.fetched, stage1.results)
+        times["stage2"], tick = time.time() - tick, time.time()
+        apply(node, gathered)
+        heldout = evaluate(node.model, self.heldout)
+        result = score_window(
+            self.book, w, {n.uid: n.hotkey for n in metagraph.neurons}, stage1.results.values(),
+            measurements, stage1.sync, hp.scoring, hp.outer, burn_uid=hp.scoring.burn_uid, seed=hp.run_id,
+        )
+        self.book.save(self.book_path)
+        weights_block = self.maybe_set_weights(w, result.weights)
+        times["score"] = time.time() - tick
+        fp = model_fingerprint(node.model)
+        publish_fingerprint(node, w, fp, gathered.accepted)
+        self.maybe_checkpoint(w, fp)
+        save_node_state(node.state_path, node.model, hp.run_id, node.window, {})
+        node.events.append(
+            WindowRecord(
+                node.name, "validator", node.uid, w, fp, gathered.accepted, loss=heldout, heldout_loss=heldout,
+                payload_bytes={u: f.size for u, f in gathered.fetched.items() if f.size and u in miners},
+                scores=result.scores, weights=result.weights, stage_seconds=times, weights_block=weights_block,
+                rejected={u: str(r.reason) for u, r in stage1.results.items() if not r.passed},
+            )
+        )
+        log.info("%s window %d: held-out loss %.4f, scores %s", node.name, w, heldout, result.scores)
+
+    def stage1(self, w: int, fetched: dict[int, FetchedPayload], base_fingerprint: str) -> Stage1:
+        """I/O verdicts from the fetch, then sync (base fingerprint) and copy checks."""
+        results = {uid: f.result for uid, f in fetched.items()}
+        sync: dict[int, float] = {}
+        for uid, f in fetched.items():
+            if not f.ok:
+                continue
+            sync[uid] = sync_score(f.decoded.manifest.base_fingerprint, base_fingerprint)
+            if sync[uid] < self.node.hparams.scoring.min_sync_score:
+                results[uid] = Stage1Result.reject(uid, RejectReason.OUT_OF_SYNC, "trained from another θ")
+        candidates = [fetched[u] for u, r in results.items() if r.passed]
+        sketches = {f.uid: sketch_update(f.decoded.update) for f in candidates}
+        uploads = [Upload(f.uid, f.last_modified or 0.0, sketches[f.uid]) for f in candidates]
+        for uid, finding in find_copies(w, uploads, self.copies, self.copy_policy).items():
+            results[uid] = Stage1Result.reject(uid, RejectReason.COPY, finding.detail)
+        self.copies.remember(w, {u: s for u, s in sketches.items() if results[u].passed})
+        return Stage1(results, sync)
+
+    def stage2(self, w: int, fetched: dict[int, FetchedPayload], results: dict[int, Stage1Result]) -> dict[int, LossMeasurement]:
+        """Every candidate that passed stage 1, measured alone on θ_w (then reverted)."""
+        node, hp = self.node, self.node.hparams
+        t, n = hp.training, hp.scoring.eval_batches
+        rand = random_batches(self.shards, self.secret, w, n, t.batch_size, t.seq_len)
+        before_rand = evaluate(node.model, rand)
+        out = {}
+        for uid in sorted(u for u, r in results.items() if r.passed):
+            own = assigned_batches(self.shards, hp.seed, uid, w, n, t.batch_size, t.seq_len)
+            out[uid] = measure_update(
+                node.model, fetched[uid].decoded.update, hp.outer.outer_lr, own, rand, evaluate, before_rand=before_rand
+            )
+        return out
+
+    def maybe_set_weights(self, w: int, weights: dict[int, float]) -> int | None:
+        node = self.node
+        if (w + 1) % node.hparams.scoring.windows_per_weights or not weights:
+            return None
+        try:
+            node.chain.set_weights(node.signer, weights)
+        except ChainError as exc:
+            log.error("%s set_weights failed for window %d: %s", node.name, w, exc)
+            return None
+        return node.chain.block()
+
+    def maybe_checkpoint(self, w: int, fingerprint: str) -> None:
+        """Every ``interval_windows`` windows, publish θ_{w+1} for joining nodes."""
+        node, hp = self.node, self.node.hparams
+        if (w + 1) % hp.checkpoint.interval_windows:
+            return
+        manifest = CheckpointManifest(
+            run_id=hp.run_id, window=w, global_step=(w + 1) * hp.training.inner_steps, fingerprint=fingerprint
+        )
+        try:
+            node.store.put(checkpoint_key(hp.run_id, w), checkpoint_bytes(node.model, manifest))
+        except ObjectExists:
+            pass
+        except StorageError as exc:
+            log.warning("%s could not publish checkpoint %d: %s", node.name, w, exc)
+
+
+def _validator_secret(path) -> bytes:
+    """A private random secret, kept across restarts, that seeds the unpredictable data pool."""
+    if path.exists():
+        return path.read_bytes()
+    secret = os.urandom(32)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(secret)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return secret
+
+
+def configure(parser) -> None:
+    from neurons.config import add_node_arguments
+
+    add_node_arguments(parser)
+    parser.set_defaults(func=lambda args: run_node("validator", args, Validator))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from neurons.cli import main
+
+    sys.exit(main(["validator", *sys.argv[1:]]))
