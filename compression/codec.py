@@ -1,12 +1,14 @@
-"""Per-parameter encoding: top-k per chunk, 2-bit values, Rice-coded positions, one byte blob.
+"""Per-parameter encoding: top-k per chunk, 2-bit values, Golomb-coded positions, one byte blob.
 
-Blob layout (all lengths follow from the parameter's shape and the codec parameters, so the
-only free length is the unary stream, which is bounded before anything is unpacked):
+Blob layout (n = kept values, fixed by the shape and the codec parameters; every length but
+the unary stream's follows from n, M and the high fields, and the unary length is bounded
+before anything is unpacked):
 
-    [0]           Rice parameter b
-    [1:17]        centroid table, 4 x float32 little-endian
-    [17:17+R]     remainders, b bits per kept index          R = ceil(n * b / 8)
+    [0:2]         Golomb parameter M, uint16 little-endian
+    [2:18]        centroid table, 4 x float32 little-endian
+    [18:18+H]     high remainder fields, c-1 bits each       H = ceil(n * (c-1) / 8)
     [..+C]        2-bit value codes, 4 per byte              C = ceil(n / 4)
+    [..+L]        low remainder bits of the long fields      L = ceil(#long / 8)
     [..end]       unary quotients, one terminator per index
 
 Positions are coded per chunk: the first gap is the position itself, later gaps are the
@@ -24,10 +26,18 @@ from compression.bitpack import pack_codes2, unpack_codes2
 from compression.chunking import ChunkLayout, chunk_layout
 from compression.errors import PayloadError
 from compression.quantize import dequantize, quantize
-from compression.rice import MAX_RICE_BITS, RiceError, best_rice_parameter, rice_decode, rice_encode
+from compression.golomb import (
+    MAX_M,
+    GolombError,
+    best_golomb_parameter,
+    golomb_decode,
+    golomb_decode_high,
+    golomb_encode,
+    high_stream_bytes,
+)
 from compression.sparse import SparseTensor, SparseUpdate
 
-HEADER_BYTES = 17
+HEADER_BYTES = 18
 
 
 class CodecParams(BaseModel):
@@ -38,7 +48,7 @@ class CodecParams(BaseModel):
     chunk_size: int = Field(default=64, ge=1, le=256)
     topk_per_chunk: int = Field(default=64, ge=1)
     value_bits: int = Field(default=2, ge=2, le=2)
-    index_code: str = Field(default="rice-split", pattern="^rice-split$")
+    index_code: str = Field(default="golomb-split", pattern="^golomb-split$")
 
     def layout(self, shape: tuple[int, ...]) -> ChunkLayout:
         return chunk_layout(shape, self.chunk_size, self.topk_per_chunk)
@@ -85,47 +95,69 @@ def encode_tensor(t: torch.Tensor, layout: ChunkLayout, scratch: torch.Tensor | 
     if not bool(torch.isfinite(table).all()):
         raise ValueError("non-finite values in the tensor to compress")
     gaps = (torch.diff(local, dim=1, prepend=local.new_full((layout.n_chunks, 1), -1)) - 1).reshape(-1)
-    b = best_rice_parameter(gaps)
-    remainders, unary = rice_encode(gaps, b)
-    header = torch.cat([torch.tensor([b], dtype=torch.uint8, device=t.device), table.view(torch.uint8)])
-    blob = torch.cat([header, remainders, pack_codes2(codes), unary]).cpu()
+    m = best_golomb_parameter(gaps)
+    streams = golomb_encode(gaps, m)
+    header = torch.tensor([m & 255, m >> 8], dtype=torch.uint8, device=t.device)
+    parts = [header, table.view(torch.uint8), streams.high, pack_codes2(codes), streams.low, streams.unary]
+    blob = torch.cat(parts).cpu()
     return EncodedTensor(blob=blob, flat_indices=flat, decoded=dequantize(codes, table))
 
 
-def _max_unary_bytes(layout: ChunkLayout, b: int) -> int:
-    # Gaps of one chunk sum to at most chunk_elems - k, so the quotients to at most that >> b.
-    bits = layout.n_kept + layout.n_chunks * ((layout.chunk_elems - layout.k) >> b)
+def _max_unary_bytes(layout: ChunkLayout, m: int) -> int:
+    # Gaps of one chunk sum to at most chunk_elems - k, so the quotients to at most that // m.
+    bits = layout.n_kept + layout.n_chunks * ((layout.chunk_elems - layout.k) // m)
     return (bits + 7) // 8
 
 
-def decode_blob(blob: torch.Tensor, layout: ChunkLayout, name: str = "?") -> SparseTensor:
-    """Decode one parameter's blob (uint8, CPU) into sorted flat indices and float32 values."""
-    n = layout.n_kept
+def _read_header(blob: torch.Tensor, layout: ChunkLayout, name: str) -> tuple[int, torch.Tensor]:
     if blob.numel() < HEADER_BYTES:
         raise PayloadError(f"{name}: blob of {blob.numel()} bytes is shorter than its header")
-    b = int(blob[0].item())
-    if b > min(MAX_RICE_BITS, layout.chunk_elems.bit_length()):
-        raise PayloadError(f"{name}: Rice parameter {b} out of range")
-    table = blob[1:HEADER_BYTES].clone().view(torch.float32)
+    m = int(blob[0].item()) | int(blob[1].item()) << 8
+    if not 1 <= m <= min(MAX_M, layout.chunk_elems):
+        raise PayloadError(f"{name}: Golomb parameter {m} out of range")
+    table = blob[2:HEADER_BYTES].clone().view(torch.float32)
     if not bool(torch.isfinite(table).all()):
         raise PayloadError(f"{name}: non-finite value table")
-    rem_len, code_len = (n * b + 7) // 8, (n + 3) // 4
-    unary_len = blob.numel() - HEADER_BYTES - rem_len - code_len
-    if not 1 <= unary_len <= _max_unary_bytes(layout, b):
-        raise PayloadError(f"{name}: blob length {blob.numel()} does not fit {n} kept values")
-    start = HEADER_BYTES + rem_len
+    return m, table
+
+
+def _decode_positions(blob: torch.Tensor, layout: ChunkLayout, m: int, name: str) -> torch.Tensor:
+    """In-chunk positions (n_chunks, k), strictly increasing and inside the chunk."""
+    n = layout.n_kept
+    high_end = HEADER_BYTES + high_stream_bytes(n, m)
+    low_start = high_end + (n + 3) // 4
+    if blob.numel() <= low_start:
+        raise PayloadError(f"{name}: blob of {blob.numel()} bytes is too short for {n} kept values")
     try:
-        gaps = rice_decode(blob[HEADER_BYTES:start], blob[start + code_len :], n, b)
-    except RiceError as err:
+        a, n_long = golomb_decode_high(blob[HEADER_BYTES:high_end], n, m)
+        unary_start = low_start + (n_long + 7) // 8
+        if not 1 <= blob.numel() - unary_start <= _max_unary_bytes(layout, m):
+            raise PayloadError(f"{name}: blob length {blob.numel()} does not fit {n} kept values")
+        gaps = golomb_decode(a, blob[low_start:unary_start], blob[unary_start:], m)
+    except GolombError as err:
         raise PayloadError(f"{name}: {err}") from err
     local = torch.cumsum(gaps.view(layout.n_chunks, layout.k) + 1, dim=1) - 1
     if bool((local[:, -1] >= layout.chunk_elems).any()):
         raise PayloadError(f"{name}: index out of range of its chunk")
-    codes = unpack_codes2(blob[start : start + code_len], code_len * 4)
+    return local
+
+
+def decode_blob(blob: torch.Tensor, layout: ChunkLayout, name: str = "?") -> SparseTensor:
+    """Decode one parameter's blob (uint8, CPU) into sorted flat indices and float32 values."""
+    m, table = _read_header(blob, layout, name)
+    local = _decode_positions(blob, layout, m, name)
+    n = layout.n_kept
+    code_start = HEADER_BYTES + high_stream_bytes(n, m)
+    code_len = (n + 3) // 4
+    codes = unpack_codes2(blob[code_start : code_start + code_len], code_len * 4)
     if bool(codes[n:].any()):
         raise PayloadError(f"{name}: value code padding is not zero")
     values = dequantize(codes[:n], table)
-    flat, order = torch.sort(layout.local_to_flat(local))
+    flat = layout.local_to_flat(local)
+    if layout.tile_cols == layout.cols:
+        # Tiles span whole rows, so chunk order is already flat order.
+        return SparseTensor(shape=layout.shape, indices=flat, values=values)
+    flat, order = torch.sort(flat)
     return SparseTensor(shape=layout.shape, indices=flat, values=values[order])
 
 

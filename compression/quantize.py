@@ -13,6 +13,9 @@ import torch
 
 LLOYD_ITERATIONS = 4
 N_CODES = 4
+# The threshold is fitted on an evenly strided sample of at most this many magnitudes: the fit
+# needs only a good estimate, and small tensors keep the fitting loop cheap for big layers.
+FIT_SAMPLE = 32768
 
 
 def _threshold(mag: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -34,14 +37,15 @@ def quantize(values: torch.Tensor, iterations: int = LLOYD_ITERATIONS) -> tuple[
     """(codes uint8 in 0..3, table float32[4]) for a flat float tensor of kept values."""
     values = values.reshape(-1).to(torch.float32)
     mag = values.abs()
-    t = _threshold(mag, iterations)
+    stride = -(-mag.numel() // FIT_SAMPLE)
+    t = _threshold(mag[::stride], iterations)
     codes = ((values < 0).to(torch.uint8) << 1) | (mag >= t).to(torch.uint8)
-    onehot = codes.unsqueeze(0) == torch.arange(N_CODES, device=values.device, dtype=torch.uint8).unsqueeze(1)
-    counts = onehot.sum(dim=1)
-    sums = torch.where(onehot, values.unsqueeze(0), 0).sum(dim=1)
+    wide = codes.to(torch.int64)
+    counts = torch.bincount(wide, minlength=N_CODES)
+    sums = torch.bincount(wide, weights=values.to(torch.float64), minlength=N_CODES)
     # An empty code never decodes anything; give it a finite placeholder of the right sign.
-    fallback = torch.stack([t * 0.5, t, -t * 0.5, -t]).to(torch.float32)
-    table = torch.where(counts > 0, sums / counts.clamp(min=1), fallback)
+    fallback = torch.stack([t * 0.5, t, -t * 0.5, -t]).to(torch.float64)
+    table = torch.where(counts > 0, sums / counts.clamp(min=1), fallback).to(torch.float32)
     return codes, table
 
 

@@ -50,6 +50,8 @@ class PayloadManifest(BaseModel):
     codec: CodecParams = CodecParams()
     shapes: dict[str, list[int]]
     data_digest: str = Field(default="", max_length=256)
+    # fingerprint of the model θ_w the sender trained from; validators compare it with their own
+    base_fingerprint: str = Field(default="", max_length=128)
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
