@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from compression.bitpack import pack_codes2, unpack_codes2
 from compression.chunking import ChunkLayout, chunk_layout
 from compression.errors import PayloadError
-from compression.quantize import dequantize, quantize
 from compression.golomb import (
     MAX_M,
     GolombError,
@@ -35,6 +34,7 @@ from compression.golomb import (
     golomb_encode,
     high_stream_bytes,
 )
+from compression.quantize import dequantize, quantize
 from compression.sparse import SparseTensor, SparseUpdate
 
 HEADER_BYTES = 18
