@@ -34,9 +34,9 @@ class WindowGather:
         return [self.fetched[uid].decoded.update for uid in self.accepted]
 
 
-def miner_uids(metagraph: Metagraph) -> list[int]:
-    """Miners are the neurons without a validator permit."""
-    return sorted(n.uid for n in metagraph.neurons if not n.validator_permit)
+def miner_uids(metagraph: Metagraph, owner_uid: int | None) -> list[int]:
+    """Miners are the neurons without a validator permit, other than the subnet owner's uid."""
+    return sorted(n.uid for n in metagraph.neurons if not n.validator_permit and n.uid != owner_uid)
 
 
 def slot_rule(hparams: Hparams, clock: WindowClock, window: int) -> SlotRule:
@@ -63,7 +63,7 @@ def gather_window(
     at_start = chain.metagraph(clock.first_block(window))
     peers.refresh(chain.metagraph())
     gather_set = select_gather_set(
-        at_start, hparams.outer.gather_peers, hparams.outer.reserve_peers, candidates=miner_uids(at_start)
+        at_start, hparams.outer.gather_peers, hparams.outer.reserve_peers, candidates=miner_uids(at_start, hparams.scoring.burn_uid)
     )
     order = list(gather_set.gather) + list(gather_set.reserves)
     extra = [uid for uid in also_fetch if uid not in order]

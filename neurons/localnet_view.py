@@ -70,8 +70,9 @@ def _record(log: NodeLog, window: int) -> dict | None:
 
 def live_table(logs: list[NodeLog], miners: list[int], chain: Chain | None, last: int = 8) -> Table:
     table = Table(title="tessera local subnet", expand=False)
-    for col in ("window", "held-out loss", *[f"miner {u} score/weight" for u in miners], "MB moved", "in step", "stage s"):
-        table.add_column(col, justify="right")
+    table.caption = "miner cells: score / weight on chain, or why the payload was rejected"
+    for col in ("window", "loss", *[f"miner {u}" for u in miners], "kB moved", "in step", "seconds"):
+        table.add_column(col, justify="right", no_wrap=True)
     for window in validator_windows(logs)[-last:]:
         s = window_summary(window, logs, chain)
         loss = f"{s['loss']:.4f}" if s["loss"] is not None else "-"
@@ -79,9 +80,9 @@ def live_table(logs: list[NodeLog], miners: list[int], chain: Chain | None, last
         for uid in miners:
             score, weight = s["scores"].get(uid), s["weights"].get(uid)
             reason = s["rejected"].get(uid)
-            cells.append(reason or f"{score if score is not None else 0:.3f}/{weight if weight is not None else 0:.3f}")
-        moved = sum(s["payload_bytes"].values()) / 1e6
+            cells.append(reason or f"{score or 0:.2f} / {weight or 0:.3f}")
+        moved = sum(s["payload_bytes"].values()) / 1e3
         in_step = "yes" if len(set(s["fingerprints"].values())) == 1 else "NO"
-        stages = " ".join(f"{k[:5]}={v:.1f}" for k, v in s["stage_seconds"].items())
-        table.add_row(str(window), loss, *cells, f"{moved:.3f}", in_step, stages)
+        stages = " ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items())
+        table.add_row(str(window), loss, *cells, f"{moved:.1f}", in_step, stages)
     return table

@@ -86,14 +86,14 @@ class Validator:
         times: dict[str, float] = {}
         tick = time.time()
         metagraph = node.chain.metagraph(node.clock.first_block(w))
-        miners = miner_uids(metagraph)
+        miners = miner_uids(metagraph, hp.scoring.burn_uid)
         gathered = gather(node, also_fetch=miners)
         times["fetch"], tick = time.time() - tick, time.time()
         base = model_fingerprint(node.model)
         stage1 = self.stage1(w, {uid: gathered.fetched[uid] for uid in miners}, base)
-        times["stage1"], tick = time.time() - tick, time.time()
+        times["filter"], tick = time.time() - tick, time.time()
         measurements = self.stage2(w, gathered.fetched, stage1.results)
-        times["stage2"], tick = time.time() - tick, time.time()
+        times["loss"], tick = time.time() - tick, time.time()
         apply(node, gathered)
         heldout = evaluate(node.model, self.heldout)
         result = score_window(
