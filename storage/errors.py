@@ -1,0 +1,48 @@
+"""Typed storage failures.
+
+Every backend maps its own failures onto these classes, so callers (miner upload, validator
+gather, retention) can decide per kind: skip a peer whose payload is missing, stop a node whose
+write key is wrong, retry later when the server is down. None of them ever carries a secret.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(RuntimeError):
+    """Base class: a storage operation failed; the message names the operation, key and cause."""
+
+
+class InvalidKey(StorageError, ValueError):
+    """The object key is not acceptable (empty, too long, '..' segments, control characters)."""
+
+
+class ObjectNotFound(StorageError):
+    """No object under this key."""
+
+
+class BucketNotFound(ObjectNotFound):
+    """The bucket itself does not exist; a subclass of ObjectNotFound because, for a reader,
+    a missing bucket means the same thing as a missing object: nothing to fetch."""
+
+
+class ObjectExists(StorageError):
+    """A put refused to overwrite: objects are immutable once written."""
+
+
+class ObjectTooLarge(StorageError):
+    """The object exceeds the caller's byte cap; refused before (or while) downloading."""
+
+    def __init__(self, message: str, *, size: int | None, max_bytes: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.max_bytes = max_bytes
+
+
+class AccessDenied(StorageError):
+    """The server refused the credentials: wrong secret, unknown key id, or a read-only key
+    attempting a write."""
+
+
+class StorageUnavailable(StorageError):
+    """The server could not be reached or kept failing (timeouts, refused connections, 5xx)
+    after the bounded retries."""
