@@ -122,12 +122,15 @@ def find_weed() -> Path:
 
 
 def _die_with_parent() -> None:
-    """Child-side: ask Linux to SIGTERM weed if the launching process dies without stopping it."""
+    """Child-side: ask Linux to kill weed if its launcher dies without stopping it (a crashed
+    test run or localnet must not leave servers behind). SIGKILL, because weed's SIGTERM path
+    hangs for 15 s. Linux ties this to the *thread* that started weed: start servers from a
+    thread that lives as long as they should (the main thread, normally)."""
     import ctypes
 
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 class SeaweedServer:
@@ -227,7 +230,7 @@ class SeaweedServer:
                     raise SeaweedError(f"ports {self.ports} taken; see {self.log_path}") from None
                 self.ports = SeaweedPorts.free(self.host)
 
-    def stop(self, grace: float = 2.0) -> None:
+    def stop(self, grace: float = 1.0) -> None:
         """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; remove the unix sockets weed left.
 
         ``weed server`` (4.48) stops its filer first and then waits 15 s for the in-process S3
@@ -353,8 +356,8 @@ class SeaweedServer:
         return True
 
     def _volume_server_registered(self) -> bool:
-        """True once the master lists a data node: its first heartbeat carries every existing
-        volume, so after a restart old objects are readable from this point on."""
+        """True once the master knows every volume on disk. Until then a restarted server
+        answers GETs of old objects with InternalError ("volume not found")."""
         url = f"http://{self.host}:{self.ports.master}/dir/status"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:  # our own loopback URL
@@ -362,12 +365,13 @@ class SeaweedServer:
         except (OSError, ValueError):
             return False
         nodes = [
-            n
-            for dc in topology.get("DataCenters") or []
-            for r in dc.get("Racks") or []
-            for n in r.get("DataNodes") or []
+            node
+            for center in topology.get("DataCenters") or []
+            for rack in center.get("Racks") or []
+            for node in rack.get("DataNodes") or []
         ]
-        return bool(nodes)
+        on_disk = len(list((self.data_dir / "data").glob("*.dat")))
+        return bool(nodes) and sum(int(node.get("Volumes", 0)) for node in nodes) >= on_disk
 
     def _remove_sockets(self) -> None:
         names = [f"seaweedfs-{role}-grpc-{port}.sock" for role, port in (
