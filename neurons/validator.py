@@ -38,7 +38,7 @@ from protocol.chain import ChainError
 from protocol.keys import checkpoint_key
 from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update
 from scoring.filters import RejectReason, Stage1Result
-from scoring.gauntlet import score_window
+from scoring.gauntlet import AlreadyScoredError, WindowResult, score_window
 from scoring.lossscore import LossMeasurement, measure_update
 from scoring.state import ScoreBook
 from scoring.sync import sync_score
@@ -96,10 +96,15 @@ class Validator:
         times["loss"], tick = time.time() - tick, time.time()
         apply(node, gathered)
         heldout = evaluate(node.model, self.heldout)
-        result = score_window(
-            self.book, w, {n.uid: n.hotkey for n in metagraph.neurons}, stage1.results.values(),
-            measurements, stage1.sync, hp.scoring, hp.outer, burn_uid=hp.scoring.burn_uid, seed=hp.run_id,
-        )
+        try:
+            result = score_window(
+                self.book, w, {n.uid: n.hotkey for n in metagraph.neurons}, stage1.results.values(),
+                measurements, stage1.sync, hp.scoring, hp.outer, burn_uid=hp.scoring.burn_uid, seed=hp.run_id,
+            )
+        except AlreadyScoredError:
+            # killed after saving the book but before saving θ: the window is re-applied, not re-scored
+            log.info("%s window %d was scored before a restart", node.name, w)
+            result = WindowResult(w, {}, {}, {}, {})
         self.book.save(self.book_path)
         weights_block = self.maybe_set_weights(w, result.weights)
         times["score"] = time.time() - tick
