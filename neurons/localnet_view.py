@@ -70,8 +70,8 @@ def _record(log: NodeLog, window: int) -> dict | None:
 
 def live_table(logs: list[NodeLog], miners: list[int], chain: Chain | None, last: int = 8) -> Table:
     table = Table(title="tessera local subnet", expand=False)
-    table.caption = "miner cells: score / weight on chain, or why the payload was rejected"
-    for col in ("window", "loss", *[f"miner {u}" for u in miners], "kB moved", "in step", "seconds"):
+    table.caption = "miner: score/weight on chain (or why rejected); kB moved; validator seconds"
+    for col in ("window", "loss", *[f"miner {u}" for u in miners], "kB", "in step", "val s"):
         table.add_column(col, justify="right", no_wrap=True)
     for window in validator_windows(logs)[-last:]:
         s = window_summary(window, logs, chain)
@@ -80,9 +80,9 @@ def live_table(logs: list[NodeLog], miners: list[int], chain: Chain | None, last
         for uid in miners:
             score, weight = s["scores"].get(uid), s["weights"].get(uid)
             reason = s["rejected"].get(uid)
-            cells.append(reason or f"{score or 0:.2f} / {weight or 0:.3f}")
+            cells.append(reason or f"{score or 0:.1f}/{weight or 0:.2f}")
         moved = sum(s["payload_bytes"].values()) / 1e3
         in_step = "yes" if len(set(s["fingerprints"].values())) == 1 else "NO"
-        stages = " ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items())
-        table.add_row(str(window), loss, *cells, f"{moved:.1f}", in_step, stages)
+        seconds = sum(s["stage_seconds"].values())  # per stage in the JSON summary
+        table.add_row(str(window), loss, *cells, f"{moved:.0f}", in_step, f"{seconds:.1f}")
     return table

@@ -17,7 +17,16 @@ from compression import ErrorFeedbackCompressor, PayloadManifest, encode_payload
 from neurons.data import assigned_batches
 from neurons.events import WindowRecord
 from neurons.fingerprint import model_fingerprint
-from neurons.node import Node, advance, catch_up, open_shards, publish_fingerprint, run_node, start_window
+from neurons.node import (
+    Node,
+    advance,
+    catch_up,
+    open_shards,
+    prune_own_objects,
+    publish_fingerprint,
+    run_node,
+    start_window,
+)
 from neurons.state import save_node_state
 from neurons.train import InnerTrainer
 from protocol.keys import payload_key
@@ -65,6 +74,7 @@ class Miner:
         publish_fingerprint(node, w, fp, gathered.accepted)
         extra = {f"ef.{k}": v for k, v in self.compressor.state_dict().items()}
         save_node_state(node.state_path, node.model, node.hparams.run_id, node.window, extra)
+        prune_own_objects(node)
         node.events.append(
             WindowRecord(node.name, "miner", node.uid, w, fp, gathered.accepted, loss=loss, uploaded_bytes=uploaded)
         )

@@ -32,9 +32,16 @@ from protocol.chain_factory import open_chain
 from protocol.clock import WindowClock
 from protocol.commitment import BucketCommitment
 from protocol.hparams import Hparams, load_hparams
-from protocol.keys import fingerprint_key
+from protocol.keys import (
+    checkpoint_prefix,
+    fingerprint_key,
+    fingerprint_prefix,
+    payload_prefix,
+    window_of_key,
+)
 from protocol.signing import HotkeySigner
 from storage import ObjectExists, ObjectStore, StorageError
+from storage.retention import prune_old_windows
 from storage.s3 import S3Store
 
 log = logging.getLogger(__name__)
@@ -198,3 +205,20 @@ def run_node(role: str, args, runner) -> int:
     runner(node).run()
     log.info("%s stopped at window %d", node.name, node.window)
     return 0
+
+
+def prune_own_objects(node: Node) -> None:
+    """Delete our payloads, fingerprints and checkpoints older than the retention window.
+
+    Retention is at least twice the checkpoint interval, so a joining node always finds a
+    checkpoint plus every payload it must replay after it.
+    """
+    run_id, keep = node.hparams.run_id, node.hparams.checkpoint.retention_windows
+    for prefix in (payload_prefix(run_id), fingerprint_prefix(run_id), checkpoint_prefix(run_id)):
+        try:
+            report = prune_old_windows(node.store, prefix, node.window, keep, window_of_key)
+        except StorageError as exc:
+            log.warning("%s retention under %s skipped: %s", node.name, prefix, exc)
+            continue
+        if report.deleted:
+            log.info("%s deleted %d objects older than %d windows", node.name, len(report.deleted), keep)

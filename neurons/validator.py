@@ -27,6 +27,7 @@ from neurons.node import (
     catch_up,
     gather,
     open_shards,
+    prune_own_objects,
     publish_fingerprint,
     run_node,
     start_window,
@@ -47,6 +48,7 @@ from storage import ObjectExists, StorageError
 log = logging.getLogger(__name__)
 
 HELDOUT_BATCHES = 4
+MAX_LAG_WINDOWS = 3
 
 
 @dataclass
@@ -71,9 +73,13 @@ class Validator:
     def run(self) -> None:
         node = self.node
         start_window(node)
+        catch_up(node)
         done = 0
         while not node.stop.is_set():
-            catch_up(node)
+            # Judging a window late is fine (LastModified decides what was on time); only a
+            # validator that fell far behind replays instead, to rejoin the present quickly.
+            if node.clock.current_window() - node.window > MAX_LAG_WINDOWS:
+                catch_up(node)
             if node.stop.is_set() or not wait_for_slot_close(node, node.window):
                 break
             self.one_window()
@@ -112,6 +118,7 @@ class Validator:
         publish_fingerprint(node, w, fp, gathered.accepted)
         self.maybe_checkpoint(w, fp)
         save_node_state(node.state_path, node.model, hp.run_id, node.window, {})
+        prune_own_objects(node)
         node.events.append(
             WindowRecord(
                 node.name, "validator", node.uid, w, fp, gathered.accepted, loss=heldout, heldout_loss=heldout,
