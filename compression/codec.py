@@ -28,7 +28,7 @@ from compression.errors import PayloadError
 from compression.golomb import (
     MAX_M,
     GolombError,
-    best_golomb_parameter,
+    geometric_golomb_parameter,
     golomb_decode,
     golomb_decode_high,
     golomb_encode,
@@ -95,7 +95,7 @@ def encode_tensor(t: torch.Tensor, layout: ChunkLayout, scratch: torch.Tensor | 
     if not bool(torch.isfinite(table).all()):
         raise ValueError("non-finite values in the tensor to compress")
     gaps = (torch.diff(local, dim=1, prepend=local.new_full((layout.n_chunks, 1), -1)) - 1).reshape(-1)
-    m = best_golomb_parameter(gaps)
+    m = geometric_golomb_parameter(gaps)
     streams = golomb_encode(gaps, m)
     header = torch.tensor([m & 255, m >> 8], dtype=torch.uint8, device=t.device)
     parts = [header, table.view(torch.uint8), streams.high, pack_codes2(codes), streams.low, streams.unary]

@@ -16,6 +16,7 @@ p = 1/64; the best M (about 44) costs ~7.45 bits per index against Rice's 7.54 (
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,13 +52,40 @@ def golomb_cost_bits(gaps: torch.Tensor, m: int) -> int:
     return int(q.sum().item()) + gaps.numel() * (1 + high_bits) + n_long
 
 
-def best_golomb_parameter(gaps: torch.Tensor) -> int:
-    """The M minimizing the exact size among candidates around 0.69 x the mean gap."""
+def best_golomb_parameter(gaps: torch.Tensor, limit: int | None = None) -> int:
+    """The M minimizing the exact coded size among candidates around 0.69 x the mean gap.
+
+    With ``limit`` (every gap < limit, e.g. the chunk size) all candidates are scored at once
+    from a histogram of the gaps instead of one pass over the gaps per candidate."""
     if gaps.numel() == 0:
         return 1
     guess = max(1.0, float(gaps.float().mean().item()) * 0.6931)
     candidates = sorted({min(MAX_M, max(1, round(guess * f))) for f in _SEARCH})
-    return min(candidates, key=lambda m: (golomb_cost_bits(gaps, m), m))
+    if limit is None:
+        return min(candidates, key=lambda m: (golomb_cost_bits(gaps, m), m))
+    hist = torch.bincount(gaps, minlength=limit)[:limit].to(torch.float64)
+    g = torch.arange(hist.numel(), device=gaps.device, dtype=torch.int64)
+    ms = torch.tensor(candidates, device=gaps.device, dtype=torch.int64).unsqueeze(1)
+    splits = [_split(m) for m in candidates]
+    high_bits = torch.tensor([h for h, _ in splits], device=gaps.device, dtype=torch.float64)
+    u = torch.tensor([x for _, x in splits], device=gaps.device, dtype=torch.int64).unsqueeze(1)
+    q = torch.div(g, ms, rounding_mode="floor")
+    long = ((g - q * ms) >= u) & (ms > 1)
+    cost = (hist * (q + long).to(torch.float64)).sum(dim=1) + gaps.numel() * (1 + high_bits)
+    # Ties go to the smaller M, as in the exact search.
+    return candidates[int(torch.argmin(cost).item())]
+
+
+def geometric_golomb_parameter(gaps: torch.Tensor) -> int:
+    """Closed-form M for geometric gaps of the same mean (Gallager & van Voorhis):
+    the smallest M with (1-p)^M + (1-p)^(M+1) <= 1, p = 1 / (mean + 1). One reduction, no search."""
+    if gaps.numel() == 0:
+        return 1
+    mean = float(gaps.to(torch.float64).mean().item())
+    if mean <= 0.0:
+        return 1
+    p = 1.0 / (mean + 1.0)
+    return max(1, min(MAX_M, math.ceil(math.log(2.0 - p) / -math.log1p(-p))))
 
 
 def golomb_encode(gaps: torch.Tensor, m: int) -> GolombStreams:

@@ -1,7 +1,8 @@
 """The wire format: a safetensors file of per-parameter uint8 blobs plus a signed manifest.
 
-Writing uses the safetensors library. Reading parses the (trivial) safetensors layout here,
-strictly, so every malformed input maps to a PayloadError with a reason and nothing is allocated
+Writing and reading both handle the (trivial) safetensors layout here: writing so that the
+same message always gives the same bytes (the library orders metadata keys arbitrarily), and
+reading strictly, so every malformed input maps to a PayloadError with a reason and nothing is allocated
 beyond what the size-checked bytes already occupy:
 
     u64 little-endian header length N | N bytes of JSON header | tensor bytes
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors.torch import save
 
 from compression.codec import CodecParams, CompressedMessage, decode_blob
 from compression.errors import PayloadError
@@ -82,7 +82,20 @@ def encode_payload(msg: CompressedMessage, manifest: PayloadManifest, sign: Sign
     blobs = {name: msg.blobs[name].contiguous().cpu() for name in sorted(msg.blobs)}
     digest = content_hash(manifest_json, {n: b.numpy().tobytes() for n, b in blobs.items()})
     sig = sign(digest).hex() if sign is not None else ""
-    return save(blobs, metadata={"manifest": manifest_json, "sig": sig})
+    return _serialize({n: b.numpy().tobytes() for n, b in blobs.items()}, {"manifest": manifest_json, "sig": sig})
+
+
+def _serialize(blobs: Mapping[str, bytes], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with sorted keys and blobs in name order; header space-padded to 8."""
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for name in sorted(blobs):
+        size = len(blobs[name])
+        header[name] = {"dtype": "U8", "shape": [size], "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + b"".join(blobs[n] for n in sorted(blobs))
 
 
 def _parse_header(data: bytes, n_expected: int) -> tuple[dict, int]:

@@ -41,6 +41,13 @@ def test_best_parameter_beats_rice_and_stays_near_floor():
     floor = (math.lgamma(4097) - math.lgamma(65) - math.lgamma(4033)) / math.log(2) / 64
     assert floor < bits < 7.5
     assert bits <= min(golomb_cost_bits(gaps, 1 << b) for b in range(3, 9)) / gaps.numel()
+    assert best_golomb_parameter(gaps, limit=4096) == m  # the histogram search agrees
+
+
+@pytest.mark.parametrize("scale", [1, 3, 20, 300])
+def test_histogram_search_matches_exact_search(scale):
+    gaps = (torch.distributions.Exponential(1.0 / scale).sample((3000,))).long().clamp(max=4095)
+    assert best_golomb_parameter(gaps, limit=4096) == best_golomb_parameter(gaps)
 
 
 def test_rejects_malformed_streams():
