@@ -1,4 +1,4 @@
-"""The wire format: a safetensors file of per-parameter uint8 blobs plus a signed manifest.
+"""The wire format: a safetensors file of one uint8 tensor plus a signed manifest.
 
 Writing and reading both handle the (trivial) safetensors layout here: writing so that the
 same message always gives the same bytes (the library orders metadata keys arbitrarily), and
@@ -9,7 +9,13 @@ beyond what the size-checked bytes already occupy:
 
 The header's ``__metadata__`` holds ``manifest`` (canonical JSON of PayloadManifest) and ``sig``
 (hex signature over the content hash). The content hash is sha256 over a domain tag, the
-canonical manifest and every blob in name order (name, length, bytes).
+canonical manifest and the tensor bytes.
+
+All parameters' encoded blobs are concatenated, in sorted name order, into the single tensor
+``update``; the manifest lists each parameter's shape and blob size in that order, plus a digest
+of the names. Per-parameter safetensors entries and a name->shape map would repeat every name
+twice: for a small model that header was ~15 % of the payload (3.5 kB of 21 kB for the tiny
+preset), which is the difference between 1/177 and 1/200 of dense fp32.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from compression.codec import CodecParams, CompressedMessage, decode_blob
 from compression.errors import PayloadError
 from compression.sparse import SparseUpdate
 
-FORMAT_VERSION = 1
-_DOMAIN = b"tessera-payload-v1\x00"
+FORMAT_VERSION = 2
+_DOMAIN = b"tessera-payload-v2\x00"
+_TENSOR = "update"
 _MAX_HEADER_BASE = 64 * 1024
 _MAX_HEADER_PER_PARAM = 1024
 
@@ -48,13 +55,29 @@ class PayloadManifest(BaseModel):
     hotkey: str = Field(max_length=128)
     global_step: int = Field(ge=0)
     codec: CodecParams = CodecParams()
-    shapes: dict[str, list[int]]
+    # per parameter, in sorted name order: its shape and the byte size of its encoded blob
+    names_digest: str = Field(max_length=64)
+    shapes: list[list[int]]
+    blob_sizes: list[int] = Field(default_factory=list)
     data_digest: str = Field(default="", max_length=256)
     # fingerprint of the model θ_w the sender trained from; validators compare it with their own
     base_fingerprint: str = Field(default="", max_length=128)
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def for_message(cls, msg: CompressedMessage, **fields: object) -> PayloadManifest:
+        """A manifest describing ``msg``'s parameters and codec; ``fields`` give the rest."""
+        names = sorted(msg.shapes)
+        return cls(
+            codec=msg.params, names_digest=names_digest(names), shapes=[list(msg.shapes[n]) for n in names], **fields
+        )
+
+
+def names_digest(names: list[str]) -> str:
+    """Short digest of the sorted parameter names: the manifest's stand-in for the names."""
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -76,13 +99,24 @@ def content_hash(manifest_json: str, blobs: Mapping[str, bytes]) -> bytes:
 
 def encode_payload(msg: CompressedMessage, manifest: PayloadManifest, sign: Sign | None = None) -> bytes:
     """Serialize ``msg``; the manifest's shapes and codec must describe the message."""
-    if {k: list(v) for k, v in msg.shapes.items()} != manifest.shapes or manifest.codec != msg.params:
+    names = sorted(msg.blobs)
+    described = PayloadManifest.for_message(msg, **_identity_fields(manifest))
+    if (manifest.names_digest, manifest.shapes, manifest.codec) != (
+        described.names_digest, described.shapes, described.codec
+    ):
         raise ValueError("manifest shapes/codec do not describe this message")
+    blobs = [msg.blobs[n].contiguous().cpu().numpy().tobytes() for n in names]
+    manifest = manifest.model_copy(update={"blob_sizes": [len(b) for b in blobs]})
     manifest_json = manifest.canonical_json()
-    blobs = {name: msg.blobs[name].contiguous().cpu() for name in sorted(msg.blobs)}
-    digest = content_hash(manifest_json, {n: b.numpy().tobytes() for n, b in blobs.items()})
+    body = b"".join(blobs)
+    digest = content_hash(manifest_json, {_TENSOR: body})
     sig = sign(digest).hex() if sign is not None else ""
-    return _serialize({n: b.numpy().tobytes() for n, b in blobs.items()}, {"manifest": manifest_json, "sig": sig})
+    return _serialize({_TENSOR: body}, {"manifest": manifest_json, "sig": sig})
+
+
+def _identity_fields(manifest: PayloadManifest) -> dict[str, object]:
+    skip = {"codec", "names_digest", "shapes", "blob_sizes"}
+    return {k: getattr(manifest, k) for k in PayloadManifest.model_fields if k not in skip}
 
 
 def _serialize(blobs: Mapping[str, bytes], metadata: dict[str, str]) -> bytes:
@@ -154,15 +188,26 @@ def _read_manifest(meta: object) -> tuple[PayloadManifest, str, str]:
     return manifest, raw, sig
 
 
-def _check_shapes(names: set[str], manifest: PayloadManifest, expected: Mapping[str, tuple[int, ...]]) -> None:
-    want = set(expected)
-    if names != want:
-        raise PayloadError(f"parameters differ: missing {sorted(want - names)[:3]}, extra {sorted(names - want)[:3]}")
-    for name, shape in expected.items():
-        if manifest.shapes.get(name) != list(shape):
-            raise PayloadError(f"{name}: manifest shape {manifest.shapes.get(name)} != expected {list(shape)}")
-    if set(manifest.shapes) != want:
-        raise PayloadError("manifest lists parameters that are not in the model")
+def _split_blobs(
+    blobs: Mapping[str, bytes], manifest: PayloadManifest, expected: Mapping[str, tuple[int, ...]]
+) -> dict[str, bytes]:
+    """Check the manifest describes exactly the local parameters, then cut the one tensor."""
+    if set(blobs) != {_TENSOR}:
+        raise PayloadError(f"payload must hold exactly one tensor named {_TENSOR!r}")
+    names = sorted(expected)
+    if manifest.names_digest != names_digest(names):
+        raise PayloadError("parameter names differ from the local model's")
+    if manifest.shapes != [list(expected[n]) for n in names]:
+        bad = next((n for n, s in zip(names, manifest.shapes, strict=False) if s != list(expected[n])), None)
+        raise PayloadError(f"parameter shapes differ from the local model's (first: {bad}, count {len(manifest.shapes)})")
+    body, sizes = blobs[_TENSOR], manifest.blob_sizes
+    if len(sizes) != len(names) or any(n < 0 for n in sizes) or sum(sizes) != len(body):
+        raise PayloadError("blob sizes do not tile the update tensor")
+    out, offset = {}, 0
+    for name, size in zip(names, sizes, strict=True):
+        out[name] = body[offset : offset + size]
+        offset += size
+    return out
 
 
 def _check_signature(digest: bytes, sig_hex: str, verify: Verify | None) -> None:
@@ -193,9 +238,9 @@ def decode_payload(
     if codec is not None and manifest.codec != codec:
         raise PayloadError(f"codec {manifest.codec} differs from the network's {codec}")
     blobs = _slice_blobs(header, memoryview(data)[start:])
-    _check_shapes(set(blobs), manifest, expected_shapes)
     digest = content_hash(raw, blobs)
     _check_signature(digest, sig, verify)
+    blobs = _split_blobs(blobs, manifest, expected_shapes)
     update = {}
     for name in sorted(blobs):
         layout = manifest.codec.layout(tuple(expected_shapes[name]))

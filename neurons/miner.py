@@ -100,11 +100,9 @@ class Miner:
                 delta[name] = base[name] - p
                 p.copy_(base[name])  # back to θ_w: the outer step is applied to the shared model
         message = self.compressor.compress(delta)
-        manifest = PayloadManifest(
-            run_id=hp.run_id, window=w, uid=node.uid, hotkey=node.signer.hotkey,
-            global_step=self.trainer.global_step, codec=message.params,
-            shapes={name: list(shape) for name, shape in message.shapes.items()},
-            base_fingerprint=model_fingerprint(node.model),
+        manifest = PayloadManifest.for_message(
+            message, run_id=hp.run_id, window=w, uid=node.uid, hotkey=node.signer.hotkey,
+            global_step=self.trainer.global_step, base_fingerprint=model_fingerprint(node.model),
         )
         payload = encode_payload(message, manifest, sign=node.signer.sign)
         self.train_seconds = time.time() - started

@@ -135,8 +135,9 @@ def run_case(case: Case, peers: int) -> dict:
     layouts = tess.layouts
     numel = sum(lay.numel for lay in layouts.values())
     n_kept = sum(lay.n_kept for lay in layouts.values())
-    manifest = PayloadManifest(run_id="bench", window=0, uid=0, hotkey="5" + "x" * 47, global_step=0,
-                               shapes={n: list(s) for n, s in shapes.items()})
+    probe = tess.compress({n: torch.zeros(s) for n, s in shapes.items()})
+    manifest = PayloadManifest.for_message(probe, run_id="bench", window=0, uid=0, hotkey="5" + "x" * 47, global_step=0)
+    tess = ErrorFeedbackCompressor(shapes)  # the probe must not leave state behind
     t_times, r_times, t_pay, r_pay, idx_bytes = [], [], [], [], 0
     for p in range(peers):
         x = case.peer(p)
