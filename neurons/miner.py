@@ -21,10 +21,10 @@ from neurons.node import (
     Node,
     advance,
     catch_up,
+    configure_role,
     open_shards,
     prune_own_objects,
     publish_fingerprint,
-    run_node,
     start_window,
 )
 from neurons.state import save_node_state
@@ -133,10 +133,7 @@ class Miner:
 
 
 def configure(parser) -> None:
-    from neurons.config import add_node_arguments
-
-    add_node_arguments(parser)
-    parser.set_defaults(func=lambda args: run_node("miner", args, Miner))
+    configure_role(parser, "miner", Miner)
 
 
 if __name__ == "__main__":

@@ -222,3 +222,11 @@ def prune_own_objects(node: Node) -> None:
             continue
         if report.deleted:
             log.info("%s deleted %d objects older than %d windows", node.name, len(report.deleted), keep)
+
+
+def configure_role(parser, role: str, runner) -> None:
+    """The ``tessera miner|validator`` subcommand: node flags, then ``run_node``."""
+    from neurons.config import add_node_arguments
+
+    add_node_arguments(parser)
+    parser.set_defaults(func=lambda args: run_node(role, args, runner))

@@ -25,11 +25,11 @@ from neurons.node import (
     Node,
     apply,
     catch_up,
+    configure_role,
     gather,
     open_shards,
     prune_own_objects,
     publish_fingerprint,
-    run_node,
     start_window,
     wait_for_slot_close,
 )
@@ -201,10 +201,7 @@ def _validator_secret(path) -> bytes:
 
 
 def configure(parser) -> None:
-    from neurons.config import add_node_arguments
-
-    add_node_arguments(parser)
-    parser.set_defaults(func=lambda args: run_node("validator", args, Validator))
+    configure_role(parser, "validator", Validator)
 
 
 if __name__ == "__main__":
