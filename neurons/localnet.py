@@ -26,7 +26,7 @@ from rich.live import Live
 
 from neurons.corpus import ensure_embedded_data
 from neurons.events import read_records
-from neurons.localnet_view import NodeLog, live_table, validator_windows, window_summary
+from neurons.localnet_view import NodeLog, first_window_all_up, live_table, scored_windows, window_summary
 from neurons.model import build_model
 from protocol.devchain import DevChain
 from protocol.hparams import load_hparams
@@ -35,6 +35,7 @@ from storage.seaweedfs import READ_ONLY, READ_WRITE, Identity, SeaweedServer
 
 NETUID = 1
 VALIDATOR_STAKE = 1000.0
+STARTUP_WINDOWS = 6  # windows every on-time miner gets to come up and publish its first payload
 
 
 @dataclass
@@ -123,17 +124,23 @@ def node_logs(specs: list[NodeSpec], workdir: Path) -> list[NodeLog]:
     ]
 
 
+def on_time_miners(specs: list[NodeSpec]) -> set[str]:
+    """Miners started with the network (late joiners are expected to miss the first windows)."""
+    first = min(s.start_window for s in specs)
+    return {s.name for s in specs if s.role == "miner" and s.start_window == first}
+
+
 def build_summary(specs: list[NodeSpec], workdir: Path, chain: DevChain, hparams_name: str, windows: int) -> dict:
     hp = load_hparams(hparams_name)
     params = sum(p.numel() for p in build_model(hp.model, hp.seed).parameters())
     logs = node_logs(specs, workdir)
-    done = validator_windows(logs)[:windows]
     return {
         "run_id": hp.run_id,
         "miners": [s.uid for s in specs if s.role == "miner"],
         "validators": [s.uid for s in specs if s.role == "validator"],
         "dense_fp32_bytes": 4 * params,
-        "windows": [window_summary(w, logs, chain) for w in done],
+        "first_window_all_up": first_window_all_up(logs, on_time_miners(specs)),
+        "windows": [window_summary(w, logs, chain) for w in scored_windows(logs, on_time_miners(specs))[:windows]],
     }
 
 
@@ -144,7 +151,9 @@ def _crashed(specs: list[NodeSpec]) -> list[str]:
 def watch(specs, workdir, chain, args, endpoint, data_dir, console) -> str:
     """Start late joiners on time, redraw the table, and say why we stopped."""
     miners = [s.uid for s in specs if s.role == "miner"]
+    on_time = on_time_miners(specs)
     blocks_per_window = load_hparams(args.hparams).window.blocks_per_window
+    give_up = chain.block() // blocks_per_window + STARTUP_WINDOWS
     with Live(console=console, refresh_per_second=1, transient=False) as live:
         while True:
             window = chain.block() // blocks_per_window
@@ -153,8 +162,10 @@ def watch(specs, workdir, chain, args, endpoint, data_dir, console) -> str:
                     start_node(s, workdir, endpoint, args.hparams, data_dir)
             logs = node_logs(specs, workdir)
             live.update(live_table(logs, miners, chain))
-            if len(validator_windows(logs)) >= args.windows:
+            if len(scored_windows(logs, on_time)) >= args.windows:
                 return "done"
+            if window > give_up and first_window_all_up(logs, on_time) is None:
+                return f"not every miner had uploaded by window {give_up}; see {workdir / 'logs'}"
             if crashed := _crashed(specs):
                 return "node exited early: " + ", ".join(crashed)
             time.sleep(1.0)

@@ -32,6 +32,31 @@ def validator_windows(logs: list[NodeLog]) -> list[int]:
     return sorted(set.intersection(*per_validator))
 
 
+def first_window_all_up(logs: list[NodeLog], miner_names: set[str]) -> int | None:
+    """The first window by which every named miner has uploaded at least once, None until then.
+
+    Nodes take a while to start (imports, catching up), and a miner that comes up late in a
+    window sits that window out; the subnet is "up" once each miner has published a payload.
+    """
+    firsts = []
+    for log in logs:
+        if log.name not in miner_names:
+            continue
+        uploads = [r["window"] for r in log.records if not r.get("replayed") and r.get("uploaded_bytes")]
+        if not uploads:
+            return None
+        firsts.append(min(uploads))
+    return max(firsts, default=None)
+
+
+def scored_windows(logs: list[NodeLog], miner_names: set[str]) -> list[int]:
+    """Validator windows from the one where every (on-time) miner was up; these are reported."""
+    up = first_window_all_up(logs, miner_names)
+    if up is None:
+        return []
+    return [w for w in validator_windows(logs) if w >= up]
+
+
 def chain_weights(chain: Chain, block: int) -> dict[int, float]:
     """Stake-weighted mean of the validators' weight rows as on chain at ``block``."""
     metagraph = chain.metagraph(block)

@@ -45,7 +45,10 @@ class Miner:
             node.shapes, chunk_size=hp.codec.chunk_size, topk_per_chunk=hp.codec.topk_per_chunk,
             beta=hp.codec.ef_beta, device=node.config.device,
         )
-        self.train_seconds = 0.0  # last measured, to skip a window we cannot finish in time
+        # Last measured time to train + compress one window, to skip a window we cannot finish
+        # in time. Before the first measurement assume half a window: a miner that comes up late
+        # in a window waits for the next one instead of training into a slot it would miss.
+        self.train_seconds: float | None = None
 
     def run(self) -> None:
         node = self.node
@@ -81,8 +84,15 @@ class Miner:
         log.info("%s window %d: loss %s, uploaded %d B, gathered %s -> %s", node.name, w, loss, uploaded, gathered.accepted, fp)
 
     def has_time_to_train(self, w: int) -> bool:
-        next_start = self.node.clock.window_start_time(w + 1)
-        return time.time() + self.train_seconds <= next_start + self.node.hparams.window.upload_slot_seconds / 2
+        clock = self.node.clock
+        next_start = clock.window_start_time(w + 1)
+        needed = self.train_seconds
+        if needed is None:
+            needed = (next_start - clock.window_start_time(w)) / 2
+        if time.time() + needed <= next_start + self.node.hparams.window.upload_slot_seconds / 2:
+            return True
+        log.info("%s skips training window %d: %.1f s needed, too little of the window left", self.node.name, w, needed)
+        return False
 
     def train_and_compress(self, w: int) -> tuple[bytes, float]:
         node, hp = self.node, self.node.hparams

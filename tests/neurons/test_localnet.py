@@ -32,19 +32,25 @@ def test_localnet_two_miners_one_validator(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "neurons.cli", "localnet", "--miners", "2", "--validators", "1",
            "--windows", "3", "--workdir", str(tmp_path / "net"), "--json-out", str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=420)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    logs = _log_tails(tmp_path / "net" / "logs")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + logs
     summary = json.loads(out.read_text())
     assert len(summary["miners"]) == 2 and len(summary["validators"]) == 1
     windows = summary["windows"]
     assert len(windows) == 3
     for w in windows:
         # every node (2 miners, 1 validator) holds the same model after every window
-        assert len(w["fingerprints"]) == 3 and len(set(w["fingerprints"].values())) == 1
+        assert len(w["fingerprints"]) == 3 and len(set(w["fingerprints"].values())) == 1, logs
         # both honest miners' payloads arrived, were accepted and are tiny next to dense fp32
-        assert sorted(w["payload_bytes"], key=int) == [str(u) for u in summary["miners"]]
-        assert not set(w["rejected"]) & {str(u) for u in summary["miners"]}
+        assert sorted(w["payload_bytes"], key=int) == [str(u) for u in summary["miners"]], (w, logs)
+        assert not set(w["rejected"]) & {str(u) for u in summary["miners"]}, (w, logs)
         assert max(w["payload_bytes"].values()) * 100 < summary["dense_fp32_bytes"]
     assert windows[-1]["loss"] < windows[0]["loss"]
+
+
+def _log_tails(logs_dir: Path, chars: int = 2500) -> str:
+    """The end of every node's log, for a failure message that says what the nodes saw."""
+    return "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in sorted(logs_dir.glob("*.log")))
 
 
 def _wait(condition, timeout: float, what: str) -> None:
