@@ -94,7 +94,9 @@ def _env_name(flag: str) -> str:
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, (_, help_text) in _FLAGS.items():
-        parser.add_argument(flag, dest=flag, default=None, help=f"{help_text} (env {_env_name(flag)})")
+        # dest is the flag itself (dots and all); without a metavar help would print "--netuid --NETUID"
+        metavar = flag.rpartition(".")[2].lstrip("-").replace("-", "_").upper()
+        parser.add_argument(flag, dest=flag, default=None, metavar=metavar, help=f"{help_text} (env {_env_name(flag)})")
 
 
 def _set(tree: dict, dotted: str, value: object) -> None:

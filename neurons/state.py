@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -40,8 +40,6 @@ def load_node_state(path: Path, model: torch.nn.Module, run_id: str) -> Restored
     if not path.exists():
         return None
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
         if meta.get("run_id") != run_id:

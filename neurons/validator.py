@@ -39,7 +39,7 @@ from protocol.chain import ChainError
 from protocol.keys import checkpoint_key
 from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update
 from scoring.filters import RejectReason, Stage1Result
-from scoring.gauntlet import AlreadyScoredError, WindowResult, score_window
+from scoring.gauntlet import AlreadyScoredError, WindowEvidence, WindowResult, score_window
 from scoring.lossscore import LossMeasurement, measure_update
 from scoring.state import ScoreBook
 from scoring.sync import sync_score
@@ -103,10 +103,9 @@ class Validator:
         apply(node, gathered)
         heldout = evaluate(node.model, self.heldout)
         try:
-            result = score_window(
-                self.book, w, {n.uid: n.hotkey for n in metagraph.neurons}, stage1.results.values(),
-                measurements, stage1.sync, hp.scoring, hp.outer, burn_uid=hp.scoring.burn_uid, seed=hp.run_id,
-            )
+            hotkeys = {n.uid: n.hotkey for n in metagraph.neurons}
+            evidence = WindowEvidence(w, hotkeys, list(stage1.results.values()), measurements, stage1.sync)
+            result = score_window(self.book, evidence, hp.scoring, hp.outer, burn_uid=hp.scoring.burn_uid, seed=hp.run_id)
         except AlreadyScoredError:
             # killed after saving the book but before saving θ: the window is re-applied, not re-scored
             log.info("%s window %d was scored before a restart", node.name, w)

@@ -9,8 +9,8 @@ latest sync score, then final scores and weights (``scoring.weights``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 
 from protocol.hparams import OuterConfig, ScoringConfig
 from scoring.filters import RejectReason, Stage1Result
@@ -49,28 +49,36 @@ def _add_evidence(rec: MinerRecord, loss: float, indicator: int, cfg: ScoringCon
     rec.unique_n = cfg.evidence_decay * rec.unique_n + 1.0
 
 
-def update_book(
-    book: ScoreBook,
-    window: int,
-    hotkeys: Mapping[int, str],
-    stage1: Iterable[Stage1Result],
-    measurements: Mapping[int, LossMeasurement],
-    sync: Mapping[int, float],
-    cfg: ScoringConfig,
-    seed: str = "",
-) -> tuple[dict[int, float], dict[int, int]]:
-    """Fold window ``window`` into ``book``; returns (LossScores, indicators) of evaluated uids.
+@dataclass(frozen=True)
+class WindowEvidence:
+    """What the validator loop measured for one window, as ``update_book`` consumes it.
 
     ``hotkeys`` is the full registered {uid: hotkey} map (records of others are dropped);
-    ``measurements`` holds the stage-2 result of each uid that passed stage 1; ``sync`` the
-    sync score of each uid whose fingerprint was read. ``seed`` varies the rating groups by run.
+    ``stage1`` holds one verdict per miner looked at; ``measurements`` the stage-2 result of each
+    uid that passed stage 1; ``sync`` the sync score of each uid whose fingerprint was read.
     """
+
+    window: int
+    hotkeys: Mapping[int, str]
+    stage1: Collection[Stage1Result]
+    measurements: Mapping[int, LossMeasurement] = field(default_factory=dict)
+    sync: Mapping[int, float] = field(default_factory=dict)
+
+
+def update_book(
+    book: ScoreBook, evidence: WindowEvidence, cfg: ScoringConfig, seed: str = ""
+) -> tuple[dict[int, float], dict[int, int]]:
+    """Fold ``evidence`` into ``book``; returns (LossScores, indicators) of evaluated uids.
+
+    ``seed`` varies the rating groups by run.
+    """
+    window, hotkeys, measurements = evidence.window, evidence.hotkeys, evidence.measurements
     if book.last_window is not None and window <= book.last_window:
         raise AlreadyScoredError(f"window {window} already scored (book at {book.last_window})")
     book.reconcile(hotkeys)
     scores: dict[int, float] = {}
     indicators: dict[int, int] = {}
-    for res in stage1:
+    for res in evidence.stage1:
         if res.uid not in hotkeys:
             continue
         rec = book.record(res.uid, hotkeys[res.uid], window)
@@ -89,7 +97,7 @@ def update_book(
             rec.last_reason = str(res.reason)
             if res.is_fault:
                 _add_evidence(rec, FAULT_LOSS_SAMPLE, FAULT_UNIQUE_SAMPLE, cfg)
-    for uid, s in sync.items():
+    for uid, s in evidence.sync.items():
         if uid in hotkeys:
             book.record(uid, hotkeys[uid], window).sync = float(s)
     _rate(book, scores, cfg, f"{seed}:{window}")
@@ -106,18 +114,14 @@ def _rate(book: ScoreBook, scores: Mapping[int, float], cfg: ScoringConfig, seed
 
 def score_window(
     book: ScoreBook,
-    window: int,
-    hotkeys: Mapping[int, str],
-    stage1: Iterable[Stage1Result],
-    measurements: Mapping[int, LossMeasurement],
-    sync: Mapping[int, float],
+    evidence: WindowEvidence,
     scoring: ScoringConfig,
     outer: OuterConfig,
     burn_uid: int | None = None,
     seed: str = "",
 ) -> WindowResult:
     """``update_book`` then final scores and weights: everything a validator needs per window."""
-    loss, ind = update_book(book, window, hotkeys, stage1, measurements, sync, scoring, seed)
-    scores = final_scores(book, window, GatePolicy.from_config(scoring))
+    loss, ind = update_book(book, evidence, scoring, seed)
+    scores = final_scores(book, evidence.window, GatePolicy.from_config(scoring))
     weights = compute_weights(scores, WeightPolicy.from_config(scoring, outer), burn_uid)
-    return WindowResult(window, loss, ind, scores, weights)
+    return WindowResult(evidence.window, loss, ind, scores, weights)

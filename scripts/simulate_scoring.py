@@ -32,7 +32,7 @@ from protocol.hparams import OuterConfig, ScoringConfig  # noqa: E402
 from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update  # noqa: E402
 from scoring.filters import RejectReason, Stage1Result  # noqa: E402
 from scoring.gather import select_gather_set  # noqa: E402
-from scoring.gauntlet import score_window  # noqa: E402
+from scoring.gauntlet import WindowEvidence, score_window  # noqa: E402
 from scoring.lossscore import measure_update  # noqa: E402
 from scoring.ratings import make_model, rate_window  # noqa: E402
 from scoring.state import ScoreBook  # noqa: E402
@@ -155,9 +155,8 @@ def run(windows: int = 10, seed: int = 0) -> dict[str, object]:
             if r.passed
         }
         hotkeys = {u: f"hk-{u}" for u in kinds}
-        res = score_window(
-            book, w, hotkeys, results, meas, dict.fromkeys(kinds, 1.0), scoring, outer, BURN_UID, "sim"
-        )
+        evidence = WindowEvidence(w, hotkeys, results, meas, dict.fromkeys(kinds, 1.0))
+        res = score_window(book, evidence, scoring, outer, BURN_UID, "sim")
         gather = select_gather_set(
             metagraph(w, weights),
             outer.gather_peers,

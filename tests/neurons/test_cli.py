@@ -36,3 +36,15 @@ def test_unknown_command_and_bad_log_level(capsys):
     assert exc.value.code == 2
     assert cli.main(["--log-level", "LOUD", "chain", "show", "--path", "x"]) == 2
     assert "LOUD" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("role", ["miner", "validator"])
+def test_node_help_names_each_value_once(role, capsys):
+    # argparse prints dest.upper() as the value name; with dest = the flag that read "--netuid --NETUID"
+    with pytest.raises(SystemExit) as exc:
+        cli.main([role, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for shown in ("--netuid NETUID", "--wallet.hotkey HOTKEY", "--bucket.read-key-id READ_KEY_ID", "--devchain DEVCHAIN"):
+        assert shown in out
+    assert " --NETUID" not in out and "--WALLET" not in out

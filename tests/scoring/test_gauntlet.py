@@ -5,7 +5,7 @@ import pytest
 
 from protocol.hparams import OuterConfig, ScoringConfig
 from scoring.filters import RejectReason, Stage1Result
-from scoring.gauntlet import AlreadyScoredError, WindowResult, score_window, update_book
+from scoring.gauntlet import AlreadyScoredError, WindowEvidence, WindowResult, score_window, update_book
 from scoring.lossscore import LossMeasurement
 from scoring.state import ScoreBook
 
@@ -50,7 +50,7 @@ def simulate(windows: int, seed: int, path: Path | None = None) -> list[WindowRe
             book.save(path)
             book = ScoreBook.load(path)
         sync = dict.fromkeys(hotkeys, 1.0)
-        out.append(score_window(book, w, hotkeys, stage1, meas, sync, CFG, OUTER, burn_uid=0, seed="t"))
+        out.append(score_window(book, WindowEvidence(w, hotkeys, stage1, meas, sync), CFG, OUTER, burn_uid=0, seed="t"))
     return out
 
 
@@ -91,28 +91,28 @@ def test_faults_count_against_excused_misses_only_age():
     book = ScoreBook()
     hk = {1: "a", 2: "b", 3: "c"}
     good = LossMeasurement(4.0, 3.0, 4.0, 3.9)
-    update_book(book, 0, hk, [Stage1Result.accept(u) for u in hk], dict.fromkeys(hk, good), {}, CFG)
+    update_book(book, WindowEvidence(0, hk, [Stage1Result.accept(u) for u in hk], dict.fromkeys(hk, good)), CFG)
     before = {u: (r.unique_ema, r.unique_n) for u, r in book.records.items()}
     stage1 = [
         Stage1Result.reject(1, RejectReason.MISSING),
         Stage1Result.reject(2, RejectReason.NON_FINITE),
         Stage1Result.accept(3),  # passed but not measured (e.g. evaluation budget): no change
     ]
-    update_book(book, 1, hk, stage1, {}, {1: 0.0}, CFG)
+    update_book(book, WindowEvidence(1, hk, stage1, sync={1: 0.0}), CFG)
     r1, r2, r3 = book.records[1], book.records[2], book.records[3]
     assert (r1.unique_ema, r1.unique_n) == before[1] and r1.last_seen_window == 0 and r1.sync == 0.0
     assert r2.unique_ema < before[2][0] and r2.windows_rejected == 1 and r2.last_reason == "non_finite"
     assert r2.last_seen_window == 1
     assert (r3.unique_ema, r3.windows_evaluated) == (before[3][0], 1)
     with pytest.raises(AlreadyScoredError):
-        update_book(book, 1, hk, [], {}, {}, CFG)
+        update_book(book, WindowEvidence(1, hk, []), CFG)
 
 
 def test_deregistered_uid_reset_for_new_hotkey():
     book = ScoreBook()
     good = LossMeasurement(4.0, 3.0, 4.0, 3.9)
-    update_book(book, 0, {1: "old"}, [Stage1Result.accept(1)], {1: good}, {}, CFG)
+    update_book(book, WindowEvidence(0, {1: "old"}, [Stage1Result.accept(1)], {1: good}), CFG)
     assert book.records[1].windows_evaluated == 1
-    update_book(book, 1, {1: "new"}, [Stage1Result.accept(1)], {1: good}, {}, CFG)
+    update_book(book, WindowEvidence(1, {1: "new"}, [Stage1Result.accept(1)], {1: good}), CFG)
     assert book.records[1].hotkey == "new" and book.records[1].windows_evaluated == 1
     assert book.records[1].first_window == 1
