@@ -36,6 +36,19 @@ class EventLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._end_torn_line()
+
+    def _end_torn_line(self) -> None:
+        """A writer killed mid-line leaves a tail without a newline; end it, so the next record
+        starts on its own line instead of being glued onto (and lost with) the torn one."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(-1, 2)
+            torn = fh.read(1) != b"\n"
+        if torn:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write("\n")
 
     def append(self, record: WindowRecord) -> None:
         line = json.dumps(asdict(record), sort_keys=True)
