@@ -126,7 +126,8 @@ def node_config_from_args(role: str, args: argparse.Namespace, env: dict[str, st
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ConfigError(f"invalid node setting {where}: {first['msg']} ({_hint(where)})") from exc
+        # from None: the ValidationError's own text echoes the raw input, secrets included
+        raise ConfigError(f"invalid node setting {where}: {first['msg']} ({_hint(where)})") from None
 
 
 def _hint(field: str) -> str:
