@@ -42,7 +42,8 @@ def load_node_state(path: Path, model: torch.nn.Module, run_id: str) -> Restored
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-        if meta.get("run_id") != run_id:
+        window = _window(meta)
+        if meta.get("run_id") != run_id or window is None:
             return None
         tensors = load_file(str(path))
     except (SafetensorError, OSError, json.JSONDecodeError):
@@ -55,4 +56,10 @@ def load_node_state(path: Path, model: torch.nn.Module, run_id: str) -> Restored
         for name, p in params.items():
             p.copy_(loaded[name].to(p.device))
     extra = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
-    return RestoredState(window=int(meta["window"]), extra=extra)
+    return RestoredState(window=window, extra=extra)
+
+
+def _window(meta: dict[str, str]) -> int | None:
+    """The window recorded in the metadata; None when it is missing or not a window number."""
+    raw = meta.get("window", "")
+    return int(raw) if raw.isascii() and raw.isdigit() else None
