@@ -20,11 +20,11 @@ from neurons.fingerprint import model_fingerprint
 from neurons.node import (
     Node,
     advance,
-    catch_up,
     configure_role,
     open_shards,
     prune_own_objects,
     publish_fingerprint,
+    run_windows,
     start_window,
 )
 from neurons.state import save_node_state
@@ -56,15 +56,7 @@ class Miner:
         ef = {k.removeprefix("ef."): v for k, v in node.extra_state.items() if k.startswith("ef.")}
         if ef:
             self.compressor.load_state_dict(ef)
-        done = 0
-        while not node.stop.is_set():
-            catch_up(node)
-            if node.stop.is_set():
-                break
-            self.one_window()
-            done += 1
-            if node.config.max_windows and done >= node.config.max_windows:
-                break
+        run_windows(node, self.one_window)
 
     def one_window(self) -> None:
         node, w = self.node, self.node.window

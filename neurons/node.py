@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +96,14 @@ def build_node(config: NodeConfig, stop: threading.Event) -> Node:
         region=bucket.region,
     )
     commit_bucket_if_needed(chain, signer, uid, config)
+    return assemble_node(config, hparams, chain, signer, uid, store, stop)
+
+
+def assemble_node(
+    config: NodeConfig, hparams: Hparams, chain: Chain, signer: HotkeySigner, uid: int, store: ObjectStore,
+    stop: threading.Event,
+) -> Node:
+    """A Node from the parts that need I/O to obtain; the rest (θ0, clock, peers, log) follows from them."""
     model = build_model(hparams.model, hparams.seed).to(config.device)
     clock = WindowClock(chain, hparams.window.blocks_per_window, hparams.window.upload_slot_seconds)
     config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -174,6 +182,30 @@ def catch_up(node: Node) -> None:
             WindowRecord(node.name, node.config.role, node.uid, gathered.window, fp, gathered.accepted, replayed=True)
         )
         log.info("%s replayed window %d (%d payloads) -> %s", node.name, gathered.window, len(gathered.accepted), fp)
+
+
+def run_windows(node: Node, one_window: Callable[[], None], ready: Callable[[], bool] | None = None) -> int:
+    """Call ``one_window`` once per window until stopped or ``max_windows`` are done; returns how many.
+
+    The caller has already placed θ (``start_window``). Before each window ``ready()`` brings the
+    node up to the window it should work on next; False means stop. By default it replays every
+    window that closed meanwhile (``catch_up``) and goes on unless a stop was asked for.
+    """
+    ready = ready or (lambda: _caught_up(node))
+    done = 0
+    while not node.stop.is_set():
+        if not ready():
+            break
+        one_window()
+        done += 1
+        if node.config.max_windows and done >= node.config.max_windows:
+            break
+    return done
+
+
+def _caught_up(node: Node) -> bool:
+    catch_up(node)
+    return not node.stop.is_set()
 
 
 def publish_fingerprint(node: Node, window: int, fingerprint: str, accepted: list[int]) -> None:

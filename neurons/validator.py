@@ -30,6 +30,7 @@ from neurons.node import (
     open_shards,
     prune_own_objects,
     publish_fingerprint,
+    run_windows,
     start_window,
     wait_for_slot_close,
 )
@@ -71,21 +72,18 @@ class Validator:
         self.heldout = heldout_batches(self.shards, HELDOUT_BATCHES, t.batch_size, t.seq_len)
 
     def run(self) -> None:
+        start_window(self.node)
+        catch_up(self.node)
+        run_windows(self.node, self.one_window, self.ready)
+
+    def ready(self) -> bool:
+        """Wait until window ``node.window`` can be judged; False if asked to stop."""
         node = self.node
-        start_window(node)
-        catch_up(node)
-        done = 0
-        while not node.stop.is_set():
-            # Judging a window late is fine (LastModified decides what was on time); only a
-            # validator that fell far behind replays instead, to rejoin the present quickly.
-            if node.clock.current_window() - node.window > MAX_LAG_WINDOWS:
-                catch_up(node)
-            if node.stop.is_set() or not wait_for_slot_close(node, node.window):
-                break
-            self.one_window()
-            done += 1
-            if node.config.max_windows and done >= node.config.max_windows:
-                break
+        # Judging a window late is fine (LastModified decides what was on time); only a
+        # validator that fell far behind replays instead, to rejoin the present quickly.
+        if node.clock.current_window() - node.window > MAX_LAG_WINDOWS:
+            catch_up(node)
+        return not node.stop.is_set() and wait_for_slot_close(node, node.window)
 
     def one_window(self) -> None:
         node, hp, w = self.node, self.node.hparams, self.node.window

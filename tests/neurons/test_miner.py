@@ -1,0 +1,169 @@
+"""Miner timing decisions: whether a window is worth training, and the upload inside its slot.
+
+The clock is a DevChain whose genesis the test places, so "now" sits exactly where a case needs
+it within a window; storage is a LocalStore, made flaky where a case needs failures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from neurons.config import BucketConfig, NodeConfig
+from neurons.miner import Miner
+from neurons.node import assemble_node
+from protocol.devchain import DevChain
+from protocol.hparams import Hparams
+from protocol.keys import payload_key
+from protocol.signing import HotkeySigner
+from storage import StorageError
+from storage.errors import StorageUnavailable
+from storage.local import LocalStore
+
+BLOCK_TIME = 2.0
+W = 5  # the window every case looks at
+
+
+class FlakyStore(LocalStore):
+    """A LocalStore whose first ``failures`` puts fail as if the server were down."""
+
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root)
+        self.failures, self.attempts = failures, 0
+
+    def put(self, key: str, data: bytes):
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise StorageUnavailable(f"put {key}: connection refused (attempt {self.attempts})")
+        return super().put(key, data)
+
+
+def make_miner(tmp_path: Path, hparams: Hparams, corpus_dir: Path, genesis: float, store: LocalStore,
+               slot_seconds: float | None = None) -> Miner:
+    if slot_seconds is not None:
+        window = hparams.window.model_copy(update={"upload_slot_seconds": slot_seconds})
+        hparams = hparams.model_copy(update={"window": window})
+    chain = DevChain.create(tmp_path / "chain.db", netuid=1, block_time=BLOCK_TIME, genesis=genesis)
+    bucket = BucketConfig(
+        endpoint_url="http://127.0.0.1:9", name="unused", write_key_id="w", write_secret="ws",
+        read_key_id="r", read_secret="rs",
+    )
+    config = NodeConfig(
+        role="miner", netuid=1, devchain=chain.path, bucket=bucket, state_dir=tmp_path / "state", data_dir=corpus_dir,
+    )
+    signer = HotkeySigner.from_uri("//Alice")
+    return Miner(assemble_node(config, hparams, chain, signer, 1, store, threading.Event()))
+
+
+def own_key(miner: Miner) -> str:
+    return payload_key(miner.node.hparams.run_id, W, miner.node.uid)  # the run id follows the slot length
+
+
+def window_seconds(hparams: Hparams) -> float:
+    return hparams.window.blocks_per_window * BLOCK_TIME
+
+
+def genesis_at(hparams: Hparams, into_window: float) -> float:
+    """A genesis that puts now ``into_window`` seconds after window W began."""
+    return time.time() - W * window_seconds(hparams) - into_window
+
+
+def genesis_with_slot_start(hparams: Hparams, slot_start: float) -> float:
+    """A genesis whose window W+1 (the upload slot of W) begins at ``slot_start``."""
+    return slot_start - (W + 1) * window_seconds(hparams)
+
+
+# --- has_time_to_train ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("into_window", "expected"), [(0.1, True), (0.35, True), (0.7, False), (0.95, False)])
+def test_without_a_measurement_it_assumes_half_a_window(tmp_path, hparams, corpus_dir, into_window, expected):
+    # window 20 s, slot 3 s: half a window (10 s) fits while 10 <= 20 - t + 1.5, i.e. until t = 11.5 s
+    length = window_seconds(hparams)
+    miner = make_miner(tmp_path, hparams, corpus_dir, genesis_at(hparams, into_window * length), LocalStore(tmp_path / "s"))
+    assert miner.train_seconds is None
+    assert miner.has_time_to_train(W) is expected
+
+
+@pytest.mark.parametrize(("margin", "expected"), [(-0.5, True), (0.5, False)])
+def test_a_measured_time_trains_only_if_done_by_the_slot_middle(tmp_path, hparams, corpus_dir, margin, expected):
+    length, slot = window_seconds(hparams), hparams.window.upload_slot_seconds
+    into = 0.8 * length  # too late for the half-window guess, early enough for a fast miner
+    miner = make_miner(tmp_path, hparams, corpus_dir, genesis_at(hparams, into), LocalStore(tmp_path / "s"))
+    left_until_slot_middle = (length - into) + slot / 2
+    miner.train_seconds = left_until_slot_middle + margin
+    assert miner.has_time_to_train(W) is expected
+
+
+def test_a_fast_miner_trains_where_the_guess_would_skip(tmp_path, hparams, corpus_dir):
+    miner = make_miner(tmp_path, hparams, corpus_dir, genesis_at(hparams, 0.8 * window_seconds(hparams)),
+                       LocalStore(tmp_path / "s"))
+    assert not miner.has_time_to_train(W)
+    miner.train_seconds = 1.0
+    assert miner.has_time_to_train(W)
+
+
+# --- upload ----------------------------------------------------------------------------------------
+
+
+def test_upload_retries_inside_the_slot(tmp_path, hparams, corpus_dir, caplog):
+    store = FlakyStore(tmp_path / "s", failures=2)
+    slot_start = math.floor(time.time()) - 1.0  # the slot opened a second ago and runs 30 s
+    miner = make_miner(tmp_path, hparams, corpus_dir, genesis_with_slot_start(hparams, slot_start), store, 30.0)
+    with caplog.at_level(logging.WARNING, logger="neurons.miner"):
+        assert miner.upload(W, b"payload") == len(b"payload")
+    assert store.attempts == 3
+    assert store.get(own_key(miner), 1024) == b"payload"
+    assert sum("retrying" in r.message for r in caplog.records) == 2
+
+
+def test_upload_gives_up_when_the_slot_ends(tmp_path, hparams, corpus_dir, caplog):
+    store = FlakyStore(tmp_path / "s", failures=10**6)
+    slot_start = math.floor(time.time()) - 1.0
+    miner = make_miner(tmp_path, hparams, corpus_dir, genesis_with_slot_start(hparams, slot_start), store, 4.0)
+    _, slot_end = miner.node.clock.upload_slot(W)
+    with caplog.at_level(logging.ERROR, logger="neurons.miner"):
+        assert miner.upload(W, b"payload") == 0
+    finished = time.time()
+    assert slot_end <= finished <= slot_end + 2.5  # the longest back-off is 2 s
+    assert store.attempts >= 3
+    assert any("missed the upload slot" in r.message for r in caplog.records)
+    with pytest.raises(StorageError):
+        store.head(own_key(miner))
+
+
+def test_upload_never_overwrites(tmp_path, hparams, corpus_dir):
+    store = FlakyStore(tmp_path / "s", failures=0)
+    slot_start = math.floor(time.time()) - 1.0
+    miner = make_miner(tmp_path, hparams, corpus_dir, genesis_with_slot_start(hparams, slot_start), store, 30.0)
+    key = own_key(miner)
+    store.put(key, b"uploaded before a restart")
+    assert miner.upload(W, b"a different payload") == 0
+    assert store.attempts == 2  # the put above, then exactly one refused put: no retry loop
+    assert store.get(key, 1024) == b"uploaded before a restart"
+
+
+def test_upload_waits_for_the_slot_to_open(tmp_path, hparams, corpus_dir):
+    store = FlakyStore(tmp_path / "s", failures=0)
+    slot_start = math.ceil(time.time()) + 1.0
+    miner = make_miner(tmp_path, hparams, corpus_dir, genesis_with_slot_start(hparams, slot_start), store, 30.0)
+    assert miner.upload(W, b"payload") == len(b"payload")
+    # LastModified has whole seconds on real servers: even truncated it must not precede the slot
+    landed = store.head(own_key(miner)).last_modified
+    assert landed.replace(microsecond=0) >= dt.datetime.fromtimestamp(slot_start, dt.UTC)
+
+
+def test_a_stopped_miner_does_not_upload(tmp_path, hparams, corpus_dir):
+    store = FlakyStore(tmp_path / "s", failures=0)
+    slot_start = math.ceil(time.time()) + 30.0
+    miner = make_miner(tmp_path, hparams, corpus_dir, genesis_with_slot_start(hparams, slot_start), store, 30.0)
+    miner.node.stop.set()
+    started = time.time()
+    assert miner.upload(W, b"payload") == 0
+    assert time.time() - started < 1.0 and store.attempts == 0

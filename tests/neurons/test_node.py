@@ -1,0 +1,35 @@
+"""The shared node loop: how many windows run, and what ends it."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+from neurons.node import run_windows
+
+
+def fake_node(max_windows: int | None) -> SimpleNamespace:
+    # run_windows reads only the stop event and max_windows when given its own ``ready``
+    return SimpleNamespace(stop=threading.Event(), config=SimpleNamespace(max_windows=max_windows))
+
+
+def test_stops_after_max_windows():
+    node, ran = fake_node(3), []
+    assert run_windows(node, lambda: ran.append(len(ran)), ready=lambda: True) == 3
+    assert ran == [0, 1, 2]
+
+
+def test_a_not_ready_node_stops_before_the_window():
+    node, ran, checks = fake_node(None), [], []
+
+    def ready() -> bool:
+        checks.append(1)
+        return len(checks) <= 2
+
+    assert run_windows(node, lambda: ran.append(1), ready) == 2
+    assert len(checks) == 3
+
+
+def test_a_stop_during_a_window_ends_the_loop_after_it():
+    node = fake_node(None)
+    assert run_windows(node, node.stop.set, ready=lambda: True) == 1
