@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from compression import DecodedPayload, PayloadError, decode_payload
+from compression import CodecParams, DecodedPayload, PayloadError, decode_payload
 from neurons.peers import Peer, PeerDirectory
 from protocol.keys import payload_key
 from protocol.signing import verify_signature
@@ -27,6 +27,9 @@ class SlotRule:
     slot_start: float
     slot_seconds: float
     max_bytes: int
+    # The network's codec (hparams); None accepts any. A payload coded otherwise (e.g. denser
+    # top-k) would carry more coordinates, and more weight in the aggregate, than its peers'.
+    codec: CodecParams | None = None
 
 
 @dataclass
@@ -66,7 +69,8 @@ def fetch_payload(peer: Peer, rule: SlotRule, shapes: Mapping[str, tuple[int, ..
         return _reject(uid, RejectReason.MISSING, f"download failed: {exc}", **seen)
     try:
         decoded = decode_payload(
-            data, shapes, rule.max_bytes, verify=lambda msg, sig: verify_signature(peer.hotkey, msg, sig)
+            data, shapes, rule.max_bytes, verify=lambda msg, sig: verify_signature(peer.hotkey, msg, sig),
+            codec=rule.codec,
         )
     except PayloadError as exc:
         reason = RejectReason.BAD_SIGNATURE if "signature" in exc.reason else RejectReason.UNDECODABLE

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compression import aggregate, outer_step
+from compression import CodecParams, aggregate, outer_step
 from neurons.fetch import FetchedPayload, SlotRule, fetch_many
 from neurons.peers import PeerDirectory
 from protocol.chain import Chain, Metagraph
@@ -47,6 +47,7 @@ def slot_rule(hparams: Hparams, clock: WindowClock, window: int) -> SlotRule:
         slot_start=start,
         slot_seconds=hparams.window.upload_slot_seconds,
         max_bytes=hparams.codec.max_payload_bytes,
+        codec=CodecParams(chunk_size=hparams.codec.chunk_size, topk_per_chunk=hparams.codec.topk_per_chunk),
     )
 
 
