@@ -64,7 +64,13 @@ def join_from_checkpoint(node) -> int:
     node.peers.refresh(metagraph)
     validators = [n.uid for n in metagraph.neurons if n.validator_permit and n.uid != node.uid]
     # A checkpoint named for window w holds θ_{w+1}, which validators fingerprinted for w.
+    now = node.clock.current_window()
     for window, uid in _checkpoint_candidates(node, validators):
+        if window >= now:
+            # θ_{w+1} cannot exist before window w+1 begins; a lone validator naming a future
+            # window would otherwise be "the majority" of the one fingerprint found for it.
+            log.warning("validator %d publishes a checkpoint for future window %d; ignored", uid, window)
+            continue
         expected = majority_fingerprint(node, validators, window)
         if expected is None:
             continue

@@ -1,0 +1,286 @@
+"""Joining without a leader: the newest validator checkpoint whose fingerprint the majority of
+validators published, else θ0 at window 0. Forged, minority, corrupt, oversized and future
+checkpoints are passed over.
+
+Validators are devchain neurons with stake; their buckets are LocalStores holding real
+checkpoints (neurons.checkpoint) and fingerprint records, as the validator loop writes them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as safetensors_save
+
+from neurons.checkpoint import CheckpointManifest, checkpoint_bytes
+from neurons.fingerprint import model_fingerprint
+from neurons.join import join_from_checkpoint, majority_fingerprint
+from neurons.model import build_model, param_shapes
+from neurons.peers import PeerDirectory
+from protocol.clock import WindowClock
+from protocol.commitment import BucketCommitment
+from protocol.devchain import DevChain
+from protocol.hparams import Hparams, load_hparams
+from protocol.keys import checkpoint_key, checkpoint_prefix, fingerprint_key
+from protocol.signing import HotkeySigner
+from storage.local import LocalStore
+
+# The devchain started long ago, so windows in the low hundreds have closed already.
+GENESIS_AGE_S = 100.0
+BLOCK_TIME = 0.02
+
+
+@functools.cache
+def signer(i: int) -> HotkeySigner:
+    return HotkeySigner.from_uri(f"//JoinTest{i}")
+
+
+@functools.cache
+def hparams() -> Hparams:
+    """The tiny preset with a ~5k-parameter Llama, so θ0 and checkpoints cost milliseconds."""
+    hp = load_hparams("tiny")
+    model = hp.model.model_copy(update={"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
+                                        "num_layers": 1, "num_heads": 2, "num_kv_heads": 2, "max_seq_len": 16})
+    return hp.model_copy(update={"model": model, "training": hp.training.model_copy(update={"seq_len": 16})})
+
+
+@dataclass
+class Config:
+    device: str = "cpu"
+
+
+@dataclass
+class JoiningNode:
+    """What join_from_checkpoint reads from a node."""
+
+    chain: DevChain
+    peers: PeerDirectory
+    uid: int
+    hparams: Hparams = field(default_factory=hparams)
+    config: Config = field(default_factory=Config)
+    model: torch.nn.Module = field(init=False)
+    shapes: dict = field(init=False)
+    clock: WindowClock = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model = theta(seed=999)  # whatever the node held before: join must replace it
+        self.shapes = param_shapes(self.model)
+        window = self.hparams.window
+        self.clock = WindowClock(self.chain, window.blocks_per_window, window.upload_slot_seconds)
+
+    @property
+    def name(self) -> str:
+        return f"joiner-{self.uid}"
+
+
+def theta(seed: int | None = None) -> torch.nn.Module:
+    """θ0 of the run, or (with ``seed``) θ0 moved by a seeded step: a later network state."""
+    model = build_model(hparams().model, hparams().seed)
+    if seed is not None:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@dataclass
+class Net:
+    chain: DevChain
+    root: Path
+    stores: dict[str, LocalStore] = field(default_factory=dict)
+    uid_of: dict[int, int] = field(default_factory=dict)
+
+    def make_store(self, c: BucketCommitment) -> LocalStore:
+        return self.stores.setdefault(c.bucket, LocalStore(self.root / c.bucket))
+
+    def join(self, who: int, stake: float) -> int:
+        uid = self.chain.register(signer(who), signer(500 + who).hotkey, stake=stake)
+        self.chain.commit(signer(who), BucketCommitment(endpoint_url="http://127.0.0.1:9", bucket=f"bucket-{who}",
+                                                        access_key_id="reader", secret_access_key="s").encode())
+        self.uid_of[who] = uid
+        return uid
+
+    def bucket(self, who: int) -> LocalStore:
+        return self.stores.setdefault(f"bucket-{who}", LocalStore(self.root / f"bucket-{who}"))
+
+    def publish_fingerprint(self, who: int, window: int, fingerprint: str) -> None:
+        body = {"window": window, "fingerprint": fingerprint, "gathered": [], "uid": self.uid_of[who]}
+        self.bucket(who).put(fingerprint_key(hparams().run_id, window, self.uid_of[who]), json.dumps(body).encode())
+
+    def publish_checkpoint(self, who: int, window: int, model: torch.nn.Module, *, fingerprint: bool = True) -> str:
+        """What a validator writes after window ``window``: checkpoint and θ_{window+1}'s fingerprint."""
+        fp = model_fingerprint(model)
+        manifest = CheckpointManifest(run_id=hparams().run_id, window=window, global_step=window * 8, fingerprint=fp)
+        self.bucket(who).put(checkpoint_key(hparams().run_id, window), checkpoint_bytes(model, manifest))
+        if fingerprint:
+            self.publish_fingerprint(who, window, fp)
+        return fp
+
+    def joiner(self, who: int = 0) -> JoiningNode:
+        uid = self.uid_of.get(who)
+        if uid is None:
+            uid = self.chain.register(signer(who), signer(500 + who).hotkey)
+        return JoiningNode(self.chain, PeerDirectory(self.chain, self.make_store), uid)
+
+
+@pytest.fixture
+def net(tmp_path) -> Net:
+    chain = DevChain.create(tmp_path / "chain.db", netuid=1, block_time=BLOCK_TIME, genesis=time.time() - GENESIS_AGE_S)
+    return Net(chain, tmp_path)
+
+
+def fingerprint_of(node: JoiningNode) -> str:
+    return model_fingerprint(node.model)
+
+
+# --- nothing to join from ------------------------------------------------------------------------
+
+
+def test_no_validators_means_theta0_at_window_0(net):
+    node = net.joiner()
+    assert fingerprint_of(node) != model_fingerprint(theta())
+    assert join_from_checkpoint(node) == 0
+    assert fingerprint_of(node) == model_fingerprint(theta())
+
+
+def test_validators_without_checkpoints_mean_theta0_at_window_0(net):
+    for who in (1, 2):
+        net.join(who, stake=10.0)
+        net.publish_fingerprint(who, 100, model_fingerprint(theta(1)))
+    node = net.joiner()
+    assert join_from_checkpoint(node) == 0
+    assert fingerprint_of(node) == model_fingerprint(theta())
+
+
+# --- the majority's checkpoint -------------------------------------------------------------------
+
+
+def test_the_newest_majority_checkpoint_is_loaded(net):
+    for who in (1, 2, 3):
+        net.join(who, stake=10.0)
+    older, newer = theta(1), theta(2)
+    for who in (1, 2, 3):
+        net.publish_checkpoint(who, 100, older)
+        fp = net.publish_checkpoint(who, 102, newer)
+    node = net.joiner()
+
+    assert join_from_checkpoint(node) == 103  # the checkpoint of window 102 holds θ_103
+    assert fingerprint_of(node) == fp
+
+
+def test_a_forged_checkpoint_of_a_minority_validator_is_ignored(net):
+    for who in (1, 2, 3):
+        net.join(who, stake=10.0)
+    honest, forged = theta(1), theta(66)
+    fp = net.publish_checkpoint(1, 100, honest)
+    net.publish_checkpoint(2, 100, honest)
+    # Validator 3 has the highest uid, so its checkpoint of the same window is tried first.
+    net.publish_checkpoint(3, 100, forged)
+    node = net.joiner()
+
+    node.peers.refresh(net.chain.metagraph())
+    assert majority_fingerprint(node, [net.uid_of[w] for w in (1, 2, 3)], 100) == fp
+    assert join_from_checkpoint(node) == 101
+    assert fingerprint_of(node) == fp
+
+
+def test_a_checkpoint_whose_tensors_do_not_match_its_claimed_fingerprint_is_ignored(net):
+    for who in (1, 2, 3):
+        net.join(who, stake=10.0)
+    honest, forged = theta(1), theta(66)
+    fp = net.publish_checkpoint(1, 100, honest)
+    net.publish_checkpoint(2, 100, honest)
+    net.publish_fingerprint(3, 100, fp)  # validator 3 claims the honest fingerprint...
+    lie = CheckpointManifest(run_id=hparams().run_id, window=100, global_step=800, fingerprint=fp)
+    tensors = {n: p.detach().clone() for n, p in forged.named_parameters()}  # ...for other tensors
+    net.bucket(3).put(checkpoint_key(hparams().run_id, 100),
+                      safetensors_save(tensors, metadata={"tessera.checkpoint": lie.model_dump_json()}))
+    node = net.joiner()
+
+    assert join_from_checkpoint(node) == 101
+    assert fingerprint_of(node) == fp
+
+
+def test_a_newer_checkpoint_without_a_majority_is_passed_over(net):
+    for who in (1, 2, 3):
+        net.join(who, stake=10.0)
+    honest = theta(1)
+    fp = net.publish_checkpoint(1, 100, honest)
+    net.publish_checkpoint(2, 100, honest)
+    net.publish_checkpoint(3, 100, honest)
+    # At window 102 the three validators disagree: no fingerprint has more than half.
+    for who in (1, 2, 3):
+        net.publish_checkpoint(who, 102, theta(10 + who))
+    node = net.joiner()
+
+    assert join_from_checkpoint(node) == 101
+    assert fingerprint_of(node) == fp
+
+
+def test_a_lone_checkpoint_for_a_future_window_is_ignored(net):
+    for who in (1, 2, 3):
+        net.join(who, stake=10.0)
+    honest = theta(1)
+    fp = net.publish_checkpoint(1, 100, honest)
+    net.publish_checkpoint(2, 100, honest)
+    # Validator 3 alone publishes a checkpoint and fingerprint for a window that has not happened:
+    # as the only fingerprint published for it, it would otherwise be "the majority".
+    future = net.chain.block() // hparams().window.blocks_per_window + 50
+    net.publish_checkpoint(3, future, theta(66))
+    node = net.joiner()
+
+    assert join_from_checkpoint(node) == 101
+    assert fingerprint_of(node) == fp
+
+
+def test_unusable_checkpoints_are_skipped(net):
+    for who in (1, 2):
+        net.join(who, stake=10.0)
+    honest = theta(1)
+    fp = net.publish_checkpoint(1, 100, honest)
+    net.publish_checkpoint(2, 100, honest)
+    # Validator 2's newer checkpoint is truncated, and a stray object sits in its prefix.
+    good = theta(2)
+    newer_fp = net.publish_checkpoint(1, 102, good, fingerprint=True)
+    net.publish_fingerprint(2, 102, newer_fp)
+    whole = checkpoint_bytes(good, CheckpointManifest(run_id=hparams().run_id, window=102, global_step=816,
+                                                      fingerprint=newer_fp))
+    net.bucket(2).put(checkpoint_key(hparams().run_id, 102), whole[: len(whole) // 2])
+    net.bucket(2).put(checkpoint_prefix(hparams().run_id) + "README", b"not a checkpoint")
+    node = net.joiner()
+
+    # Validator 2's (uid 2 > uid 1) broken copy of window 102 is tried first and skipped.
+    assert join_from_checkpoint(node) == 103
+    assert fingerprint_of(node) == newer_fp != fp
+
+
+def test_a_joining_validator_does_not_vote_for_itself(net):
+    net.join(1, stake=10.0)
+    net.join(2, stake=10.0)
+    fp = net.publish_checkpoint(1, 100, theta(1))
+    net.publish_checkpoint(2, 100, theta(1))
+    # Validator 2 restarts without local state and joins; its own old objects disagree (say it
+    # was out of step) but only the other validators decide.
+    net.publish_checkpoint(2, 102, theta(7))
+    node = net.joiner(2)
+
+    assert join_from_checkpoint(node) == 101
+    assert fingerprint_of(node) == fp
+
+
+def test_miners_checkpoints_do_not_count(net):
+    net.join(1, stake=10.0)
+    net.join(2, stake=0.0)  # a miner: no stake, no validator permit
+    fp = net.publish_checkpoint(1, 100, theta(1))
+    net.publish_checkpoint(2, 104, theta(5))
+    node = net.joiner()
+
+    assert join_from_checkpoint(node) == 101
+    assert fingerprint_of(node) == fp
