@@ -58,6 +58,41 @@ def pack_set_bits(positions: torch.Tensor, total_bits: int) -> torch.Tensor:
     return out.to(torch.uint8)
 
 
+def _byte_starts(byte_counts: list[int]) -> list[int]:
+    starts, at = [], 0
+    for n in byte_counts:
+        starts.append(at)
+        at += n
+    return starts
+
+
+def _split_bytes(packed: torch.Tensor, starts: list[int], lengths: list[int]) -> list[torch.Tensor]:
+    return [packed[s : s + n] for s, n in zip(starts, lengths, strict=True)]
+
+
+def pack_fixed_segments(values: torch.Tensor, counts: list[int], width: int) -> list[torch.Tensor]:
+    """:func:`pack_fixed` of each run of ``counts[i]`` consecutive fields, each its own byte stream.
+
+    One pack for all runs: every run is padded to a multiple of eight fields, which fill whole
+    bytes, so each run's bytes begin on a byte boundary of the joint output.
+    """
+    lengths = [(c * width + 7) // 8 for c in counts]
+    padded = [-(-c // _WORD_FIELDS) * _WORD_FIELDS for c in counts]
+    if padded == counts:
+        packed = pack_fixed(values, width)
+    else:
+        run = torch.repeat_interleave(
+            torch.arange(len(counts), device=values.device), torch.tensor(counts, device=values.device)
+        )
+        shift = torch.tensor(
+            [p - c for p, c in zip(_byte_starts(padded), _byte_starts(counts), strict=True)], device=values.device
+        )
+        spread = values.new_zeros(sum(padded))
+        spread[torch.arange(values.numel(), device=values.device) + shift[run]] = values
+        packed = pack_fixed(spread, width)
+    return _split_bytes(packed, [p * width // 8 for p in _byte_starts(padded)], lengths)
+
+
 def set_bit_positions(data: torch.Tensor) -> torch.Tensor:
     """Positions (int64, ascending) of the one bits in ``data``."""
     shifts = torch.arange(7, -1, -1, device=data.device, dtype=torch.uint8)

@@ -22,19 +22,12 @@ from dataclasses import dataclass
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from compression.bitpack import pack_codes2, unpack_codes2
+from compression.bitpack import unpack_codes2
 from compression.chunking import ChunkLayout, chunk_layout
+from compression.encoder import MessageEncoder
 from compression.errors import PayloadError
-from compression.golomb import (
-    MAX_M,
-    GolombError,
-    geometric_golomb_parameter,
-    golomb_decode,
-    golomb_decode_high,
-    golomb_encode,
-    high_stream_bytes,
-)
-from compression.quantize import dequantize, quantize
+from compression.golomb import MAX_M, GolombError, golomb_decode, golomb_decode_high, high_stream_bytes
+from compression.quantize import dequantize
 from compression.sparse import SparseTensor, SparseUpdate
 
 HEADER_BYTES = 18
@@ -76,31 +69,12 @@ class EncodedTensor:
     decoded: torch.Tensor
 
 
-def select_topk(t: torch.Tensor, layout: ChunkLayout, scratch: torch.Tensor | None = None):
-    """Sorted in-chunk positions (n_chunks, k) of the k largest |t| per chunk, and their flat indices."""
-    mags = layout.to_chunks(t, out=scratch, absolute=True)
-    if mags.dtype == torch.float32:
-        # Non-negative IEEE floats order exactly like their bit patterns; integer top-k is faster.
-        mags = mags.view(torch.int32)
-    local = mags.topk(layout.k, dim=1, sorted=False).indices
-    local = local.sort(dim=1).values
-    return local, layout.local_to_flat(local)
-
-
-def encode_tensor(t: torch.Tensor, layout: ChunkLayout, scratch: torch.Tensor | None = None) -> EncodedTensor:
-    """Compress one float tensor; ``scratch`` (numel floats) avoids a fresh buffer per call."""
-    local, flat = select_topk(t, layout, scratch)
-    values = t.reshape(-1)[flat]
-    codes, table = quantize(values)
-    if not bool(torch.isfinite(table).all()):
-        raise ValueError("non-finite values in the tensor to compress")
-    gaps = (torch.diff(local, dim=1, prepend=local.new_full((layout.n_chunks, 1), -1)) - 1).reshape(-1)
-    m = geometric_golomb_parameter(gaps)
-    streams = golomb_encode(gaps, m)
-    header = torch.tensor([m & 255, m >> 8], dtype=torch.uint8, device=t.device)
-    parts = [header, table.view(torch.uint8), streams.high, pack_codes2(codes), streams.low, streams.unary]
-    blob = torch.cat(parts).cpu()
-    return EncodedTensor(blob=blob, flat_indices=flat, decoded=dequantize(codes, table))
+def encode_tensor(t: torch.Tensor, layout: ChunkLayout) -> EncodedTensor:
+    """Compress one float tensor. A model's parameters go through one
+    :class:`compression.encoder.MessageEncoder` together, which is much faster than one by one."""
+    flat = t.detach().reshape(-1).to(torch.float32).contiguous()
+    enc = MessageEncoder({"t": layout}, t.device).encode(flat)
+    return EncodedTensor(blob=enc.blobs["t"], flat_indices=enc.flat_indices, decoded=enc.decoded)
 
 
 def _max_unary_bytes(layout: ChunkLayout, m: int) -> int:

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 
 import torch
 
-from compression.codec import CodecParams, CompressedMessage, encode_tensor
+from compression.codec import CodecParams, CompressedMessage
+from compression.encoder import MessageEncoder
 
 _PREFIX = "error/"
 
@@ -34,34 +35,30 @@ class ErrorFeedbackCompressor:
         self.device = torch.device(device)
         self.shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
         self.layouts = {name: self.params.layout(shape) for name, shape in self.shapes.items()}
-        self.error = {n: torch.zeros(s, dtype=torch.float32, device=self.device) for n, s in self.shapes.items()}
-        self._scratch: torch.Tensor | None = None
-
-    def _scratch_for(self, numel: int) -> torch.Tensor:
-        # One reusable buffer for the chunked magnitudes, sized for the largest parameter seen.
-        if self._scratch is None or self._scratch.numel() < numel:
-            self._scratch = torch.empty(numel, dtype=torch.float32, device=self.device)
-        return self._scratch[:numel]
+        self.encoder = MessageEncoder(self.layouts, self.device)
+        # One flat buffer for all parameters (what the encoder reads); ``error`` holds views of it.
+        self._flat = torch.zeros(self.encoder.numel, dtype=torch.float32, device=self.device)
+        self.error = {name: self.encoder.view(self._flat, i) for i, name in enumerate(self.encoder.names)}
 
     def compress(self, deltas: Mapping[str, torch.Tensor]) -> CompressedMessage:
         """Fold ``deltas`` (theta_before - theta_after) into the error and compress it."""
         if set(deltas) != set(self.shapes):
             missing, extra = set(self.shapes) - set(deltas), set(deltas) - set(self.shapes)
             raise KeyError(f"pseudo-gradient names differ: missing {sorted(missing)}, extra {sorted(extra)}")
-        blobs: dict[str, torch.Tensor] = {}
-        for name in sorted(self.shapes):
-            delta, e, layout = deltas[name], self.error[name], self.layouts[name]
+        for name, delta in deltas.items():
             if tuple(delta.shape) != self.shapes[name]:
                 raise ValueError(f"{name}: shape {tuple(delta.shape)} != {self.shapes[name]}")
-            e.mul_(self.beta).add_(delta.to(device=e.device, dtype=e.dtype))
-            enc = encode_tensor(e, layout, self._scratch_for(layout.numel))
-            e.view(-1).index_add_(0, enc.flat_indices, enc.decoded, alpha=-1.0)
-            blobs[name] = enc.blob
-        return CompressedMessage(params=self.params, shapes=dict(self.shapes), blobs=blobs)
+        for name, e in self.error.items():
+            # e <- delta + beta * e, in one pass
+            torch.add(deltas[name].to(device=e.device, dtype=e.dtype), e, alpha=self.beta, out=e)
+        enc = self.encoder.encode(self._flat)
+        self._flat.index_add_(0, enc.flat_indices, enc.decoded, alpha=-1.0)
+        return CompressedMessage(params=self.params, shapes=dict(self.shapes), blobs=enc.blobs)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors only (safetensors-ready): the error buffers under ``error/<name>``."""
-        return {_PREFIX + name: e for name, e in self.error.items()}
+        # Copies: the buffers are views of one flat tensor, and safetensors refuses shared storage.
+        return {_PREFIX + name: e.clone() for name, e in self.error.items()}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         expected = {_PREFIX + n for n in self.shapes}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compression.bitpack import pack_fixed, pack_set_bits, set_bit_positions, unpack_fixed
+from compression.bitpack import pack_fixed_segments, pack_set_bits, set_bit_positions, unpack_fixed
 
 MAX_M = 1 << 16
 _SEARCH = (0.6, 0.7, 0.8, 0.9, 1.0, 1.12, 1.25, 1.4)
@@ -77,11 +77,15 @@ def best_golomb_parameter(gaps: torch.Tensor, limit: int | None = None) -> int:
 
 
 def geometric_golomb_parameter(gaps: torch.Tensor) -> int:
-    """Closed-form M for geometric gaps of the same mean (Gallager & van Voorhis):
-    the smallest M with (1-p)^M + (1-p)^(M+1) <= 1, p = 1 / (mean + 1). One reduction, no search."""
+    """Closed-form M for geometric gaps with the mean of ``gaps``; see :func:`golomb_parameter_for_mean`."""
     if gaps.numel() == 0:
         return 1
-    mean = float(gaps.to(torch.float64).mean().item())
+    return golomb_parameter_for_mean(float(gaps.to(torch.float64).mean().item()))
+
+
+def golomb_parameter_for_mean(mean: float) -> int:
+    """Closed-form M for geometric gaps of this mean (Gallager & van Voorhis): the smallest M
+    with (1-p)^M + (1-p)^(M+1) <= 1, p = 1 / (mean + 1). No search over candidates."""
     if mean <= 0.0:
         return 1
     p = 1.0 / (mean + 1.0)
@@ -90,16 +94,68 @@ def geometric_golomb_parameter(gaps: torch.Tensor) -> int:
 
 def golomb_encode(gaps: torch.Tensor, m: int) -> GolombStreams:
     """Streams for non-negative int64 ``gaps``."""
-    high_bits, u = _split(m)
-    q = torch.div(gaps, m, rounding_mode="floor")
-    r = gaps - q * m
-    long = r >= u if m > 1 else torch.zeros_like(r, dtype=torch.bool)
-    shifted = r + u
-    high = pack_fixed(torch.where(long, shifted >> 1, r), high_bits)
-    low = pack_fixed(shifted[long] & 1, 1)
-    ends = torch.cumsum(q + 1, dim=0) - 1
-    total = int(ends[-1].item()) + 1 if ends.numel() else 0
-    return GolombStreams(high=high, low=low, unary=pack_set_bits(ends, total))
+    return golomb_encode_segments(gaps, [gaps.numel()], [m])[0]
+
+
+def golomb_encode_segments(gaps: torch.Tensor, counts: list[int], ms: list[int]) -> list[GolombStreams]:
+    """Streams of several gap sequences at once, each with its own parameter.
+
+    ``gaps`` holds the sequences back to back, ``counts[i]`` gaps for sequence i, coded with
+    ``ms[i]``. The work is a fixed number of tensor operations whatever the number of
+    sequences, which is what makes encoding a model of many small parameters fast.
+    """
+    dev = gaps.device
+    runs = torch.tensor(counts, device=dev)
+    splits = [_split(m) for m in ms]
+    m_of = torch.tensor(ms, device=dev, dtype=torch.int64).repeat_interleave(runs)
+    u_of = torch.tensor([u for _, u in splits], device=dev, dtype=torch.int64).repeat_interleave(runs)
+    q = torch.div(gaps, m_of, rounding_mode="floor")
+    r = gaps - q * m_of
+    long = (r >= u_of) & (m_of > 1)
+    shifted = r + u_of
+    high = _pack_high(torch.where(long, shifted >> 1, r), counts, [h for h, _ in splits])
+    # Low bits: one per long field, in order; bit j of sequence i is the j-th long field of i.
+    long_count = torch.cumsum(long, 0)
+    low = _pack_ones(long_count - 1, long & (shifted & 1).bool(), run_totals(long_count, counts), runs)
+    # Unary: after each quotient's zeros a terminator, at bit (q_1+1) + ... + (q_i+1) - 1.
+    step_count = torch.cumsum(q + 1, 0)
+    unary = _pack_ones(step_count - 1, None, run_totals(step_count, counts), runs)
+    return [GolombStreams(high=h, low=lo, unary=un) for h, lo, un in zip(high, low, unary, strict=True)]
+
+
+def run_totals(running: torch.Tensor, counts: list[int]) -> list[int]:
+    """Per run of ``counts[i]`` consecutive elements, the sum of those elements, given the
+    running (inclusive cumulative) sum of all of them."""
+    at_end = torch.cat([running.new_zeros(1), running])[torch.tensor(counts, device=running.device).cumsum(0)]
+    ends = at_end.tolist()
+    return [b - a for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+def _pack_ones(position: torch.Tensor, keep: torch.Tensor | None, bits: list[int], runs: torch.Tensor) -> list[torch.Tensor]:
+    """One byte stream per run, ``bits[i]`` long: ones at ``position`` (counted over all runs
+    together) where ``keep``; each run's stream starts on a byte boundary of one packed output."""
+    lengths = [(b + 7) // 8 for b in bits]
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    before = [sum(bits[:i]) for i in range(len(bits))]
+    shift = torch.tensor([8 * s - b for s, b in zip(starts, before, strict=True)], device=position.device)
+    position = position + shift.repeat_interleave(runs)
+    packed = pack_set_bits(position if keep is None else position[keep], 8 * sum(lengths))
+    return [packed[s : s + n] for s, n in zip(starts, lengths, strict=True)]
+
+
+def _pack_high(fields: torch.Tensor, counts: list[int], widths: list[int]) -> list[torch.Tensor]:
+    """Each sequence's high stream; sequences of one width are packed together."""
+    out = [fields.new_empty(0, dtype=torch.uint8)] * len(counts)
+    for width in sorted(set(widths) - {0}):
+        members = [i for i, w in enumerate(widths) if w == width]
+        if len(members) == len(widths):
+            mine = fields
+        else:
+            wanted = torch.tensor([w == width for w in widths], device=fields.device)
+            mine = fields[wanted.repeat_interleave(torch.tensor(counts, device=fields.device))]
+        for i, stream in zip(members, pack_fixed_segments(mine, [counts[i] for i in members], width), strict=True):
+            out[i] = stream
+    return out
 
 
 def high_stream_bytes(count: int, m: int) -> int:

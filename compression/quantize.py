@@ -1,7 +1,7 @@
 """2-bit value quantizer: sign + two magnitude levels, with a per-tensor centroid table.
 
 Code layout: bit 1 = negative, bit 0 = high magnitude. The magnitude threshold comes from a
-few Lloyd (1-D two-means) iterations on a strided sample of |v| (pooled over both signs); each
+few Lloyd (1-D two-means) iterations on an evenly spaced sample of |v| (pooled over both signs); each
 of the four codes then decodes to the mean of the values it holds. The exact optimal split
 (``optimal_threshold``) is kept for comparison: it is within 0.2 % of the error but its sort
 costs more than the iterations on this CPU. Because the sign is its own bit no kept value can come back with the wrong sign, unlike
@@ -17,9 +17,9 @@ import torch
 
 N_CODES = 4
 LLOYD_ITERATIONS = 3
-# The threshold is fitted on an evenly strided sample of at most this many magnitudes: it needs
-# only a good estimate, and a small sample keeps the fit cheap for large layers.
-FIT_SAMPLE = 8192
+# The threshold is fitted on an evenly spaced sample of this many magnitudes: it needs only a
+# good estimate, and a small sample keeps the fit cheap for large layers.
+FIT_SAMPLE = 2048
 
 Threshold = Callable[[torch.Tensor], torch.Tensor]
 
@@ -43,13 +43,21 @@ def optimal_threshold(mag: torch.Tensor) -> torch.Tensor:
 
 def lloyd_threshold(mag: torch.Tensor, iterations: int = 4) -> torch.Tensor:
     """Lloyd (k-means) iterations from the mean; 0 iterations = threshold at the mean magnitude."""
-    t = mag.mean()
+    return lloyd_thresholds(mag.reshape(1, -1), iterations)[0]
+
+
+def lloyd_thresholds(mag: torch.Tensor, iterations: int) -> torch.Tensor:
+    """:func:`lloyd_threshold` of each row of ``mag`` (rows = tensors, columns = a sample of
+    their magnitudes), all rows at once; float32 (rows,)."""
+    n = mag.shape[1]
+    total = mag.sum(dim=1)
+    t = total / max(n, 1)
     for _ in range(iterations):
-        high = mag >= t
-        n_high = high.sum()
-        n_low = mag.numel() - n_high
-        sum_high = torch.where(high, mag, 0).sum()
-        low_mean = (mag.sum() - sum_high) / n_low.clamp(min=1)
+        high = mag >= t.unsqueeze(1)
+        n_high = high.sum(dim=1)
+        sum_high = torch.where(high, mag, 0).sum(dim=1)
+        n_low = n - n_high
+        low_mean = (total - sum_high) / n_low.clamp(min=1)
         high_mean = sum_high / n_high.clamp(min=1)
         t = torch.where((n_low > 0) & (n_high > 0), (low_mean + high_mean) / 2, t)
     return t
@@ -59,22 +67,47 @@ def _default_threshold(mag: torch.Tensor) -> torch.Tensor:
     return lloyd_threshold(mag, LLOYD_ITERATIONS)
 
 
+def fit_sample(count: int) -> torch.Tensor:
+    """``FIT_SAMPLE`` evenly spaced positions in ``range(count)`` (repeating when count is
+    smaller): the sample a threshold is fitted on. A fixed size lets the thresholds of many
+    tensors be fitted at once, one row each."""
+    return torch.arange(FIT_SAMPLE, dtype=torch.int64) * count // FIT_SAMPLE
+
+
 def quantize(values: torch.Tensor, threshold: Threshold = _default_threshold) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes uint8 in 0..3, table float32[4]) for a flat float tensor of kept values."""
     values = values.reshape(-1).to(torch.float32)
-    mag = values.abs()
-    stride = -(-mag.numel() // FIT_SAMPLE)
-    t = threshold(mag[::stride])
-    codes = ((values < 0).to(torch.uint8) << 1) | (mag >= t).to(torch.uint8)
-    wide = codes.to(torch.int64)
-    counts = torch.bincount(wide, minlength=N_CODES)
-    sums = torch.bincount(wide, weights=values.to(torch.float64), minlength=N_CODES)
+    t = threshold(values.abs()[fit_sample(values.numel()).to(values.device)])
+    codes, table = quantize_segments(values, [values.numel()], t.reshape(1))
+    return codes, table[0]
+
+
+def quantize_segments(
+    values: torch.Tensor, counts: list[int], thresholds: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes (uint8) and one table per segment (float32 (n_segments, 4)) for float32 ``values``
+    made of runs of ``counts[i]`` values, each run split at its own threshold ``thresholds[i]``."""
+    n_segments = thresholds.numel()
+    runs = torch.tensor(counts, device=values.device)
+    codes = ((values < 0).to(torch.uint8) << 1) | (values.abs() >= thresholds.repeat_interleave(runs)).to(torch.uint8)
+    key = torch.arange(0, N_CODES * n_segments, N_CODES, device=values.device).repeat_interleave(runs)
+    key += codes
+    sums = torch.zeros(N_CODES * n_segments, dtype=torch.float64, device=values.device)
+    sums.index_add_(0, key, values.to(torch.float64))
+    hits = torch.bincount(key, minlength=N_CODES * n_segments)
     # An empty code never decodes anything; give it a finite placeholder of the right sign.
-    fallback = torch.stack([t * 0.5, t, -t * 0.5, -t]).to(torch.float64)
-    table = torch.where(counts > 0, sums / counts.clamp(min=1), fallback).to(torch.float32)
-    return codes, table
+    th = thresholds.to(torch.float64)
+    fallback = torch.stack([th * 0.5, th, -th * 0.5, -th], dim=1).reshape(-1)
+    table = torch.where(hits > 0, sums / hits.clamp(min=1), fallback).to(torch.float32)
+    return codes, table.view(n_segments, N_CODES)
 
 
 def dequantize(codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """float32 values for 2-bit codes."""
     return table[codes.to(torch.int64)]
+
+
+def dequantize_segments(codes: torch.Tensor, tables: torch.Tensor, runs: torch.Tensor) -> torch.Tensor:
+    """float32 values for codes made of runs (``runs[i]`` codes) each with its table ``tables[i]``."""
+    first = torch.arange(0, tables.numel(), N_CODES, device=codes.device).repeat_interleave(runs)
+    return tables.reshape(-1)[first + codes]

@@ -40,7 +40,7 @@ from compression import (  # noqa: E402
     decode_payload,
     encode_payload,
 )
-from compression.codec import HEADER_BYTES, select_topk  # noqa: E402
+from compression.codec import HEADER_BYTES, encode_tensor  # noqa: E402
 from compression.quantize import dequantize, lloyd_threshold, optimal_threshold, quantize  # noqa: E402
 
 
@@ -84,7 +84,7 @@ def quantizer_study(x, layouts) -> dict:
     """rel_error and sign-flip rate of candidate 2-bit quantizers on the same kept values."""
     kept = []
     for name, lay in layouts.items():
-        _, flat = select_topk(x[name].float(), lay)
+        flat = encode_tensor(x[name].float(), lay).flat_indices
         kept.append(x[name].reshape(-1)[flat].float())
     candidates = {"reference_4bins_6sigma": lambda v: quantize_reference(v)}
     for iters in (0, 1, 4, 8):
