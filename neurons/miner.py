@@ -34,6 +34,8 @@ from storage import ObjectExists, StorageError
 
 log = logging.getLogger(__name__)
 
+SKIP_DECAY = 0.75  # per skipped window, the measured training time is trusted this much less
+
 
 class Miner:
     def __init__(self, node: Node) -> None:
@@ -76,14 +78,23 @@ class Miner:
         log.info("%s window %d: loss %s, uploaded %d B, gathered %s -> %s", node.name, w, loss, uploaded, gathered.accepted, fp)
 
     def has_time_to_train(self, w: int) -> bool:
+        """Whether training window w now can finish by the middle of its upload slot."""
         clock = self.node.clock
         next_start = clock.window_start_time(w + 1)
-        needed = self.train_seconds
-        if needed is None:
-            needed = (next_start - clock.window_start_time(w)) / 2
+        window_seconds = next_start - clock.window_start_time(w)
+        needed = self.train_seconds if self.train_seconds is not None else window_seconds / 2
         if time.time() + needed <= next_start + self.node.hparams.window.upload_slot_seconds / 2:
             return True
         log.info("%s skips training window %d: %.1f s needed, too little of the window left", self.node.name, w, needed)
+        if self.train_seconds is not None:
+            if needed > window_seconds:
+                log.warning(
+                    "%s needs %.1f s to train a %.1f s window: too slow to contribute (CPU threads contended? "
+                    "try --threads or a faster --device)", self.node.name, needed, window_seconds,
+                )
+            # A skipped window measures nothing. Without decay one slow window (a cold start, a
+            # passing load spike) would keep the miner skipping for good; with it, it retries soon.
+            self.train_seconds *= SKIP_DECAY
         return False
 
     def train_and_compress(self, w: int) -> tuple[bytes, float]:
