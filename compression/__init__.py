@@ -5,7 +5,7 @@ from compression.aggregate import aggregate, index_overlap, outer_step
 from compression.chunking import ChunkLayout, chunk_layout, largest_divisor_at_most
 from compression.codec import CodecParams, CompressedMessage, decode_blob, decode_message, encode_tensor
 from compression.error_feedback import ErrorFeedbackCompressor
-from compression.errors import PayloadError
+from compression.errors import PayloadError, SignatureError
 from compression.sparse import SparseTensor, SparseUpdate
 from compression.wire import (
     FORMAT_VERSION,
@@ -25,6 +25,7 @@ __all__ = [
     "ErrorFeedbackCompressor",
     "PayloadError",
     "PayloadManifest",
+    "SignatureError",
     "SparseTensor",
     "SparseUpdate",
     "aggregate",

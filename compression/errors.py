@@ -9,3 +9,7 @@ class PayloadError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class SignatureError(PayloadError):
+    """The payload is well formed but its signature is missing, malformed or not the signer's."""

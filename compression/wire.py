@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compression.codec import CodecParams, CompressedMessage, decode_blob
-from compression.errors import PayloadError
+from compression.errors import PayloadError, SignatureError
 from compression.sparse import SparseUpdate
 
 FORMAT_VERSION = 2
@@ -216,9 +216,9 @@ def _check_signature(digest: bytes, sig_hex: str, verify: Verify | None) -> None
     try:
         sig = bytes.fromhex(sig_hex)
     except ValueError as err:
-        raise PayloadError("signature is not hex") from err
+        raise SignatureError("signature is not hex") from err
     if not sig or not verify(digest, sig):
-        raise PayloadError("bad signature")
+        raise SignatureError("bad signature")
 
 
 def decode_payload(

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from compression import CodecParams, DecodedPayload, PayloadError, decode_payload
+from compression import CodecParams, DecodedPayload, PayloadError, SignatureError, decode_payload
 from neurons.peers import Peer, PeerDirectory
 from protocol.keys import payload_key
 from protocol.signing import verify_signature
@@ -73,7 +73,7 @@ def fetch_payload(peer: Peer, rule: SlotRule, shapes: Mapping[str, tuple[int, ..
             codec=rule.codec,
         )
     except PayloadError as exc:
-        reason = RejectReason.BAD_SIGNATURE if "signature" in exc.reason else RejectReason.UNDECODABLE
+        reason = RejectReason.BAD_SIGNATURE if isinstance(exc, SignatureError) else RejectReason.UNDECODABLE
         return _reject(uid, reason, exc.reason, **seen)
     m = decoded.manifest
     if (m.run_id, m.window, m.uid, m.hotkey) != (rule.run_id, rule.window, uid, peer.hotkey):
