@@ -13,6 +13,7 @@ from compression import (
     ErrorFeedbackCompressor,
     PayloadError,
     PayloadManifest,
+    SignatureError,
     decode_message,
     decode_payload,
     encode_payload,
@@ -70,7 +71,7 @@ def test_encoding_is_deterministic_and_readable_by_safetensors(payload):
 
 def test_signature_is_checked(payload):
     msg, manifest, data = payload
-    with pytest.raises(PayloadError, match="bad signature"):
+    with pytest.raises(SignatureError, match="bad signature"):
         decode_payload(data, SHAPES, CAP, lambda d, s: False)
     unsigned = encode_payload(msg, manifest, None)
     with pytest.raises(PayloadError, match="bad signature"):
