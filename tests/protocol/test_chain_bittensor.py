@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from fake_substrate import BLOCK_MS, GENESIS_MS, U16_MAX, FakeSubstrate, block_hash_of
 
 from protocol.chain import ChainError
 from protocol.chain_bittensor import BittensorChain
 from protocol.commitment import BucketCommitment
 from protocol.signing import HotkeySigner
+from tests.protocol.fake_substrate import BLOCK_MS, GENESIS_MS, U16_MAX, FakeSubstrate, block_hash_of
 
 NETUID = 7
 ALICE, BOB, CHARLIE = (HotkeySigner.from_uri(u) for u in ("//Alice", "//Bob", "//Charlie"))
