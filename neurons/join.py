@@ -1,19 +1,92 @@
-"""Joining without a leader: the newest validator checkpoint whose fingerprint the majority of
-validators confirm, else θ0 at window 0; the caller then replays the windows since."""
+"""Joining without a leader: the newest validator checkpoint whose fingerprint validators holding
+more than half of all validator stake published, else θ0 at window 0; the caller replays since.
+
+Who decides. The *electorate* is every neuron with a validator permit in the current metagraph,
+except the joining node itself, each weighing its current stake. A fingerprint of θ_{w+1} is
+confirmed only when the stake of the validators that published it is more than half of the
+electorate's *whole* stake -- silent validators count against it, not as abstentions. This closes
+two holes of a head count over whoever answered:
+
+* Sybils: many permit holders with almost no stake cannot outvote one validator holding most of
+  it, since each answer weighs its stake, not 1.
+* A lone answer: a validator that publishes a window before the others do, or keeps its objects
+  after the honest ones were pruned, is not "the majority of those who answered" any more; unless
+  it holds more than half of all validator stake by itself, it confirms nothing.
+
+Consequences, by design:
+
+* Joining needs a majority *of stake to be reachable*. With two equal-stake validators both must
+  have published the same fingerprint for the window (exactly half is not enough); if one is down,
+  unreachable, or has not yet published the newest window, that window is passed over and an older
+  checkpoint both confirmed is used (validators checkpoint every ``interval_windows`` and retain
+  ``retention_windows`` >= 2 intervals, so an older one normally exists and the replay is longer).
+* The joiner is not in its own electorate: a validator that lost its local state cannot vouch for
+  itself, so the others decide alone -- with two equal validators, the other one's answer is a
+  majority of the electorate. In a one-validator network the restarting validator itself has no
+  electorate at all and falls back to θ0, as before this rule.
+* Stake is read from the metagraph at join time, not as of the window: validators that since left
+  or unstaked no longer vote, new stake does. All permit holders with zero stake (possible on a
+  chain that grants permits without stake) means nobody can confirm anything: θ0.
+* The localnet (every validator VALIDATOR_STAKE, miners and owner 0) keeps working: with one
+  validator its answer is all of the stake, so a late miner joins from its checkpoints as before;
+  with N validators a late miner needs more than N/2 of them to agree, which honest ones do.
+
+When nothing qualifies the node starts from θ0 at window 0 and ``neurons.node.catch_up`` replays
+every window since. That is correct only while the network is younger than the payload retention;
+later, the early payloads are pruned, those windows replay as "nothing accepted" (θ unchanged), and
+the node ends out of step: its payloads fail the validators' sync check and nothing reloads it
+automatically. The log says why no checkpoint qualified. This is the price of refusing an
+unconfirmed checkpoint -- being out of step costs the joiner its rewards; loading a forged θ would
+cost the same and also spread it.
+
+Still open: validators holding more than half of the stake can forge together (the same trust
+Bittensor's consensus places in stake); and if the honest majority's stake is offline, honest
+joiners cannot join correctly until it returns.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-from collections import Counter
+from collections import defaultdict
+from dataclasses import dataclass
 
 from neurons.checkpoint import CheckpointError, load_checkpoint
 from neurons.model import build_model
+from protocol.chain import Metagraph
 from protocol.keys import ObjectKeyError, checkpoint_key, checkpoint_prefix, fingerprint_key, window_of_key
 from storage import StorageError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Electorate:
+    """The validators whose published fingerprints decide a join, each with the stake it weighs."""
+
+    stakes: dict[int, float]
+
+    @classmethod
+    def from_metagraph(cls, metagraph: Metagraph, joiner: int) -> Electorate:
+        """Every permit holder but ``joiner``; a non-finite or negative stake weighs nothing."""
+        return cls({
+            n.uid: n.stake if math.isfinite(n.stake) and n.stake > 0 else 0.0
+            for n in metagraph.neurons
+            if n.validator_permit and n.uid != joiner
+        })
+
+    @property
+    def uids(self) -> list[int]:
+        return sorted(self.stakes)
+
+    @property
+    def total(self) -> float:
+        return math.fsum(self.stakes.values())
+
+    def confirms(self, agreeing: float) -> bool:
+        """More than half of *all* the electorate's stake, answering or not (so 0 of 0 is no)."""
+        return agreeing * 2 > self.total
 
 
 def checkpoint_cap(node) -> int:
@@ -21,22 +94,32 @@ def checkpoint_cap(node) -> int:
     return 4 * sum(math.prod(s) for s in node.shapes.values()) + (1 << 20)
 
 
-def majority_fingerprint(node, validators: list[int], window: int) -> str | None:
-    """The fingerprint of θ_{window+1} that more than half of the answering validators published."""
-    seen: list[str] = []
-    for uid in validators:
-        peer = node.peers.get(uid)
-        if peer is None:
-            continue
-        try:
-            record = json.loads(peer.store.get(fingerprint_key(node.hparams.run_id, window, uid), max_bytes=1 << 16))
-            seen.append(str(record["fingerprint"]))
-        except (StorageError, ValueError, KeyError, TypeError):
-            continue
-    if not seen:
+def _published_fingerprint(node, uid: int, window: int) -> str | None:
+    peer = node.peers.get(uid)
+    if peer is None:
         return None
-    fingerprint, count = Counter(seen).most_common(1)[0]
-    return fingerprint if count * 2 > len(seen) else None
+    try:
+        record = json.loads(peer.store.get(fingerprint_key(node.hparams.run_id, window, uid), max_bytes=1 << 16))
+        return str(record["fingerprint"])
+    except (StorageError, ValueError, KeyError, TypeError):
+        return None  # not published, pruned, unreachable or malformed: this validator does not agree
+
+
+def majority_fingerprint(node, electorate: Electorate, window: int) -> str | None:
+    """The fingerprint of θ_{window+1} published by more than half of the electorate's stake."""
+    stake_behind: dict[str, float] = defaultdict(float)
+    for uid in electorate.uids:
+        fingerprint = _published_fingerprint(node, uid, window)
+        if fingerprint is not None:
+            stake_behind[fingerprint] += electorate.stakes[uid]
+    if not stake_behind:
+        return None
+    fingerprint, agreeing = max(stake_behind.items(), key=lambda item: item[1])
+    if electorate.confirms(agreeing):
+        return fingerprint
+    log.info("window %d: best fingerprint has stake %.6g of %.6g, not a majority; passed over",
+             window, agreeing, electorate.total)
+    return None
 
 
 def _checkpoint_candidates(node, validators: list[int]) -> list[tuple[int, int]]:
@@ -58,33 +141,41 @@ def _checkpoint_candidates(node, validators: list[int]) -> list[tuple[int, int]]
     return sorted(found, reverse=True)
 
 
+def _try_checkpoint(node, uid: int, window: int, expected: str) -> bool:
+    """Load validator ``uid``'s checkpoint of ``window`` into the model if it holds ``expected``."""
+    try:
+        data = node.peers.get(uid).store.get(checkpoint_key(node.hparams.run_id, window), checkpoint_cap(node))
+        manifest = load_checkpoint(data, node.model, checkpoint_cap(node))
+    except (StorageError, CheckpointError) as exc:
+        log.warning("checkpoint %d of validator %d unusable: %s", window, uid, exc)
+        return False
+    if manifest.fingerprint != expected:
+        log.warning("checkpoint %d of validator %d disagrees with the majority fingerprint", window, uid)
+        return False
+    return True
+
+
 def join_from_checkpoint(node) -> int:
     """Load the best checkpoint into ``node.model``; return the window it holds θ for (0: θ0)."""
     metagraph = node.chain.metagraph()
     node.peers.refresh(metagraph)
-    validators = [n.uid for n in metagraph.neurons if n.validator_permit and n.uid != node.uid]
+    electorate = Electorate.from_metagraph(metagraph, joiner=node.uid)
     # A checkpoint named for window w holds θ_{w+1}, which validators fingerprinted for w.
     now = node.clock.current_window()
-    for window, uid in _checkpoint_candidates(node, validators):
+    confirmed: dict[int, str | None] = {}  # one vote count per window, however many copies it has
+    for window, uid in _checkpoint_candidates(node, electorate.uids):
         if window >= now:
-            # θ_{w+1} cannot exist before window w+1 begins; a lone validator naming a future
-            # window would otherwise be "the majority" of the one fingerprint found for it.
+            # θ_{w+1} cannot exist before window w+1 begins: whatever is published for it is forged.
             log.warning("validator %d publishes a checkpoint for future window %d; ignored", uid, window)
             continue
-        expected = majority_fingerprint(node, validators, window)
-        if expected is None:
-            continue
-        try:
-            data = node.peers.get(uid).store.get(checkpoint_key(node.hparams.run_id, window), checkpoint_cap(node))
-            manifest = load_checkpoint(data, node.model, checkpoint_cap(node))
-        except (StorageError, CheckpointError) as exc:
-            log.warning("checkpoint %d of validator %d unusable: %s", window, uid, exc)
-            continue
-        if manifest.fingerprint == expected:
+        if window not in confirmed:
+            confirmed[window] = majority_fingerprint(node, electorate, window)
+        expected = confirmed[window]
+        if expected is not None and _try_checkpoint(node, uid, window, expected):
             log.info("%s joined from validator %d's checkpoint of window %d", node.name, uid, window)
             return window + 1
-        log.warning("checkpoint %d of validator %d disagrees with the majority fingerprint", window, uid)
     fresh = build_model(node.hparams.model, node.hparams.seed).to(node.config.device)
     node.model.load_state_dict(fresh.state_dict())
-    log.info("%s starts from θ0 at window 0", node.name)
+    log.warning("%s found no checkpoint confirmed by more than half of validator stake (%.6g); "
+                "starting from θ0 at window 0", node.name, electorate.total)
     return 0

@@ -1,6 +1,6 @@
-"""Joining without a leader: the newest validator checkpoint whose fingerprint the majority of
-validators published, else θ0 at window 0. Forged, minority, corrupt, oversized and future
-checkpoints are passed over.
+"""Joining without a leader: the newest validator checkpoint whose fingerprint validators holding
+more than half of all validator stake published, else θ0 at window 0. Forged, minority (by stake,
+not by head count), lone, corrupt, oversized and future checkpoints are passed over.
 
 Validators are devchain neurons with stake; their buckets are LocalStores holding real
 checkpoints (neurons.checkpoint) and fingerprint records, as the validator loop writes them.
@@ -20,9 +20,10 @@ from safetensors.torch import save as safetensors_save
 
 from neurons.checkpoint import CheckpointManifest, checkpoint_bytes
 from neurons.fingerprint import model_fingerprint
-from neurons.join import join_from_checkpoint, majority_fingerprint
+from neurons.join import Electorate, join_from_checkpoint, majority_fingerprint
 from neurons.model import build_model, param_shapes
 from neurons.peers import PeerDirectory
+from protocol.chain import Metagraph, NeuronInfo
 from protocol.clock import WindowClock
 from protocol.commitment import BucketCommitment
 from protocol.devchain import DevChain
@@ -185,8 +186,9 @@ def test_a_forged_checkpoint_of_a_minority_validator_is_ignored(net):
     net.publish_checkpoint(3, 100, forged)
     node = net.joiner()
 
-    node.peers.refresh(net.chain.metagraph())
-    assert majority_fingerprint(node, [net.uid_of[w] for w in (1, 2, 3)], 100) == fp
+    metagraph = net.chain.metagraph()
+    node.peers.refresh(metagraph)
+    assert majority_fingerprint(node, Electorate.from_metagraph(metagraph, node.uid), 100) == fp
     assert join_from_checkpoint(node) == 101
     assert fingerprint_of(node) == fp
 
@@ -284,3 +286,114 @@ def test_miners_checkpoints_do_not_count(net):
 
     assert join_from_checkpoint(node) == 101
     assert fingerprint_of(node) == fp
+
+
+# --- stake decides, and silence counts against -----------------------------------------------------
+
+
+def test_many_low_stake_validators_are_outvoted_by_one_holding_most_stake(net):
+    net.join(1, stake=100.0)
+    sybils = range(11, 21)
+    for who in sybils:
+        net.join(who, stake=0.1)  # ten permits for almost no stake
+    fp = net.publish_checkpoint(1, 100, theta(1))
+    forged = theta(66)
+    for who in sybils:
+        net.publish_checkpoint(who, 100, forged)  # ten heads against one at the same window...
+        net.publish_checkpoint(who, 102, forged)  # ...and alone at a newer one
+    node = net.joiner()
+
+    assert join_from_checkpoint(node) == 101
+    assert fingerprint_of(node) == fp
+
+
+def test_more_heads_with_less_stake_lose_to_an_honest_stake_majority(net):
+    for who, stake in ((1, 60.0), (2, 25.0), (3, 15.0)):
+        net.join(who, stake=stake)
+    fp = net.publish_checkpoint(1, 100, theta(1))
+    net.publish_checkpoint(2, 100, theta(66))
+    net.publish_checkpoint(3, 100, theta(66))
+    node = net.joiner()
+
+    assert join_from_checkpoint(node) == 101
+    assert fingerprint_of(node) == fp
+
+
+def test_a_stake_majority_is_accepted_while_the_others_are_silent(net):
+    for who, stake in ((1, 60.0), (2, 25.0), (3, 15.0)):
+        net.join(who, stake=stake)
+    for who in (1, 2, 3):
+        net.publish_checkpoint(who, 100, theta(1))
+    fp = net.publish_checkpoint(1, 102, theta(2))  # validators 2 and 3 have not published 102 yet
+    node = net.joiner()
+
+    assert join_from_checkpoint(node) == 103
+    assert fingerprint_of(node) == fp
+
+
+@pytest.mark.parametrize(("lone_stake", "accepted"), [(1.0, False), (10.0, False), (19.0, False), (21.0, True)])
+def test_a_lone_answer_counts_only_with_more_than_half_of_all_stake(net, lone_stake, accepted):
+    net.join(1, stake=10.0)
+    net.join(2, stake=10.0)
+    net.join(3, stake=lone_stake)
+    for who in (1, 2, 3):
+        older = net.publish_checkpoint(who, 100, theta(1))
+    # Validator 3 publishes window 102 before the others do: among those who answered, it is all.
+    newer = net.publish_checkpoint(3, 102, theta(2))
+    node = net.joiner()
+
+    assert join_from_checkpoint(node) == (103 if accepted else 101)
+    assert fingerprint_of(node) == (newer if accepted else older)
+
+
+def test_two_equal_validators_must_both_agree(net):
+    net.join(1, stake=10.0)
+    net.join(2, stake=10.0)
+    for who in (1, 2):
+        net.publish_checkpoint(who, 100, theta(1))
+    fp = net.publish_checkpoint(1, 102, theta(2), fingerprint=False)
+    net.publish_fingerprint(1, 102, fp)  # exactly half of the stake: not yet a majority
+    node = net.joiner()
+    assert join_from_checkpoint(node) == 101
+
+    net.publish_fingerprint(2, 102, fp)
+    assert join_from_checkpoint(net.joiner(3)) == 103
+
+
+def test_a_forgers_lone_fingerprint_after_the_honest_ones_were_pruned_is_refused(net):
+    for who in (1, 2, 3):
+        net.join(who, stake=10.0)
+    for who in (1, 2):
+        net.publish_checkpoint(who, 100, theta(1))
+        net.bucket(who).delete(fingerprint_key(hparams().run_id, 100, net.uid_of[who]))
+    net.publish_checkpoint(3, 100, theta(66))  # the forger kept its fingerprint of window 100
+    node = net.joiner()
+
+    # Nothing is confirmed, so the joiner starts over from θ0 rather than from the forgery.
+    assert join_from_checkpoint(node) == 0
+    assert fingerprint_of(node) == model_fingerprint(theta())
+
+
+# --- the electorate ------------------------------------------------------------------------------
+
+
+def neuron(uid: int, stake: float, permit: bool = True) -> NeuronInfo:
+    return NeuronInfo(uid=uid, hotkey=f"hk{uid}", coldkey=f"ck{uid}", stake=stake, validator_permit=permit)
+
+
+def test_the_electorate_is_every_other_permit_holder_by_stake():
+    metagraph = Metagraph(netuid=1, block=10, neurons=(
+        neuron(0, 0.0, permit=False), neuron(1, 30.0), neuron(2, 50.0), neuron(3, 20.0), neuron(4, 90.0, permit=False),
+        neuron(5, float("nan")), neuron(6, -5.0),
+    ))
+    electorate = Electorate.from_metagraph(metagraph, joiner=2)
+
+    assert electorate.uids == [1, 3, 5, 6]
+    assert electorate.total == 50.0  # NaN and negative stake weigh nothing
+    assert electorate.confirms(25.01) and not electorate.confirms(25.0)
+
+
+def test_an_electorate_without_stake_confirms_nothing():
+    electorate = Electorate.from_metagraph(Metagraph(1, 10, (neuron(1, 0.0), neuron(2, 0.0))), joiner=9)
+    assert electorate.uids == [1, 2]
+    assert not electorate.confirms(0.0)
