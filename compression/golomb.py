@@ -38,7 +38,7 @@ class GolombStreams:
     unary: torch.Tensor
 
 
-def _split(m: int) -> tuple[int, int]:
+def golomb_split(m: int) -> tuple[int, int]:
     """(c - 1, u) for parameter m."""
     c = (m - 1).bit_length()
     return max(c - 1, 0), (1 << c) - m
@@ -46,7 +46,7 @@ def _split(m: int) -> tuple[int, int]:
 
 def golomb_cost_bits(gaps: torch.Tensor, m: int) -> int:
     """Exact size in bits (before byte padding) of ``gaps`` coded with parameter ``m``."""
-    high_bits, u = _split(m)
+    high_bits, u = golomb_split(m)
     q = torch.div(gaps, m, rounding_mode="floor")
     n_long = int(((gaps - q * m) >= u).sum().item()) if m > 1 else 0
     return int(q.sum().item()) + gaps.numel() * (1 + high_bits) + n_long
@@ -66,7 +66,7 @@ def best_golomb_parameter(gaps: torch.Tensor, limit: int | None = None) -> int:
     hist = torch.bincount(gaps, minlength=limit)[:limit].to(torch.float64)
     g = torch.arange(hist.numel(), device=gaps.device, dtype=torch.int64)
     ms = torch.tensor(candidates, device=gaps.device, dtype=torch.int64).unsqueeze(1)
-    splits = [_split(m) for m in candidates]
+    splits = [golomb_split(m) for m in candidates]
     high_bits = torch.tensor([h for h, _ in splits], device=gaps.device, dtype=torch.float64)
     u = torch.tensor([x for _, x in splits], device=gaps.device, dtype=torch.int64).unsqueeze(1)
     q = torch.div(g, ms, rounding_mode="floor")
@@ -106,7 +106,7 @@ def golomb_encode_segments(gaps: torch.Tensor, counts: list[int], ms: list[int])
     """
     dev = gaps.device
     runs = torch.tensor(counts, device=dev)
-    splits = [_split(m) for m in ms]
+    splits = [golomb_split(m) for m in ms]
     m_of = torch.tensor(ms, device=dev, dtype=torch.int64).repeat_interleave(runs)
     u_of = torch.tensor([u for _, u in splits], device=dev, dtype=torch.int64).repeat_interleave(runs)
     q = torch.div(gaps, m_of, rounding_mode="floor")
@@ -159,7 +159,7 @@ def _pack_high(fields: torch.Tensor, counts: list[int], widths: list[int]) -> li
 
 
 def high_stream_bytes(count: int, m: int) -> int:
-    return (count * _split(m)[0] + 7) // 8
+    return (count * golomb_split(m)[0] + 7) // 8
 
 
 def _check_padding(data: torch.Tensor, used_bits: int, what: str) -> None:
@@ -172,7 +172,7 @@ def _check_padding(data: torch.Tensor, used_bits: int, what: str) -> None:
 
 def golomb_decode_high(high: torch.Tensor, count: int, m: int) -> tuple[torch.Tensor, int]:
     """First remainder fields and how many bits the ``low`` stream must hold."""
-    high_bits, u = _split(m)
+    high_bits, u = golomb_split(m)
     _check_padding(high, count * high_bits, "remainder")
     a = unpack_fixed(high, count, high_bits)
     n_long = int((a >= u).sum().item()) if m > 1 else 0
@@ -182,7 +182,7 @@ def golomb_decode_high(high: torch.Tensor, count: int, m: int) -> tuple[torch.Te
 def golomb_decode(a: torch.Tensor, low: torch.Tensor, unary: torch.Tensor, m: int) -> torch.Tensor:
     """Gaps (int64) from the decoded high fields and the two remaining streams."""
     count = a.numel()
-    _, u = _split(m)
+    _, u = golomb_split(m)
     long = a >= u if m > 1 else torch.zeros_like(a, dtype=torch.bool)
     n_long = int(long.sum().item())
     _check_padding(low, n_long, "low-bit")

@@ -26,10 +26,10 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from compression.codec import CodecParams, CompressedMessage, decode_blob
+from compression.codec import CodecParams, CompressedMessage
+from compression.decoder import decode_blobs
 from compression.errors import PayloadError, SignatureError
 from compression.sparse import SparseUpdate
 
@@ -241,9 +241,6 @@ def decode_payload(
     digest = content_hash(raw, blobs)
     _check_signature(digest, sig, verify)
     blobs = _split_blobs(blobs, manifest, expected_shapes)
-    update = {}
-    for name in sorted(blobs):
-        layout = manifest.codec.layout(tuple(expected_shapes[name]))
-        blob = torch.frombuffer(bytearray(blobs[name]), dtype=torch.uint8) if blobs[name] else torch.empty(0, dtype=torch.uint8)
-        update[name] = decode_blob(blob, layout, name)
+    layouts = {name: manifest.codec.layout(tuple(expected_shapes[name])) for name in blobs}
+    update = decode_blobs({name: bytes(b) for name, b in blobs.items()}, layouts)
     return DecodedPayload(manifest=manifest, content_hash=digest, update=update)

@@ -1,0 +1,228 @@
+"""Decoding every parameter's blob of a payload in one pass (the inverse of ``encoder``).
+
+Blobs come from peers, so everything is checked before it is used: per blob, in name order and
+with plain integers, the header (Golomb parameter, a finite value table) and every stream length
+that follows from it; the unary stream's length is bounded before a bit of it is unpacked.
+Then the streams of all blobs are read together with a fixed number of tensor operations: fields
+are gathered at their bit offsets from one byte tensor, unary terminators are found with one
+``nonzero``. Each remaining check (zero padding, terminator counts, trailing bytes, positions
+inside their chunk) runs on all blobs at once and, when it fails, names the first blob that
+fails it. Any problem is a :class:`PayloadError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from compression.bitpack import set_bit_positions
+from compression.chunking import ChunkLayout
+from compression.errors import PayloadError
+from compression.golomb import MAX_M, golomb_split, run_totals
+from compression.quantize import dequantize_segments
+from compression.sparse import SparseTensor
+
+HEADER_BYTES = 18  # Golomb parameter (uint16) + 4 float32 centroids; see compression.codec
+
+
+@dataclass
+class _Blob:
+    """Where one blob's streams lie in the joined bytes (all offsets in bytes, absolute)."""
+
+    name: str
+    layout: ChunkLayout
+    start: int
+    end: int
+    m: int
+    table: tuple[float, float, float, float]
+
+    @property
+    def n(self) -> int:
+        return self.layout.n_kept
+
+    @property
+    def high_bits(self) -> int:
+        return golomb_split(self.m)[0]
+
+    @property
+    def high_start(self) -> int:
+        return self.start + HEADER_BYTES
+
+    @property
+    def code_start(self) -> int:
+        return self.high_start + (self.n * self.high_bits + 7) // 8
+
+    @property
+    def low_start(self) -> int:
+        return self.code_start + (self.n + 3) // 4
+
+
+class _Plan:
+    """What follows from the layouts alone (the same for every payload of a run), per kept
+    value or per chunk, in name-then-chunk order."""
+
+    def __init__(self, layouts: tuple[ChunkLayout, ...]) -> None:
+        self.counts = [lay.n_kept for lay in layouts]
+        self.runs = torch.tensor(self.counts)
+        starts = [sum(self.counts[:i]) for i in range(len(layouts))]
+        self.rank = torch.arange(sum(self.counts)) - torch.tensor(starts).repeat_interleave(self.runs)
+        chunks = torch.tensor([lay.n_chunks for lay in layouts])
+        self.k = torch.tensor([lay.k for lay in layouts]).repeat_interleave(chunks)
+        self.chunk_end = torch.cumsum(self.k, 0) - 1
+        self.limit = torch.tensor([lay.chunk_elems for lay in layouts]).repeat_interleave(chunks)
+        self.blob_of_chunk = torch.arange(len(layouts)).repeat_interleave(chunks)
+        # Flat position of kept value (chunk c, in-chunk position p) among all parameters laid
+        # end to end: base[c] + (p // tile_cols[c]) * stride[c] + p % tile_cols[c].
+        sizes = [lay.numel for lay in layouts]
+        self.offsets = [sum(sizes[:i]) for i in range(len(layouts))]
+        base, stride, tile_cols = [], [], []
+        for lay, offset in zip(layouts, self.offsets, strict=True):
+            chunk = torch.arange(lay.n_chunks)
+            per_row = lay.cols // lay.tile_cols
+            base.append(offset + (chunk // per_row) * lay.tile_rows * lay.cols + (chunk % per_row) * lay.tile_cols)
+            stride.append(torch.full((lay.n_chunks,), lay.cols))
+            tile_cols.append(torch.full((lay.n_chunks,), lay.tile_cols))
+        self.base, self.stride, self.tile_cols = (torch.cat(t).repeat_interleave(self.k) for t in (base, stride, tile_cols))
+
+    def per_value(self, per_blob: list[int]) -> torch.Tensor:
+        return torch.tensor(per_blob, dtype=torch.int64).repeat_interleave(self.runs)
+
+
+@functools.lru_cache(maxsize=8)
+def _plan(layouts: tuple[ChunkLayout, ...]) -> _Plan:
+    return _Plan(layouts)
+
+
+def decode_blobs(blobs: Mapping[str, bytes], layouts: Mapping[str, ChunkLayout]) -> dict[str, SparseTensor]:
+    """Sorted flat indices and float32 values per parameter, for blobs in the codec's format."""
+    names = sorted(blobs)
+    joined = b"".join(blobs[n] for n in names)
+    parsed, at = [], 0
+    for name in names:
+        parsed.append(_read_header(name, layouts[name], joined, at, at + len(blobs[name])))
+        at += len(blobs[name])
+    data = torch.frombuffer(bytearray(joined + b"\0\0"), dtype=torch.uint8).to(torch.int64)
+    return _Decoding(parsed, data, _plan(tuple(layouts[n] for n in names))).run()
+
+
+def _read_header(name: str, layout: ChunkLayout, joined: bytes, start: int, end: int) -> _Blob:
+    if end - start < HEADER_BYTES:
+        raise PayloadError(f"{name}: blob of {end - start} bytes is shorter than its header")
+    m = int.from_bytes(joined[start : start + 2], "little")
+    if not 1 <= m <= min(MAX_M, layout.chunk_elems):
+        raise PayloadError(f"{name}: Golomb parameter {m} out of range")
+    table = struct.unpack("<4f", joined[start + 2 : start + HEADER_BYTES])
+    if not all(math.isfinite(v) for v in table):
+        raise PayloadError(f"{name}: non-finite value table")
+    blob = _Blob(name, layout, start, end, m, table)
+    if end <= blob.low_start:
+        raise PayloadError(f"{name}: blob of {end - start} bytes is too short for {blob.n} kept values")
+    return blob
+
+
+def _fields(words: torch.Tensor, first_bit: torch.Tensor, width: torch.Tensor | int) -> torch.Tensor:
+    """The ``width``-bit fields (MSB first, width <= 16) starting at bit ``first_bit``;
+    ``words[i]`` holds bytes i, i+1, i+2 of the data as one 24-bit integer."""
+    mask = (1 << width) - 1 if isinstance(width, int) else (torch.ones_like(first_bit) << width) - 1
+    return (words[first_bit >> 3] >> (24 - (first_bit & 7) - width)) & mask
+
+
+class _Decoding:
+    """One payload's blobs decoded together; every per-value tensor is in name-then-chunk order."""
+
+    def __init__(self, blobs: list[_Blob], data: torch.Tensor, plan: _Plan) -> None:
+        self.blobs, self.data, self.plan = blobs, data, plan
+        self.words = (data[:-2] << 16) | (data[1:-1] << 8) | data[2:]
+        self.counts, self.runs, self.rank = plan.counts, plan.runs, plan.rank
+        self._per_value = plan.per_value
+
+    def _fail_first(self, bad: torch.Tensor, what: str) -> None:
+        """Raise for the first blob flagged in ``bad`` (bool per blob)."""
+        if bool(bad.any()):
+            raise PayloadError(f"{self.blobs[int(torch.nonzero(bad)[0])].name}: {what}")
+
+    def _check_padding(self, stream_end: list[int], used_bits: list[int], what: str) -> None:
+        """The unused low bits of each stream's last byte must be zero."""
+        pad = torch.tensor([(-u) % 8 for u in used_bits])
+        last = self.data[torch.tensor([max(e - 1, 0) for e in stream_end])]
+        self._fail_first((pad > 0) & ((last & ((1 << pad) - 1)) != 0), f"{what} padding is not zero")
+
+    def run(self) -> dict[str, SparseTensor]:
+        gaps = self._gaps()
+        local = self._local_positions(gaps)
+        codes = _fields(self.words, self._per_value([8 * b.code_start for b in self.blobs]) + 2 * self.rank, 2)
+        self._check_padding([b.low_start for b in self.blobs], [2 * b.n for b in self.blobs], "value code")
+        tables = torch.tensor([b.table for b in self.blobs], dtype=torch.float32)
+        values = dequantize_segments(codes, tables, self.runs)
+        return self._to_sparse(local, values)
+
+    def _gaps(self) -> torch.Tensor:
+        blobs = self.blobs
+        m = self._per_value([b.m for b in blobs])
+        u = self._per_value([golomb_split(b.m)[1] for b in blobs])
+        widths = {b.high_bits for b in blobs}
+        width = widths.pop() if len(widths) == 1 else self._per_value([b.high_bits for b in blobs])
+        a = _fields(self.words, self._per_value([8 * b.high_start for b in blobs]) + width * self.rank, width)
+        self._check_padding([b.code_start for b in blobs], [b.n * b.high_bits for b in blobs], "remainder stream")
+        long = (a >= u) & (m > 1)
+        long_seen = torch.cumsum(long, 0)
+        n_long = run_totals(long_seen, self.counts)
+        unary_start = [b.low_start + (k + 7) // 8 for b, k in zip(blobs, n_long, strict=True)]
+        for b, us in zip(blobs, unary_start, strict=True):
+            if not 1 <= b.end - us <= _max_unary_bytes(b.layout, b.m):
+                raise PayloadError(f"{b.name}: blob length {b.end - b.start} does not fit {b.n} kept values")
+        self._check_padding(unary_start, n_long, "low-bit stream")
+        long_rank = long_seen - 1 - self._per_value([sum(n_long[:i]) for i in range(len(blobs))])
+        low = _fields(self.words, self._per_value([8 * b.low_start for b in blobs]) + long_rank.clamp(min=0), 1)
+        r = torch.where(long, ((a << 1) | low) - u, a)
+        return self._quotients(unary_start) * m + r
+
+    def _quotients(self, unary_start: list[int]) -> torch.Tensor:
+        """Zeros before each terminator of every blob's unary stream, checked to code n values."""
+        sizes = [b.end - s for b, s in zip(self.blobs, unary_start, strict=True)]
+        unary = torch.cat([self.data[s:e] for s, e in zip(unary_start, (b.end for b in self.blobs), strict=True)])
+        ends = set_bit_positions(unary.to(torch.uint8))
+        first_bit = torch.tensor([8 * sum(sizes[:i]) for i in range(len(sizes))])
+        owner = torch.searchsorted(first_bit, ends, right=True) - 1
+        found = torch.bincount(owner, minlength=len(sizes))
+        self._fail_first(found != self.runs, "unary stream codes the wrong number of gaps")
+        ends = ends - first_bit[owner]
+        last = ends[torch.cumsum(self.runs, 0) - 1]
+        self._fail_first(last // 8 != torch.tensor(sizes) - 1, "unary stream has trailing bytes")
+        previous = torch.cat([ends.new_full((1,), -1), ends[:-1]])
+        previous[self.rank == 0] = -1
+        return ends - previous - 1
+
+    def _local_positions(self, gaps: torch.Tensor) -> torch.Tensor:
+        """In-chunk positions: per chunk, the running sum of gap + 1, minus one."""
+        plan = self.plan
+        steps = torch.cumsum(gaps + 1, 0)
+        before = torch.cat([steps.new_zeros(1), steps[plan.chunk_end[:-1]]])
+        local = steps - before.repeat_interleave(plan.k) - 1
+        out_of_range = torch.zeros(len(self.blobs), dtype=torch.bool)
+        out_of_range.index_fill_(0, plan.blob_of_chunk[local[plan.chunk_end] >= plan.limit], True)
+        self._fail_first(out_of_range, "index out of range of its chunk")
+        return local
+
+    def _to_sparse(self, local: torch.Tensor, values: torch.Tensor) -> dict[str, SparseTensor]:
+        """Flat positions, sorted per parameter with one sort over all of them."""
+        plan = self.plan
+        flat = plan.base + (local // plan.tile_cols) * plan.stride + local % plan.tile_cols
+        flat, order = torch.sort(flat)
+        values = values[order]
+        out, at = {}, 0
+        for b, offset in zip(self.blobs, plan.offsets, strict=True):
+            out[b.name] = SparseTensor(shape=b.layout.shape, indices=flat[at : at + b.n] - offset, values=values[at : at + b.n])
+            at += b.n
+        return out
+
+
+def _max_unary_bytes(layout: ChunkLayout, m: int) -> int:
+    # Gaps of one chunk sum to at most chunk_elems - k, so the quotients to at most that // m.
+    bits = layout.n_kept + layout.n_chunks * ((layout.chunk_elems - layout.k) // m)
+    return (bits + 7) // 8
