@@ -163,7 +163,8 @@ def join_from_checkpoint(node) -> int:
     # A checkpoint named for window w holds θ_{w+1}, which validators fingerprinted for w.
     now = node.clock.current_window()
     confirmed: dict[int, str | None] = {}  # one vote count per window, however many copies it has
-    for window, uid in _checkpoint_candidates(node, electorate.uids):
+    candidates = _checkpoint_candidates(node, electorate.uids)
+    for window, uid in candidates:
         if window >= now:
             # θ_{w+1} cannot exist before window w+1 begins: whatever is published for it is forged.
             log.warning("validator %d publishes a checkpoint for future window %d; ignored", uid, window)
@@ -176,6 +177,8 @@ def join_from_checkpoint(node) -> int:
             return window + 1
     fresh = build_model(node.hparams.model, node.hparams.seed).to(node.config.device)
     node.model.load_state_dict(fresh.state_dict())
-    log.warning("%s found no checkpoint confirmed by more than half of validator stake (%.6g); "
-                "starting from θ0 at window 0", node.name, electorate.total)
+    if candidates:  # a young network has none yet; checkpoints nobody confirmed deserve a warning
+        log.warning("%s found no checkpoint confirmed by more than half of validator stake (%.6g)",
+                    node.name, electorate.total)
+    log.info("%s starts from θ0 at window 0", node.name)
     return 0
