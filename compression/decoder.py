@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from compression.bitpack import set_bit_positions
+from compression.bitpack import set_bit_positions, unpack_fixed
 from compression.chunking import ChunkLayout
 from compression.errors import PayloadError
 from compression.golomb import MAX_M, golomb_split, run_totals
-from compression.quantize import dequantize_segments
 from compression.sparse import SparseTensor
 
 HEADER_BYTES = 18  # Golomb parameter (uint16) + 4 float32 centroids; see compression.codec
@@ -89,7 +88,11 @@ class _Plan:
             tile_cols.append(torch.full((lay.n_chunks,), lay.tile_cols))
         self.base, self.stride, self.tile_cols = (torch.cat(t).repeat_interleave(self.k) for t in (base, stride, tile_cols))
 
-    def per_value(self, per_blob: list[int]) -> torch.Tensor:
+    def per_value(self, per_blob: list[int]) -> torch.Tensor | int:
+        """A per-blob quantity for every kept value; a plain int when all blobs share it (the
+        usual case for large models), which saves materialising it."""
+        if all(v == per_blob[0] for v in per_blob):
+            return per_blob[0]
         return torch.tensor(per_blob, dtype=torch.int64).repeat_interleave(self.runs)
 
 
@@ -106,7 +109,7 @@ def decode_blobs(blobs: Mapping[str, bytes], layouts: Mapping[str, ChunkLayout])
     for name in names:
         parsed.append(_read_header(name, layouts[name], joined, at, at + len(blobs[name])))
         at += len(blobs[name])
-    data = torch.frombuffer(bytearray(joined + b"\0\0"), dtype=torch.uint8).to(torch.int64)
+    data = torch.frombuffer(bytearray(joined + b"\0\0"), dtype=torch.uint8)
     return _Decoding(parsed, data, _plan(tuple(layouts[n] for n in names))).run()
 
 
@@ -125,11 +128,13 @@ def _read_header(name: str, layout: ChunkLayout, joined: bytes, start: int, end:
     return blob
 
 
-def _fields(words: torch.Tensor, first_bit: torch.Tensor, width: torch.Tensor | int) -> torch.Tensor:
-    """The ``width``-bit fields (MSB first, width <= 16) starting at bit ``first_bit``;
-    ``words[i]`` holds bytes i, i+1, i+2 of the data as one 24-bit integer."""
+def _fields(data: torch.Tensor, first_bit: torch.Tensor, width: torch.Tensor | int) -> torch.Tensor:
+    """The ``width``-bit fields (MSB first, width <= 16) starting at bit ``first_bit`` of ``data``
+    (int64 bytes, two zero bytes past the end)."""
+    byte = first_bit >> 3
+    word = (data[byte] << 16) | (data[byte + 1] << 8) | data[byte + 2]
     mask = (1 << width) - 1 if isinstance(width, int) else (torch.ones_like(first_bit) << width) - 1
-    return (words[first_bit >> 3] >> (24 - (first_bit & 7) - width)) & mask
+    return (word >> (24 - (first_bit & 7) - width)) & mask
 
 
 class _Decoding:
@@ -137,7 +142,6 @@ class _Decoding:
 
     def __init__(self, blobs: list[_Blob], data: torch.Tensor, plan: _Plan) -> None:
         self.blobs, self.data, self.plan = blobs, data, plan
-        self.words = (data[:-2] << 16) | (data[1:-1] << 8) | data[2:]
         self.counts, self.runs, self.rank = plan.counts, plan.runs, plan.rank
         self._per_value = plan.per_value
 
@@ -149,27 +153,40 @@ class _Decoding:
     def _check_padding(self, stream_end: list[int], used_bits: list[int], what: str) -> None:
         """The unused low bits of each stream's last byte must be zero."""
         pad = torch.tensor([(-u) % 8 for u in used_bits])
-        last = self.data[torch.tensor([max(e - 1, 0) for e in stream_end])]
+        last = self.data[torch.tensor([max(e - 1, 0) for e in stream_end])].to(torch.int64)
         self._fail_first((pad > 0) & ((last & ((1 << pad) - 1)) != 0), f"{what} padding is not zero")
+
+    def _slices(self, starts: list[int], ends: list[int]) -> torch.Tensor:
+        return torch.cat([self.data[a:b] for a, b in zip(starts, ends, strict=True)])
+
+    def _read(self, starts: list[int], widths: list[int]) -> torch.Tensor:
+        """Every blob's fixed-width fields (n per blob) from its stream beginning at byte ``starts``.
+
+        When every stream has one width and ends on a byte boundary, the streams laid end to end
+        are one packed stream: unpacked eight fields per word. Otherwise each field is gathered
+        at its own bit offset."""
+        width = widths[0]
+        if all(w == width for w in widths) and all(n * width % 8 == 0 for n in self.counts):
+            ends = [s + n * width // 8 for s, n in zip(starts, self.counts, strict=True)]
+            return unpack_fixed(self._slices(starts, ends), sum(self.counts), width)
+        data = self.data.to(torch.int64)
+        width_of = self._per_value(widths)
+        return _fields(data, self._per_value([8 * s for s in starts]) + self.rank * width_of, width_of)
 
     def run(self) -> dict[str, SparseTensor]:
         gaps = self._gaps()
         local = self._local_positions(gaps)
-        codes = _fields(self.words, self._per_value([8 * b.code_start for b in self.blobs]) + 2 * self.rank, 2)
+        codes = self._read([b.code_start for b in self.blobs], [2] * len(self.blobs))
         self._check_padding([b.low_start for b in self.blobs], [2 * b.n for b in self.blobs], "value code")
-        tables = torch.tensor([b.table for b in self.blobs], dtype=torch.float32)
-        values = dequantize_segments(codes, tables, self.runs)
-        return self._to_sparse(local, values)
+        return self._to_sparse(local, codes)
 
     def _gaps(self) -> torch.Tensor:
         blobs = self.blobs
         m = self._per_value([b.m for b in blobs])
         u = self._per_value([golomb_split(b.m)[1] for b in blobs])
-        widths = {b.high_bits for b in blobs}
-        width = widths.pop() if len(widths) == 1 else self._per_value([b.high_bits for b in blobs])
-        a = _fields(self.words, self._per_value([8 * b.high_start for b in blobs]) + width * self.rank, width)
+        a = self._read([b.high_start for b in blobs], [b.high_bits for b in blobs])
         self._check_padding([b.code_start for b in blobs], [b.n * b.high_bits for b in blobs], "remainder stream")
-        long = (a >= u) & (m > 1)
+        long = (a >= u) & (m > 1) if isinstance(m, torch.Tensor) or m > 1 else torch.zeros_like(a, dtype=torch.bool)
         long_seen = torch.cumsum(long, 0)
         n_long = run_totals(long_seen, self.counts)
         unary_start = [b.low_start + (k + 7) // 8 for b, k in zip(blobs, n_long, strict=True)]
@@ -177,47 +194,66 @@ class _Decoding:
             if not 1 <= b.end - us <= _max_unary_bytes(b.layout, b.m):
                 raise PayloadError(f"{b.name}: blob length {b.end - b.start} does not fit {b.n} kept values")
         self._check_padding(unary_start, n_long, "low-bit stream")
-        long_rank = long_seen - 1 - self._per_value([sum(n_long[:i]) for i in range(len(blobs))])
-        low = _fields(self.words, self._per_value([8 * b.low_start for b in blobs]) + long_rank.clamp(min=0), 1)
+        # The j-th long field of a blob takes bit j of its low stream; the streams laid end to
+        # end, that is bit (global long rank) + 8 * (stream's byte start) - (longs before it).
+        low_bits = unpack_fixed(self._slices([b.low_start for b in blobs], unary_start), 8 * sum(
+            us - b.low_start for b, us in zip(blobs, unary_start, strict=True)), 1)
+        byte_at, longs_before, shift = 0, 0, []
+        for b, us, k in zip(blobs, unary_start, n_long, strict=True):
+            shift.append(8 * byte_at - longs_before)
+            byte_at, longs_before = byte_at + us - b.low_start, longs_before + k
+        low_at = (long_seen - 1 + self._per_value(shift)).clamp(0, max(low_bits.numel() - 1, 0))
+        low = low_bits[low_at] if low_bits.numel() else torch.zeros_like(a)
         r = torch.where(long, ((a << 1) | low) - u, a)
         return self._quotients(unary_start) * m + r
 
     def _quotients(self, unary_start: list[int]) -> torch.Tensor:
         """Zeros before each terminator of every blob's unary stream, checked to code n values."""
-        sizes = [b.end - s for b, s in zip(self.blobs, unary_start, strict=True)]
-        unary = torch.cat([self.data[s:e] for s, e in zip(unary_start, (b.end for b in self.blobs), strict=True)])
-        ends = set_bit_positions(unary.to(torch.uint8))
+        blob_end = [b.end for b in self.blobs]
+        ends = set_bit_positions(self._slices(unary_start, blob_end))
+        sizes = [e - s for s, e in zip(unary_start, blob_end, strict=True)]
         first_bit = torch.tensor([8 * sum(sizes[:i]) for i in range(len(sizes))])
-        owner = torch.searchsorted(first_bit, ends, right=True) - 1
-        found = torch.bincount(owner, minlength=len(sizes))
-        self._fail_first(found != self.runs, "unary stream codes the wrong number of gaps")
-        ends = ends - first_bit[owner]
-        last = ends[torch.cumsum(self.runs, 0) - 1]
-        self._fail_first(last // 8 != torch.tensor(sizes) - 1, "unary stream has trailing bytes")
+        if ends.numel() != sum(self.counts):  # find whose count is off (error path only)
+            found = torch.bincount(torch.searchsorted(first_bit, ends, right=True) - 1, minlength=len(sizes))
+            self._fail_first(found != self.runs, "unary stream codes the wrong number of gaps")
+        # Streams laid end to end: blob i's terminators must be exactly entries first_i..last_i
+        # (n_i of them), i.e. the first lies at or after its stream's start and the last in its
+        # stream's final byte (which also rules out trailing bytes).
+        last = torch.cumsum(self.runs, 0) - 1
+        self._fail_first(ends[last - self.runs + 1] < first_bit, "unary stream codes the wrong number of gaps")
+        self._fail_first((ends[last] - first_bit) // 8 != torch.tensor(sizes) - 1, "unary stream has trailing bytes")
+        # Quotient = distance to the previous terminator minus one; a blob's first is measured
+        # from the start of its own stream.
         previous = torch.cat([ends.new_full((1,), -1), ends[:-1]])
-        previous[self.rank == 0] = -1
+        previous[last - self.runs + 1] = first_bit - 1
         return ends - previous - 1
 
     def _local_positions(self, gaps: torch.Tensor) -> torch.Tensor:
         """In-chunk positions: per chunk, the running sum of gap + 1, minus one."""
         plan = self.plan
-        steps = torch.cumsum(gaps + 1, 0)
-        before = torch.cat([steps.new_zeros(1), steps[plan.chunk_end[:-1]]])
-        local = steps - before.repeat_interleave(plan.k) - 1
+        ks = {b.layout.k for b in self.blobs}
+        if len(ks) == 1:  # one k: chunks are rows of a matrix
+            local = (torch.cumsum((gaps + 1).view(-1, ks.pop()), dim=1) - 1).view(-1)
+        else:
+            steps = torch.cumsum(gaps + 1, 0)
+            before = torch.cat([steps.new_zeros(1), steps[plan.chunk_end[:-1]]])
+            local = steps - before.repeat_interleave(plan.k) - 1
         out_of_range = torch.zeros(len(self.blobs), dtype=torch.bool)
         out_of_range.index_fill_(0, plan.blob_of_chunk[local[plan.chunk_end] >= plan.limit], True)
         self._fail_first(out_of_range, "index out of range of its chunk")
         return local
 
-    def _to_sparse(self, local: torch.Tensor, values: torch.Tensor) -> dict[str, SparseTensor]:
-        """Flat positions, sorted per parameter with one sort over all of them."""
+    def _to_sparse(self, local: torch.Tensor, codes: torch.Tensor) -> dict[str, SparseTensor]:
         plan = self.plan
         flat = plan.base + (local // plan.tile_cols) * plan.stride + local % plan.tile_cols
-        flat, order = torch.sort(flat)
-        values = values[order]
         out, at = {}, 0
         for b, offset in zip(self.blobs, plan.offsets, strict=True):
-            out[b.name] = SparseTensor(shape=b.layout.shape, indices=flat[at : at + b.n] - offset, values=values[at : at + b.n])
+            lay, indices = b.layout, flat[at : at + b.n] - offset
+            vals = torch.tensor(b.table, dtype=torch.float32)[codes[at : at + b.n]]
+            if lay.tile_cols != lay.cols:  # tiles narrower than a row: chunk order is not flat order
+                indices, order = torch.sort(indices)
+                vals = vals[order]
+            out[b.name] = SparseTensor(shape=lay.shape, indices=indices, values=vals)
             at += b.n
         return out
 
