@@ -5,7 +5,8 @@
 
 Per case and format: bits_per_index, bits_per_value (all wire bytes incl. safetensors header,
 manifest and tables x 8 / kept values), ratio_vs_fp32/bf16, encode_elems_per_s (error feedback
-+ top-k + quantize + serialize; median over peers), decode_aggregate_elems_per_s (decode N peers' payloads and
++ top-k + quantize + serialize; median over peers), decode_elems_per_s (one payload with all its
+checks, no signature; median over peers), decode_aggregate_elems_per_s (decode N peers' payloads and
 aggregate them), rel_error (||decoded - selected|| / ||selected||), plus the entropy floor of
 the index sets and a comparison of 2-bit quantizers on the same kept values.
 """
@@ -159,14 +160,17 @@ def run_case(case: Case, peers: int) -> dict:
     big = 1 << 40
     t_ups, t_dec = timed(lambda: aggregate([decode_payload(d, shapes, big).update for d in t_pay], shapes))
     r_ups, r_dec = timed(lambda: aggregate([decode_reference_payload(d, layouts) for d in r_pay], shapes))
+    t_one = [timed(lambda d=d: decode_payload(d, shapes, big))[1] for d in t_pay]
+    r_one = [timed(lambda d=d: decode_reference_payload(d, layouts))[1] for d in r_pay]
     tess_stats = stats(t_pay, n_kept, numel, idx_bytes)
     ref_stats = stats(r_pay, n_kept, numel, n_kept * 12 // 8)
-    for s, times, dec, pay, decode in (
-        (tess_stats, t_times, t_dec, t_pay, lambda d: decode_payload(d, shapes, big).update),
-        (ref_stats, r_times, r_dec, r_pay, lambda d: decode_reference_payload(d, layouts)),
+    for s, times, dec, one, pay, decode in (
+        (tess_stats, t_times, t_dec, t_one, t_pay, lambda d: decode_payload(d, shapes, big).update),
+        (ref_stats, r_times, r_dec, r_one, r_pay, lambda d: decode_reference_payload(d, layouts)),
     ):
         # Median over peers: this machine is shared, and one descheduled op can cost milliseconds.
         s["encode_elems_per_s"] = numel / statistics.median(times)
+        s["decode_elems_per_s"] = numel / statistics.median(one)
         s["decode_aggregate_elems_per_s"] = numel * peers / dec
         s["rel_error"] = rel_error(decode(pay[0]), x0)
     del t_ups, r_ups

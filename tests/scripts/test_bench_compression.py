@@ -8,7 +8,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_compression.py"
 KEYS = {
     "bits_per_index", "bits_per_value", "ratio_vs_fp32", "ratio_vs_bf16",
-    "encode_elems_per_s", "decode_aggregate_elems_per_s", "rel_error",
+    "encode_elems_per_s", "decode_elems_per_s", "decode_aggregate_elems_per_s", "rel_error",
 }
 
 
