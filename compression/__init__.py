@@ -1,4 +1,4 @@
-"""SparseLoCo pseudo-gradient codec: chunking, top-k, 2-bit values, Rice-coded indices, error
+"""SparseLoCo pseudo-gradient codec: chunking, top-k, 2-bit values, Golomb-coded indices, error
 feedback, the signed safetensors wire format, deterministic aggregation and the outer step."""
 
 from compression.aggregate import aggregate, index_overlap, outer_step

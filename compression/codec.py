@@ -81,6 +81,5 @@ def decode_blob(blob: torch.Tensor, layout: ChunkLayout, name: str = "?") -> Spa
 
 def decode_message(msg: CompressedMessage) -> SparseUpdate:
     """Decode an in-memory message (the miner's own, without going through the wire)."""
-    return {
-        name: decode_blob(blob, msg.params.layout(msg.shapes[name]), name) for name, blob in msg.blobs.items()
-    }
+    layouts = {name: msg.params.layout(msg.shapes[name]) for name in msg.blobs}
+    return decode_blobs({name: blob.numpy().tobytes() for name, blob in msg.blobs.items()}, layouts)
