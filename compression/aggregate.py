@@ -36,18 +36,18 @@ def _clip_factors(parts: Sequence[SparseTensor]) -> torch.Tensor:
 def _aggregate_param(parts: Sequence[SparseTensor], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     numel = math.prod(shape)
     factors = _clip_factors(parts).to(device)
-    clipped = [p.values.to(device=device, dtype=torch.float64) * factors[i] for i, p in enumerate(parts)]
-    peak = max(float(c.abs().max().item()) if c.numel() else 0.0 for c in clipped)
+    lengths = torch.tensor([p.values.numel() for p in parts], device=device)
+    idx = torch.cat([p.indices.to(device) for p in parts])
+    clipped = torch.cat([p.values.to(device=device, dtype=torch.float64) for p in parts]) * factors.repeat_interleave(lengths)
+    peak = float(clipped.abs().max().item()) if clipped.numel() else 0.0
     if peak == 0.0:
         return torch.zeros(shape, dtype=torch.float32, device=device)
     shift = _VALUE_BITS - math.frexp(peak)[1]  # peak * 2**shift < 2**_VALUE_BITS
-    # Scaling by a power of two is exact, and below 2**53 the rounding to integers is too.
+    # Scaling by a power of two is exact, and below 2**53 the rounding to integers is too; the
+    # integer adds then give the same sum in any order.
     sums = torch.zeros(numel, dtype=torch.int64, device=device)
-    counts = torch.zeros(numel, dtype=torch.int32, device=device)
-    for p, c in zip(parts, clipped, strict=True):
-        idx = p.indices.to(device)
-        sums.index_add_(0, idx, torch.round(c * 2.0**shift).to(torch.int64))
-        counts.index_add_(0, idx, torch.ones(idx.numel(), dtype=torch.int32, device=device))
+    sums.index_add_(0, idx, torch.round(clipped * 2.0**shift).to(torch.int64))
+    counts = torch.bincount(idx, minlength=numel)
     mean = sums.to(torch.float64).mul_(2.0**-shift).div_(counts.clamp(min=1))
     return mean.to(torch.float32).view(shape)
 
