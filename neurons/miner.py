@@ -58,6 +58,9 @@ class Miner:
         ef = {k.removeprefix("ef."): v for k, v in node.extra_state.items() if k.startswith("ef.")}
         if ef:
             self.compressor.load_state_dict(ef)
+        self.trainer.load_state_tensors(
+            {k.removeprefix("opt."): v for k, v in node.extra_state.items() if k.startswith("opt.")}
+        )
         run_windows(node, self.one_window)
 
     def one_window(self) -> None:
@@ -70,6 +73,7 @@ class Miner:
         fp = model_fingerprint(node.model)
         publish_fingerprint(node, w, fp, gathered.accepted)
         extra = {f"ef.{k}": v for k, v in self.compressor.state_dict().items()}
+        extra.update({f"opt.{k}": v for k, v in self.trainer.state_tensors().items()})
         save_node_state(node.state_path, node.model, node.hparams.run_id, node.window, extra)
         prune_own_objects(node)
         node.events.append(

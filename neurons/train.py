@@ -71,6 +71,32 @@ class InnerTrainer:
             fused=self.device.type == "cuda",
         )
 
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The AdamW moments and step count per parameter, as plain tensors (safetensors-ready),
+        so a restarted miner continues with the same optimizer instead of fresh moments."""
+        out = {}
+        for name, p in self.model.named_parameters():
+            for key, value in self.optimizer.state.get(p, {}).items():
+                out[f"{name}.{key}"] = value.detach().reshape(()) if key == "step" else value.detach()
+        return out
+
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned; a parameter missing from ``state`` keeps
+        fresh moments (e.g. state saved before any training)."""
+        for name, p in self.model.named_parameters():
+            keys = ("step", "exp_avg", "exp_avg_sq")
+            if not all(f"{name}.{k}" in state for k in keys):
+                continue
+            for k in keys[1:]:
+                if tuple(state[f"{name}.{k}"].shape) != tuple(p.shape):
+                    raise ValueError(f"optimizer state {name}.{k} has shape {tuple(state[f'{name}.{k}'].shape)}")
+            step = state[f"{name}.step"].to(torch.float32)
+            self.optimizer.state[p] = {
+                "step": step.to(p.device) if self.optimizer.defaults.get("fused") else step.cpu(),
+                "exp_avg": state[f"{name}.exp_avg"].to(device=p.device, dtype=p.dtype).clone(),
+                "exp_avg_sq": state[f"{name}.exp_avg_sq"].to(device=p.device, dtype=p.dtype).clone(),
+            }
+
     def train_window(self, batches: Sequence[torch.Tensor]) -> TrainStats:
         """One inner step per batch; returns first/last/mean loss, steps and tokens seen."""
         if not batches:
