@@ -213,15 +213,19 @@ class _Decoding:
         ends = set_bit_positions(self._slices(unary_start, blob_end))
         sizes = [e - s for s, e in zip(unary_start, blob_end, strict=True)]
         first_bit = torch.tensor([8 * sum(sizes[:i]) for i in range(len(sizes))])
-        if ends.numel() != sum(self.counts):  # find whose count is off (error path only)
-            found = torch.bincount(torch.searchsorted(first_bit, ends, right=True) - 1, minlength=len(sizes))
-            self._fail_first(found != self.runs, "unary stream codes the wrong number of gaps")
         # Streams laid end to end: blob i's terminators must be exactly entries first_i..last_i
         # (n_i of them), i.e. the first lies at or after its stream's start and the last in its
         # stream's final byte (which also rules out trailing bytes).
         last = torch.cumsum(self.runs, 0) - 1
-        self._fail_first(ends[last - self.runs + 1] < first_bit, "unary stream codes the wrong number of gaps")
-        self._fail_first((ends[last] - first_bit) // 8 != torch.tensor(sizes) - 1, "unary stream has trailing bytes")
+        if ends.numel() == sum(self.counts):
+            starts_ok = bool((ends[last - self.runs + 1] >= first_bit).all())
+            trailing = (ends[last] - first_bit) // 8 != torch.tensor(sizes) - 1
+        if ends.numel() != sum(self.counts) or not starts_ok or bool(trailing.any()):
+            # Error path only: count each stream's terminators, so that a blob whose count is
+            # right is not blamed for a neighbour's extra or missing one.
+            found = torch.bincount(torch.searchsorted(first_bit, ends, right=True) - 1, minlength=len(sizes))
+            self._fail_first(found != self.runs, "unary stream codes the wrong number of gaps")
+            self._fail_first(trailing, "unary stream has trailing bytes")
         # Quotient = distance to the previous terminator minus one; a blob's first is measured
         # from the start of its own stream.
         previous = torch.cat([ends.new_full((1,), -1), ends[:-1]])

@@ -73,3 +73,18 @@ def test_flipped_bytes_give_a_payload_error_or_valid_indices(data):
         assert int(sparse.indices.min()) >= 0 and int(sparse.indices.max()) < numel
         assert bool((sparse.indices[1:] > sparse.indices[:-1]).all())
         assert bool(torch.isfinite(sparse.values).all())
+
+
+def _last_byte(blob: bytes, op) -> bytes:
+    return blob[:-1] + bytes([op(blob[-1])])
+
+
+def test_terminators_moved_between_blobs_blame_a_changed_blob():
+    # One terminator too many in the first blob and one too few in the third keep the total
+    # right; the untouched blob between them must not be the one named.
+    _, _, blobs = _message(0)
+    assert blobs["a.weight"][-1] & 1 == 0 and bin(blobs["c.norm"][-1]).count("1") >= 2
+    blobs["a.weight"] = _last_byte(blobs["a.weight"], lambda b: b | 1)  # a padding bit becomes a terminator
+    blobs["c.norm"] = _last_byte(blobs["c.norm"], lambda b: b & ~(1 << (b.bit_length() - 1)))  # two gaps merge
+    with pytest.raises(PayloadError, match=r"^(a\.weight|c\.norm): "):
+        decode_blobs(blobs, LAYOUTS)
