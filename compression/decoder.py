@@ -27,6 +27,7 @@ from compression.golomb import MAX_M, golomb_split, run_totals
 from compression.sparse import SparseTensor
 
 HEADER_BYTES = 18  # Golomb parameter (uint16) + 4 float32 centroids; see compression.codec
+_POPCOUNT = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int64)
 
 
 @dataclass
@@ -210,22 +211,18 @@ class _Decoding:
     def _quotients(self, unary_start: list[int]) -> torch.Tensor:
         """Zeros before each terminator of every blob's unary stream, checked to code n values."""
         blob_end = [b.end for b in self.blobs]
-        ends = set_bit_positions(self._slices(unary_start, blob_end))
+        stream = self._slices(unary_start, blob_end)
         sizes = [e - s for s, e in zip(unary_start, blob_end, strict=True)]
+        # Count each stream's terminators before locating them: the positions tensor is then
+        # sized by the layouts (n per blob), not by how many bits a peer chose to set.
+        found = run_totals(torch.cumsum(_POPCOUNT[stream.to(torch.int64)], 0), sizes)
+        self._fail_first(torch.tensor(found) != self.runs, "unary stream codes the wrong number of gaps")
+        ends = set_bit_positions(stream)
         first_bit = torch.tensor([8 * sum(sizes[:i]) for i in range(len(sizes))])
-        # Streams laid end to end: blob i's terminators must be exactly entries first_i..last_i
-        # (n_i of them), i.e. the first lies at or after its stream's start and the last in its
-        # stream's final byte (which also rules out trailing bytes).
+        # Each stream holding its n_i terminators, blob i's are entries first_i..last_i of
+        # ``ends``; the last must lie in its stream's final byte (no trailing bytes).
         last = torch.cumsum(self.runs, 0) - 1
-        if ends.numel() == sum(self.counts):
-            starts_ok = bool((ends[last - self.runs + 1] >= first_bit).all())
-            trailing = (ends[last] - first_bit) // 8 != torch.tensor(sizes) - 1
-        if ends.numel() != sum(self.counts) or not starts_ok or bool(trailing.any()):
-            # Error path only: count each stream's terminators, so that a blob whose count is
-            # right is not blamed for a neighbour's extra or missing one.
-            found = torch.bincount(torch.searchsorted(first_bit, ends, right=True) - 1, minlength=len(sizes))
-            self._fail_first(found != self.runs, "unary stream codes the wrong number of gaps")
-            self._fail_first(trailing, "unary stream has trailing bytes")
+        self._fail_first((ends[last] - first_bit) // 8 != torch.tensor(sizes) - 1, "unary stream has trailing bytes")
         # Quotient = distance to the previous terminator minus one; a blob's first is measured
         # from the start of its own stream.
         previous = torch.cat([ends.new_full((1,), -1), ends[:-1]])

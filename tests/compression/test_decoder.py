@@ -88,3 +88,20 @@ def test_terminators_moved_between_blobs_blame_a_changed_blob():
     blobs["c.norm"] = _last_byte(blobs["c.norm"], lambda b: b & ~(1 << (b.bit_length() - 1)))  # two gaps merge
     with pytest.raises(PayloadError, match=r"^(a\.weight|c\.norm): "):
         decode_blobs(blobs, LAYOUTS)
+
+
+
+def test_terminator_positions_are_sized_by_the_layout_not_by_the_stream(monkeypatch):
+    # m = 1 allows a unary stream of one bit per element; all ones, it sets twice the kept
+    # count. The count is checked before any per-terminator tensor exists, so what the
+    # decoder allocates stays sized by the layout, not by how many bits a peer sets.
+    import compression.decoder as decoder
+
+    lay = CodecParams(chunk_size=8, topk_per_chunk=32).layout((64, 64))  # 64 chunks of 64, keep 32
+    unary_bytes = (lay.n_kept + lay.n_chunks * (lay.chunk_elems - lay.k)) // 8
+    hostile = (1).to_bytes(2, "little") + bytes(16) + bytes(lay.n_kept // 4) + b"\xff" * unary_bytes
+    located = []
+    monkeypatch.setattr(decoder, "set_bit_positions", lambda data: located.append(data) or torch.zeros(0))
+    with pytest.raises(PayloadError, match="w: unary stream codes the wrong number of gaps"):
+        decode_blobs({"w": hostile}, {"w": lay})
+    assert located == []
