@@ -123,6 +123,9 @@ def _read_header(name: str, layout: ChunkLayout, joined: bytes, start: int, end:
     table = struct.unpack("<4f", joined[start + 2 : start + HEADER_BYTES])
     if not all(math.isfinite(v) for v in table):
         raise PayloadError(f"{name}: non-finite value table")
+    if not (table[0] >= 0 and table[1] >= 0 and table[2] <= 0 and table[3] <= 0):
+        # Code bit 1 is the sign (compression.quantize): the encoder's tables are (+, +, -, -).
+        raise PayloadError(f"{name}: value table signs are not (+, +, -, -)")
     blob = _Blob(name, layout, start, end, m, table)
     if end <= blob.low_start:
         raise PayloadError(f"{name}: blob of {end - start} bytes is too short for {blob.n} kept values")

@@ -105,3 +105,22 @@ def test_terminator_positions_are_sized_by_the_layout_not_by_the_stream(monkeypa
     with pytest.raises(PayloadError, match="w: unary stream codes the wrong number of gaps"):
         decode_blobs({"w": hostile}, {"w": lay})
     assert located == []
+
+
+@pytest.mark.parametrize("slot", [0, 1, 2, 3])
+def test_a_value_table_with_a_wrong_sign_is_refused(slot):
+    # Code bit 1 is the sign, so the encoder's table is (+, +, -, -); a table that flips one
+    # would decode kept values with the opposite sign of the codes that carry them.
+    _, _, blobs = _message(4)
+    raw = bytearray(blobs["b.odd"])
+    at = 2 + 4 * slot
+    raw[at : at + 4] = torch.tensor([-1.0 if slot < 2 else 1.0]).numpy().tobytes()
+    with pytest.raises(PayloadError, match="b.odd: value table"):
+        decode_blobs({**blobs, "b.odd": bytes(raw)}, LAYOUTS)
+
+
+def test_zero_table_entries_of_either_sign_are_accepted():
+    _, _, blobs = _message(4)
+    raw = bytearray(blobs["c.norm"])
+    raw[2:18] = torch.tensor([-0.0, 0.0, 0.0, -0.0]).numpy().tobytes()
+    assert decode_blobs({**blobs, "c.norm": bytes(raw)}, LAYOUTS)["c.norm"].values.abs().sum() == 0
