@@ -124,3 +124,80 @@ def test_zero_table_entries_of_either_sign_are_accepted():
     raw = bytearray(blobs["c.norm"])
     raw[2:18] = torch.tensor([-0.0, 0.0, 0.0, -0.0]).numpy().tobytes()
     assert decode_blobs({**blobs, "c.norm": bytes(raw)}, LAYOUTS)["c.norm"].values.abs().sum() == 0
+
+
+# Layouts at the edges: every element kept (m can only code gaps of 0), one kept per chunk,
+# 1-element tensors, and kept counts whose fields do not fill whole bytes (gathered path).
+EDGE_LAYOUTS = [
+    CodecParams(chunk_size=cs, topk_per_chunk=tk).layout(shape)
+    for cs, tk, shape in [
+        (8, 64, (16, 8)), (3, 9, (6, 9)), (64, 1, (64, 64)), (1, 1, (1,)), (64, 64, (1,)), (2, 1, (5, 7)),
+        (8, 3, (24, 40)), (16, 200, (48, 16)), (64, 64, (3,)), (4, 5, (37,)), (8, 63, (8, 8)),
+    ]
+]
+
+
+def _by_hand(lay, local, codes, m, table=(0.5, 1.0, -0.5, -1.0)) -> bytes:
+    """A blob in the codec's format with any Golomb parameter, written from its parts."""
+    from compression.bitpack import pack_codes2
+    from compression.golomb import golomb_encode
+
+    gaps = (torch.diff(local, dim=1, prepend=local.new_full((lay.n_chunks, 1), -1)) - 1).reshape(-1)
+    s = golomb_encode(gaps, m)
+    head = m.to_bytes(2, "little") + torch.tensor(table, dtype=torch.float32).numpy().tobytes()
+    return b"".join(t.numpy().tobytes() for t in (s.high, pack_codes2(codes), s.low, s.unary)).join([head, b""])
+
+
+def _rewritten(raw: bytes, lay, sparse) -> bytes:
+    """The blob the decoded result re-encodes to with ``raw``'s own header and codes."""
+    from compression.bitpack import unpack_codes2
+    from compression.golomb import high_stream_bytes
+
+    m, n = int.from_bytes(raw[:2], "little"), lay.n_kept
+    marks = torch.zeros(lay.numel)
+    marks[sparse.indices] = 1
+    local = torch.nonzero(lay.to_chunks(marks.view(lay.shape)))[:, 1].view(lay.n_chunks, lay.k)
+    at = HEADER_BYTES + high_stream_bytes(n, m)
+    codes = unpack_codes2(torch.frombuffer(bytearray(raw[at : at + (n + 3) // 4]), dtype=torch.uint8), n)
+    return _by_hand(lay, local, codes, m, torch.frombuffer(bytearray(raw[2:HEADER_BYTES]), dtype=torch.float32).tolist())
+
+
+@st.composite
+def _hand_message(draw):
+    layouts, blobs, want = {}, {}, {}
+    for i in range(draw(st.integers(1, 3))):
+        lay = draw(st.sampled_from(EDGE_LAYOUTS))
+        ce, k = lay.chunk_elems, lay.k
+        top = min(ce, 65535)
+        m = draw(st.sampled_from(sorted({min(v, top) for v in (1, 2, 3, max(1, top - 1), top)})) | st.integers(1, top))
+        spread = draw(st.sampled_from(["random", "last", "first"]))
+        if spread == "random":
+            torch.manual_seed(draw(st.integers(0, 1000)))
+            local = torch.rand(lay.n_chunks, ce).argsort(dim=1)[:, :k].sort(dim=1).values
+        else:
+            local = torch.arange(ce - k, ce) if spread == "last" else torch.arange(k)
+            local = local.repeat(lay.n_chunks, 1)
+        codes = torch.tensor(draw(st.lists(st.integers(0, 3), min_size=lay.n_kept, max_size=lay.n_kept)))
+        layouts[f"p{i}"], blobs[f"p{i}"] = lay, _by_hand(lay, local, codes, m)
+        want[f"p{i}"] = (lay.local_to_flat(local), torch.tensor([0.5, 1.0, -0.5, -1.0])[codes])
+    return layouts, blobs, want
+
+
+@settings(max_examples=60, deadline=None)
+@given(_hand_message(), st.data())
+def test_edge_layouts_decode_any_golomb_parameter_and_accept_only_canonical_blobs(message, data):
+    layouts, blobs, want = message
+    got = decode_blobs(blobs, layouts)
+    for name, (flat, values) in want.items():
+        order = flat.argsort()
+        assert torch.equal(got[name].indices, flat[order]) and torch.equal(got[name].values, values[order])
+    # One bit flipped anywhere: refused, or what is accepted is exactly what its decoding re-encodes to.
+    name = data.draw(st.sampled_from(sorted(blobs)))
+    raw = bytearray(blobs[name])
+    bit = data.draw(st.integers(0, 8 * len(raw) - 1))
+    raw[bit // 8] ^= 128 >> (bit % 8)
+    try:
+        got = decode_blobs({**blobs, name: bytes(raw)}, layouts)
+    except PayloadError:
+        return
+    assert _rewritten(bytes(raw), layouts[name], got[name]) == bytes(raw)
