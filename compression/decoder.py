@@ -105,6 +105,11 @@ def _plan(layouts: tuple[ChunkLayout, ...]) -> _Plan:
 def decode_blobs(blobs: Mapping[str, bytes], layouts: Mapping[str, ChunkLayout]) -> dict[str, SparseTensor]:
     """Sorted flat indices and float32 values per parameter, for blobs in the codec's format."""
     names = sorted(blobs)
+    if not names:
+        return {}
+    unknown = next((n for n in names if n not in layouts), None)
+    if unknown is not None:
+        raise PayloadError(f"{unknown}: no such parameter in the local model")
     joined = b"".join(blobs[n] for n in names)
     parsed, at = [], 0
     for name in names:

@@ -201,3 +201,31 @@ def test_edge_layouts_decode_any_golomb_parameter_and_accept_only_canonical_blob
     except PayloadError:
         return
     assert _rewritten(bytes(raw), layouts[name], got[name]) == bytes(raw)
+
+
+def test_every_truncation_is_refused_and_names_its_blob():
+    # Down to and below exactly the header: each prefix of a short blob is refused, by name.
+    _, _, blobs = _message(5)
+    for name in ("c.norm", "d.tiny"):
+        for length in range(len(blobs[name])):
+            with pytest.raises(PayloadError, match=f"^{name}: "):
+                decode_blobs({**blobs, name: blobs[name][:length]}, LAYOUTS)
+
+
+@pytest.mark.parametrize("pair", [("a.weight", "b.odd"), ("b.odd", "c.norm"), ("c.norm", "d.tiny")])
+def test_a_boundary_moved_between_neighbours_is_refused(pair):
+    # The same bytes cut one byte later or earlier: one blob's streams then overlap the next's.
+    _, _, blobs = _message(6)
+    first, second = pair
+    later = {**blobs, first: blobs[first] + blobs[second][:1], second: blobs[second][1:]}
+    earlier = {**blobs, first: blobs[first][:-1], second: blobs[first][-1:] + blobs[second]}
+    for moved in (later, earlier):
+        with pytest.raises(PayloadError, match=f"^({first}|{second}): "):
+            decode_blobs(moved, LAYOUTS)
+
+
+def test_no_blobs_decode_to_nothing_and_an_unknown_name_is_refused():
+    _, _, blobs = _message(7)
+    assert decode_blobs({}, {}) == {}
+    with pytest.raises(PayloadError, match="e.extra: "):
+        decode_blobs({**blobs, "e.extra": blobs["d.tiny"]}, LAYOUTS)
