@@ -1,11 +1,13 @@
 """Decoding every parameter's blob of a payload in one pass (the inverse of ``encoder``).
 
 Blobs come from peers, so everything is checked before it is used: per blob, in name order and
-with plain integers, the header (Golomb parameter, a finite value table) and every stream length
-that follows from it; the unary stream's length is bounded before a bit of it is unpacked.
+with plain integers, the header (Golomb parameter, a finite value table signed +, +, -, -) and
+every stream length that follows from it; the unary stream's length is bounded before a bit of
+it is unpacked.
 Then the streams of all blobs are read together with a fixed number of tensor operations: fields
-are gathered at their bit offsets from one byte tensor, unary terminators are found with one
-``nonzero``. Each remaining check (zero padding, terminator counts, trailing bytes, positions
+are gathered at their bit offsets from one byte tensor, unary terminators are counted per blob
+(a byte popcount) and only then located with one ``nonzero``, so no tensor grows with the bits
+a peer sets. Each remaining check (zero padding, terminator counts, trailing bytes, positions
 inside their chunk) runs on all blobs at once and, when it fails, names the first blob that
 fails it. Any problem is a :class:`PayloadError`.
 """
