@@ -68,12 +68,42 @@ class ChunkLayout:
 
     def local_to_flat(self, local: torch.Tensor) -> torch.Tensor:
         """Map (n_chunks, k) positions inside each tile to flat int64 positions in the tensor."""
-        n_tc = self.cols // self.tile_cols
-        chunk = torch.arange(self.n_chunks, device=local.device, dtype=torch.int64).unsqueeze(1)
-        local = local.to(torch.int64)
-        row = (chunk // n_tc) * self.tile_rows + local // self.tile_cols
-        col = (chunk % n_tc) * self.tile_cols + local % self.tile_cols
-        return (row * self.cols + col).reshape(-1)
+        origin = ChunkOrigins.of([self], [0], local.device)
+        return origin.flat(local.to(torch.int64), per_chunk=True).reshape(-1)
+
+
+@dataclass(frozen=True)
+class ChunkOrigins:
+    """Where each chunk of several parameters laid end to end in one flat buffer begins.
+
+    Position p inside chunk c is flat element ``base[c] + (p // tile_cols[c]) * stride[c] +
+    p % tile_cols[c]`` of the buffer (``stride`` = the parameter's row length). The encoder,
+    the decoder and :meth:`ChunkLayout.local_to_flat` all map positions through this."""
+
+    base: torch.Tensor
+    stride: torch.Tensor
+    tile_cols: torch.Tensor
+
+    @classmethod
+    def of(cls, layouts: list[ChunkLayout], offsets: list[int], device: torch.device | str = "cpu") -> ChunkOrigins:
+        base, stride, tile_cols = [], [], []
+        for lay, offset in zip(layouts, offsets, strict=True):
+            chunk = torch.arange(lay.n_chunks, dtype=torch.int64)
+            per_row = lay.cols // lay.tile_cols
+            base.append(offset + (chunk // per_row) * lay.tile_rows * lay.cols + (chunk % per_row) * lay.tile_cols)
+            stride.append(torch.full((lay.n_chunks,), lay.cols, dtype=torch.int64))
+            tile_cols.append(torch.full((lay.n_chunks,), lay.tile_cols, dtype=torch.int64))
+        return cls(*(torch.cat(t).to(device) for t in (base, stride, tile_cols)))
+
+    def repeat(self, counts: torch.Tensor) -> ChunkOrigins:
+        """Each chunk's entry repeated ``counts[c]`` times: one entry per kept value."""
+        return ChunkOrigins(*(t.repeat_interleave(counts) for t in (self.base, self.stride, self.tile_cols)))
+
+    def flat(self, local: torch.Tensor, per_chunk: bool = False) -> torch.Tensor:
+        """Flat positions of in-chunk positions ``local``: one per entry, or with
+        ``per_chunk`` a (chunks, k) matrix, row c inside chunk c."""
+        base, stride, tile_cols = (t.unsqueeze(1) if per_chunk else t for t in (self.base, self.stride, self.tile_cols))
+        return base + (local // tile_cols) * stride + local % tile_cols
 
 
 def chunk_layout(shape: tuple[int, ...] | torch.Size, chunk_size: int = 64, topk_per_chunk: int = 64) -> ChunkLayout:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from compression.bitpack import set_bit_positions, unpack_fixed
-from compression.chunking import ChunkLayout
+from compression.chunking import ChunkLayout, ChunkOrigins
 from compression.errors import PayloadError
 from compression.golomb import MAX_M, golomb_split, run_totals
 from compression.sparse import SparseTensor
@@ -78,18 +78,10 @@ class _Plan:
         self.chunk_end = torch.cumsum(self.k, 0) - 1
         self.limit = torch.tensor([lay.chunk_elems for lay in layouts]).repeat_interleave(chunks)
         self.blob_of_chunk = torch.arange(len(layouts)).repeat_interleave(chunks)
-        # Flat position of kept value (chunk c, in-chunk position p) among all parameters laid
-        # end to end: base[c] + (p // tile_cols[c]) * stride[c] + p % tile_cols[c].
+        # Where each kept value's chunk begins, all parameters laid end to end.
         sizes = [lay.numel for lay in layouts]
         self.offsets = [sum(sizes[:i]) for i in range(len(layouts))]
-        base, stride, tile_cols = [], [], []
-        for lay, offset in zip(layouts, self.offsets, strict=True):
-            chunk = torch.arange(lay.n_chunks)
-            per_row = lay.cols // lay.tile_cols
-            base.append(offset + (chunk // per_row) * lay.tile_rows * lay.cols + (chunk % per_row) * lay.tile_cols)
-            stride.append(torch.full((lay.n_chunks,), lay.cols))
-            tile_cols.append(torch.full((lay.n_chunks,), lay.tile_cols))
-        self.base, self.stride, self.tile_cols = (torch.cat(t).repeat_interleave(self.k) for t in (base, stride, tile_cols))
+        self.origins = ChunkOrigins.of(list(layouts), self.offsets).repeat(self.k)
 
     def per_value(self, per_blob: list[int]) -> torch.Tensor | int:
         """A per-blob quantity for every kept value; a plain int when all blobs share it (the
@@ -256,7 +248,7 @@ class _Decoding:
 
     def _to_sparse(self, local: torch.Tensor, codes: torch.Tensor) -> dict[str, SparseTensor]:
         plan = self.plan
-        flat = plan.base + (local // plan.tile_cols) * plan.stride + local % plan.tile_cols
+        flat = plan.origins.flat(local)
         out, at = {}, 0
         for b, offset in zip(self.blobs, plan.offsets, strict=True):
             lay, indices = b.layout, flat[at : at + b.n] - offset

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from compression.bitpack import pack_fixed_segments
-from compression.chunking import ChunkLayout
+from compression.chunking import ChunkLayout, ChunkOrigins
 from compression.golomb import golomb_encode_segments, golomb_parameter_for_mean, run_totals
 from compression.quantize import (
     LLOYD_ITERATIONS,
@@ -44,15 +44,11 @@ class _Batch:
     members: list[int]  # parameter indices, in row order
     chunk_elems: int
     k: int
-    # Per row (chunk), as (rows, 1) int64: flat position of the tile's first element in the
-    # error buffer, the parameter's row stride, and the tile's width.
-    base: torch.Tensor
-    stride: torch.Tensor
-    tile_cols: torch.Tensor
+    origins: ChunkOrigins  # of the rows (chunks) in the flat error buffer
 
     @property
     def rows(self) -> int:
-        return self.base.shape[0]
+        return self.origins.base.shape[0]
 
 
 @dataclass
@@ -104,18 +100,8 @@ class MessageEncoder:
         return batches
 
     def _batch(self, members: list[int], chunk_elems: int, k: int) -> _Batch:
-        base, stride, tile_cols = [], [], []
-        for i in members:
-            lay = self.layouts[i]
-            chunk = torch.arange(lay.n_chunks, dtype=torch.int64)
-            per_row = lay.cols // lay.tile_cols
-            base.append(self.offsets[i] + (chunk // per_row) * lay.tile_rows * lay.cols + (chunk % per_row) * lay.tile_cols)
-            stride.append(torch.full((lay.n_chunks,), lay.cols, dtype=torch.int64))
-            tile_cols.append(torch.full((lay.n_chunks,), lay.tile_cols, dtype=torch.int64))
-        return _Batch(
-            members, chunk_elems, k,
-            *(torch.cat(t).unsqueeze(1).to(self.device) for t in (base, stride, tile_cols)),
-        )
+        origins = ChunkOrigins.of([self.layouts[i] for i in members], [self.offsets[i] for i in members], self.device)
+        return _Batch(members, chunk_elems, k, origins)
 
     def view(self, flat: torch.Tensor, i: int) -> torch.Tensor:
         """Parameter ``i``'s slice of a flat buffer, in its own shape."""
@@ -148,7 +134,7 @@ class MessageEncoder:
             row += lay.n_chunks
         # Non-negative IEEE floats order exactly like their bit patterns; integer top-k is faster.
         local = mags.view(torch.int32).topk(batch.k, dim=1, sorted=False).indices.sort(dim=1).values
-        positions = batch.base + (local // batch.tile_cols) * batch.stride + local % batch.tile_cols
+        positions = batch.origins.flat(local, per_chunk=True)
         gaps = torch.diff(local, dim=1, prepend=local.new_full((batch.rows, 1), -1)) - 1
         return positions.reshape(-1), gaps.reshape(-1)
 
