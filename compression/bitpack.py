@@ -98,13 +98,3 @@ def set_bit_positions(data: torch.Tensor) -> torch.Tensor:
     shifts = torch.arange(7, -1, -1, device=data.device, dtype=torch.uint8)
     bits = (data.reshape(-1, 1) >> shifts) & 1
     return torch.nonzero(bits.reshape(-1)).reshape(-1)
-
-
-def pack_codes2(codes: torch.Tensor) -> torch.Tensor:
-    """Pack 2-bit codes 4 per byte (first code in the two high bits)."""
-    return pack_fixed(codes, 2)
-
-
-def unpack_codes2(data: torch.Tensor, count: int) -> torch.Tensor:
-    """``count`` 2-bit codes (uint8) from ``data``."""
-    return unpack_fixed(data, count, 2).to(torch.uint8)

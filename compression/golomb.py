@@ -9,9 +9,12 @@ r < u takes c - 1 bits and the other remainders take c bits. The streams are
           ``high`` is decoded, so ``low`` needs no length field)
     unary the quotients; terminators are the set bits (``nonzero``), quotients their spacing
 
+This module writes the streams; ``compression.decoder`` reads them for all blobs of a payload.
+
 M a power of two is Rice coding. For 64 of 4096 positions the gaps are close to geometric with
-p = 1/64; the best M (about 44) costs ~7.45 bits per index against Rice's 7.54 (b = 5) and the
-7.36-bit floor of log2 C(4096, 64) / 64.
+p = 1/64; the closed-form M (about 44) beats every Rice parameter there (tests/compression/
+test_golomb.py) and comes within 0.1 bit of the floor log2 C(4096, 64) / 64 = 7.36 bits per
+index (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -21,14 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from compression.bitpack import pack_fixed_segments, pack_set_bits, set_bit_positions, unpack_fixed
+from compression.bitpack import pack_fixed_segments, pack_set_bits
 
 MAX_M = 1 << 16
-_SEARCH = (0.6, 0.7, 0.8, 0.9, 1.0, 1.12, 1.25, 1.4)
-
-
-class GolombError(ValueError):
-    """The streams do not form a canonical code for the expected number of gaps."""
 
 
 @dataclass(frozen=True)
@@ -42,45 +40,6 @@ def golomb_split(m: int) -> tuple[int, int]:
     """(c - 1, u) for parameter m."""
     c = (m - 1).bit_length()
     return max(c - 1, 0), (1 << c) - m
-
-
-def golomb_cost_bits(gaps: torch.Tensor, m: int) -> int:
-    """Exact size in bits (before byte padding) of ``gaps`` coded with parameter ``m``."""
-    high_bits, u = golomb_split(m)
-    q = torch.div(gaps, m, rounding_mode="floor")
-    n_long = int(((gaps - q * m) >= u).sum().item()) if m > 1 else 0
-    return int(q.sum().item()) + gaps.numel() * (1 + high_bits) + n_long
-
-
-def best_golomb_parameter(gaps: torch.Tensor, limit: int | None = None) -> int:
-    """The M minimizing the exact coded size among candidates around 0.69 x the mean gap.
-
-    With ``limit`` (every gap < limit, e.g. the chunk size) all candidates are scored at once
-    from a histogram of the gaps instead of one pass over the gaps per candidate."""
-    if gaps.numel() == 0:
-        return 1
-    guess = max(1.0, float(gaps.float().mean().item()) * 0.6931)
-    candidates = sorted({min(MAX_M, max(1, round(guess * f))) for f in _SEARCH})
-    if limit is None:
-        return min(candidates, key=lambda m: (golomb_cost_bits(gaps, m), m))
-    hist = torch.bincount(gaps, minlength=limit)[:limit].to(torch.float64)
-    g = torch.arange(hist.numel(), device=gaps.device, dtype=torch.int64)
-    ms = torch.tensor(candidates, device=gaps.device, dtype=torch.int64).unsqueeze(1)
-    splits = [golomb_split(m) for m in candidates]
-    high_bits = torch.tensor([h for h, _ in splits], device=gaps.device, dtype=torch.float64)
-    u = torch.tensor([x for _, x in splits], device=gaps.device, dtype=torch.int64).unsqueeze(1)
-    q = torch.div(g, ms, rounding_mode="floor")
-    long = ((g - q * ms) >= u) & (ms > 1)
-    cost = (hist * (q + long).to(torch.float64)).sum(dim=1) + gaps.numel() * (1 + high_bits)
-    # Ties go to the smaller M, as in the exact search.
-    return candidates[int(torch.argmin(cost).item())]
-
-
-def geometric_golomb_parameter(gaps: torch.Tensor) -> int:
-    """Closed-form M for geometric gaps with the mean of ``gaps``; see :func:`golomb_parameter_for_mean`."""
-    if gaps.numel() == 0:
-        return 1
-    return golomb_parameter_for_mean(float(gaps.to(torch.float64).mean().item()))
 
 
 def golomb_parameter_for_mean(mean: float) -> int:
@@ -156,42 +115,3 @@ def _pack_high(fields: torch.Tensor, counts: list[int], widths: list[int]) -> li
         for i, stream in zip(members, pack_fixed_segments(mine, [counts[i] for i in members], width), strict=True):
             out[i] = stream
     return out
-
-
-def high_stream_bytes(count: int, m: int) -> int:
-    return (count * golomb_split(m)[0] + 7) // 8
-
-
-def _check_padding(data: torch.Tensor, used_bits: int, what: str) -> None:
-    if data.numel() != (used_bits + 7) // 8:
-        raise GolombError(f"{what} stream has the wrong length")
-    pad = data.numel() * 8 - used_bits
-    if pad and int(data[-1].item()) & ((1 << pad) - 1):
-        raise GolombError(f"{what} stream padding is not zero")
-
-
-def golomb_decode_high(high: torch.Tensor, count: int, m: int) -> tuple[torch.Tensor, int]:
-    """First remainder fields and how many bits the ``low`` stream must hold."""
-    high_bits, u = golomb_split(m)
-    _check_padding(high, count * high_bits, "remainder")
-    a = unpack_fixed(high, count, high_bits)
-    n_long = int((a >= u).sum().item()) if m > 1 else 0
-    return a, n_long
-
-
-def golomb_decode(a: torch.Tensor, low: torch.Tensor, unary: torch.Tensor, m: int) -> torch.Tensor:
-    """Gaps (int64) from the decoded high fields and the two remaining streams."""
-    count = a.numel()
-    _, u = golomb_split(m)
-    long = a >= u if m > 1 else torch.zeros_like(a, dtype=torch.bool)
-    n_long = int(long.sum().item())
-    _check_padding(low, n_long, "low-bit")
-    r = a.clone()
-    r[long] = ((a[long] << 1) | unpack_fixed(low, n_long, 1)) - u
-    ends = set_bit_positions(unary)
-    if ends.numel() != count:
-        raise GolombError(f"unary stream codes {ends.numel()} gaps, expected {count}")
-    if count and unary.numel() != (int(ends[-1].item()) + 8) // 8:
-        raise GolombError("unary stream has trailing bytes")
-    quotients = torch.diff(ends, prepend=ends.new_full((1,), -1)) - 1
-    return quotients * m + r

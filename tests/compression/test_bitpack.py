@@ -2,11 +2,9 @@ import pytest
 import torch
 
 from compression.bitpack import (
-    pack_codes2,
     pack_fixed,
     pack_set_bits,
     set_bit_positions,
-    unpack_codes2,
     unpack_fixed,
 )
 
@@ -24,17 +22,12 @@ def test_fixed_width_round_trip(width, count):
 def test_bit_order_is_msb_first():
     assert pack_fixed(torch.tensor([1, 0, 3]), 2).tolist() == [0b01001100]
     assert pack_fixed(torch.tensor([5, 1]), 3).tolist() == [0b10100100, 0b00000000][:1]  # 101 001 00
-    assert pack_codes2(torch.tensor([3, 2, 1, 0, 1])).tolist() == [0b11100100, 0b01000000]
+    assert pack_fixed(torch.tensor([3, 2, 1, 0, 1]), 2).tolist() == [0b11100100, 0b01000000]
 
 
 def test_width_zero_is_empty():
     assert pack_fixed(torch.tensor([0, 0]), 0).numel() == 0
     assert unpack_fixed(torch.empty(0, dtype=torch.uint8), 3, 0).tolist() == [0, 0, 0]
-
-
-def test_codes2_round_trip():
-    c = torch.randint(0, 4, (4099,), dtype=torch.uint8)
-    assert torch.equal(unpack_codes2(pack_codes2(c), 4099), c)
 
 
 def test_set_bits_round_trip():

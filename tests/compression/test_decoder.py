@@ -139,26 +139,26 @@ EDGE_LAYOUTS = [
 
 def _by_hand(lay, local, codes, m, table=(0.5, 1.0, -0.5, -1.0)) -> bytes:
     """A blob in the codec's format with any Golomb parameter, written from its parts."""
-    from compression.bitpack import pack_codes2
+    from compression.bitpack import pack_fixed
     from compression.golomb import golomb_encode
 
     gaps = (torch.diff(local, dim=1, prepend=local.new_full((lay.n_chunks, 1), -1)) - 1).reshape(-1)
     s = golomb_encode(gaps, m)
     head = m.to_bytes(2, "little") + torch.tensor(table, dtype=torch.float32).numpy().tobytes()
-    return b"".join(t.numpy().tobytes() for t in (s.high, pack_codes2(codes), s.low, s.unary)).join([head, b""])
+    return b"".join(t.numpy().tobytes() for t in (s.high, pack_fixed(codes, 2), s.low, s.unary)).join([head, b""])
 
 
 def _rewritten(raw: bytes, lay, sparse) -> bytes:
     """The blob the decoded result re-encodes to with ``raw``'s own header and codes."""
-    from compression.bitpack import unpack_codes2
-    from compression.golomb import high_stream_bytes
+    from compression.bitpack import unpack_fixed
+    from compression.golomb import golomb_split
 
     m, n = int.from_bytes(raw[:2], "little"), lay.n_kept
     marks = torch.zeros(lay.numel)
     marks[sparse.indices] = 1
     local = torch.nonzero(lay.to_chunks(marks.view(lay.shape)))[:, 1].view(lay.n_chunks, lay.k)
-    at = HEADER_BYTES + high_stream_bytes(n, m)
-    codes = unpack_codes2(torch.frombuffer(bytearray(raw[at : at + (n + 3) // 4]), dtype=torch.uint8), n)
+    at = HEADER_BYTES + (n * golomb_split(m)[0] + 7) // 8
+    codes = unpack_fixed(torch.frombuffer(bytearray(raw[at : at + (n + 3) // 4]), dtype=torch.uint8), n, 2).to(torch.uint8)
     return _by_hand(lay, local, codes, m, torch.frombuffer(bytearray(raw[2:HEADER_BYTES]), dtype=torch.float32).tolist())
 
 
