@@ -134,13 +134,14 @@ def build_summary(specs: list[NodeSpec], workdir: Path, chain: DevChain, hparams
     hp = load_hparams(hparams_name)
     params = sum(p.numel() for p in build_model(hp.model, hp.seed).parameters())
     logs = node_logs(specs, workdir)
+    on_time = on_time_miners(specs)
     return {
         "run_id": hp.run_id,
         "miners": [s.uid for s in specs if s.role == "miner"],
         "validators": [s.uid for s in specs if s.role == "validator"],
         "dense_fp32_bytes": 4 * params,
-        "first_window_all_up": first_window_all_up(logs, on_time_miners(specs)),
-        "windows": [window_summary(w, logs, chain) for w in scored_windows(logs, on_time_miners(specs))[:windows]],
+        "first_window_all_up": first_window_all_up(logs, on_time),
+        "windows": [window_summary(w, logs, chain) for w in scored_windows(logs, on_time)[:windows]],
     }
 
 
