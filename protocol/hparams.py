@@ -97,6 +97,17 @@ class CheckpointConfig(_Strict):
     retention_windows: int = Field(gt=0)
 
 
+class BoundsConfig(_Strict):
+    """Limits every node applies alone to a peer's numbers, however many honest peers there are
+    (``protocol.acceptance``); measured on real updates of the project's model (docs/security.md)."""
+
+    max_abs_value: float = Field(gt=0, default=1.0, description="largest |value| in a payload")
+    max_update_ratio: float = Field(
+        gt=0, default=0.5, description="per parameter, ||update|| <= ratio x ||θ|| of the local model"
+    )
+    max_abs_param: float = Field(gt=0, default=1.0e3, description="largest |θ| in a checkpoint or local state")
+
+
 class Hparams(_Strict):
     name: str
     seed: int = 0
@@ -107,6 +118,7 @@ class Hparams(_Strict):
     window: WindowConfig
     scoring: ScoringConfig
     checkpoint: CheckpointConfig
+    bounds: BoundsConfig = BoundsConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Hparams:
