@@ -1,7 +1,7 @@
 """SparseLoCo pseudo-gradient codec: chunking, top-k, 2-bit values, Golomb-coded indices, error
 feedback, the signed safetensors wire format, deterministic aggregation and the outer step."""
 
-from compression.aggregate import aggregate, index_overlap, outer_step
+from compression.aggregate import aggregate, outer_step
 from compression.chunking import ChunkLayout, chunk_layout, largest_divisor_at_most
 from compression.codec import CodecParams, CompressedMessage, decode_blob, decode_message, encode_tensor
 from compression.error_feedback import ErrorFeedbackCompressor
@@ -36,7 +36,6 @@ __all__ = [
     "decode_payload",
     "encode_payload",
     "encode_tensor",
-    "index_overlap",
     "largest_divisor_at_most",
     "outer_step",
 ]

@@ -88,13 +88,3 @@ def outer_step(params: Mapping[str, torch.Tensor] | torch.nn.Module, dense_updat
     for name, delta in dense_update.items():
         p = named[name]
         p.sub_(delta.to(device=p.device, dtype=torch.float32).mul(lr).to(p.dtype))
-
-
-def index_overlap(a: SparseUpdate, b: SparseUpdate) -> float:
-    """Shared kept coordinates over the mean count kept (Dice): 1.0 for identical index sets."""
-    shared, total = 0, 0
-    for name in a.keys() & b.keys():
-        ia, ib = a[name].indices, b[name].indices.to(a[name].indices.device)
-        shared += int(torch.isin(ia, ib).sum().item())
-    total = sum(t.indices.numel() for t in a.values()) + sum(t.indices.numel() for t in b.values())
-    return 2.0 * shared / total if total else 0.0

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chain": ("neurons.chain_cli", "create and inspect a local devchain; register wallets"),
     "miner": ("neurons.miner", "train, compress and publish pseudo-gradients; follow the network"),
     "validator": ("neurons.validator", "score every miner (Gauntlet) and set weights"),
-    "localnet": ("neurons.localnet", "run a whole subnet on this machine, every node its own process"),
+    "localnet": ("neurons.localnet.launcher", "run a whole subnet on this machine, every node its own process"),
 }
 
 

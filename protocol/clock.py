@@ -4,8 +4,10 @@
 server's LastModified lies in ``[t(first block of w+1), t(first block of w+1) + slot_seconds]``,
 where ``t`` is the chain's own block timestamp, never a local clock.
 
-Waiting sleeps until the block's expected time (from the chain's block time), then re-checks the
-chain; it never spins, and a ``threading.Event`` ends the wait at once so nodes stop promptly.
+Nodes wait for wall-clock instants themselves (``neurons.node``); ``wait_for_block`` is for
+callers that wait on the chain directly (the devchain's tests). It sleeps until the block's
+expected time (from the chain's block time), then re-checks the chain; it never spins, and a
+``threading.Event`` ends the wait at once.
 """
 
 from __future__ import annotations
@@ -57,13 +59,6 @@ def wait_for_block(chain: Chain, block: int, stop: threading.Event | None = None
     return False
 
 
-def wait_for_window(
-    chain: Chain, window: int, blocks_per_window: int, stop: threading.Event | None = None
-) -> bool:
-    """Sleep until window ``window`` begins. False if ``stop`` was set first."""
-    return wait_for_block(chain, first_block(window, blocks_per_window), stop)
-
-
 class WindowClock:
     """The clock bound to one chain and one network's window settings."""
 
@@ -90,9 +85,3 @@ class WindowClock:
 
     def window_start_time(self, window: int) -> float:
         return self.chain.block_timestamp(self.first_block(window))
-
-    def wait_for_block(self, block: int, stop: threading.Event | None = None) -> bool:
-        return wait_for_block(self.chain, block, stop)
-
-    def wait_for_window(self, window: int, stop: threading.Event | None = None) -> bool:
-        return wait_for_window(self.chain, window, self.blocks_per_window, stop)

@@ -4,8 +4,9 @@ Derived by every node from chain state at the first block of w, so no one has to
 miners ranked by the stake-weighted weights validators have set; the top ``gather_peers`` are
 gathered, the next ``reserve_peers`` stand by. Candidates no validator weighs yet (newcomers)
 follow the weighted ones in uid order, so a newcomer can fill a free slot; while no weights exist
-at all (a new network) every candidate is gathered, in uid order. A payload that cannot be fetched in time is replaced by the
-next reserve in that fixed order, so honest nodes that see the same failures reach the same set.
+at all (a new network) every candidate is gathered, in uid order. A payload that cannot be
+fetched in time or is refused is replaced by the next reserve in that fixed order
+(``neurons.gather.gather_window``), so honest nodes that see the same failures reach the same set.
 """
 
 from __future__ import annotations
@@ -55,12 +56,3 @@ def select_gather_set(
         gather=ranked[:gather_peers],
         reserves=ranked[gather_peers : gather_peers + reserve_peers],
     )
-
-
-def backfill(gather_set: GatherSet, missing: Iterable[int]) -> list[int]:
-    """The gather list with unfetchable peers dropped and replaced by the next reserves, in order."""
-    gone = set(missing)
-    kept = [u for u in gather_set.gather if u not in gone]
-    need = len(gather_set.gather) - len(kept)
-    spare = [u for u in gather_set.reserves if u not in gone]
-    return kept + spare[:need]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from storage.seaweedfs import READ_ONLY, READ_WRITE, Identity, SeaweedServer
+from neurons.localnet.seaweedfs import READ_ONLY, READ_WRITE, Identity, SeaweedServer
 
 SEAWEED_BUCKET = "tessera-test"
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compression import SparseTensor, aggregate, index_overlap, outer_step
+from compression import SparseTensor, aggregate, outer_step
 
 SHAPE = (4, 5)
 
@@ -74,11 +74,3 @@ def test_outer_step_on_dict_and_module():
     assert torch.allclose(lin.weight, before - 1)
     with pytest.raises(KeyError):
         outer_step(lin, {"nope": torch.ones(1)})
-
-
-def test_index_overlap():
-    a = {"w": sp([0, 1, 2, 3], [1.0] * 4)}
-    b = {"w": sp([2, 3, 4, 5], [1.0] * 4)}
-    assert index_overlap(a, a) == 1.0
-    assert index_overlap(a, b) == 0.5
-    assert index_overlap(a, {"w": sp([9], [1.0])}) == 0.0

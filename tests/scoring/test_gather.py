@@ -1,5 +1,5 @@
 from protocol.chain import Metagraph, NeuronInfo
-from scoring.gather import GatherSet, backfill, consensus_weights, select_gather_set
+from scoring.gather import GatherSet, consensus_weights, select_gather_set
 
 
 def mg(validators: list[tuple[int, float, dict[int, float]]], miners: list[int]) -> Metagraph:
@@ -23,11 +23,3 @@ def test_stake_weighted_ranking_then_unweighted_by_uid():
     g = select_gather_set(graph, 3, 3, [3, 4, 5, 6, 7, 9, 11])
     assert g.gather == [3, 5, 9]  # tie 3/5 by uid
     assert g.reserves == [4, 6, 7]
-
-
-def test_backfill_in_fixed_order():
-    g = GatherSet(gather=[1, 2, 3], reserves=[7, 8, 9])
-    assert backfill(g, []) == [1, 2, 3]
-    assert backfill(g, [2]) == [1, 3, 7]
-    assert backfill(g, [1, 7, 3]) == [2, 8, 9]
-    assert backfill(g, [1, 2, 3, 7, 8, 9]) == []

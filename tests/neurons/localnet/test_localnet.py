@@ -18,10 +18,10 @@ import pytest
 
 from neurons.corpus import ensure_embedded_data
 from neurons.events import read_records
-from neurons.localnet import plan_network, start_node, stop_nodes
+from neurons.localnet.launcher import plan_network, start_node, stop_nodes
+from neurons.localnet.seaweedfs import SeaweedServer
 from protocol.hparams import load_hparams
 from scoring.state import ScoreBook
-from storage.seaweedfs import SeaweedServer
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -26,12 +26,12 @@ from rich.live import Live
 
 from neurons.corpus import ensure_embedded_data
 from neurons.events import read_records
-from neurons.localnet_view import NodeLog, first_window_all_up, live_table, scored_windows, window_summary
+from neurons.localnet.seaweedfs import READ_ONLY, READ_WRITE, Identity, SeaweedServer
+from neurons.localnet.view import NodeLog, first_window_all_up, live_table, scored_windows, window_summary
 from neurons.model import build_model
 from protocol.devchain import DevChain
 from protocol.hparams import load_hparams
 from protocol.signing import HotkeySigner, create_wallet
-from storage.seaweedfs import READ_ONLY, READ_WRITE, Identity, SeaweedServer
 
 NETUID = 1
 VALIDATOR_STAKE = 1000.0

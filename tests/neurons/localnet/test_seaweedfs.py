@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from neurons.localnet.seaweedfs import READ_WRITE, Identity, SeaweedServer
 from storage.errors import AccessDenied, ObjectExists, ObjectTooLarge
 from storage.retry import RetryPolicy
 from storage.s3 import S3Store
-from storage.seaweedfs import READ_WRITE, Identity, SeaweedServer
 from storage.slot import UploadTiming, upload_timing, uploaded_in_slot
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neurons.localnet_view import NodeLog, first_window_all_up, scored_windows, validator_windows
+from neurons.localnet.view import NodeLog, first_window_all_up, scored_windows, validator_windows
 
 
 def _rec(window: int, uploaded: int = 0, replayed: bool = False) -> dict:
