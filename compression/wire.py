@@ -1,9 +1,10 @@
 """The wire format: a safetensors file of one uint8 tensor plus a signed manifest.
 
-Writing and reading both handle the (trivial) safetensors layout here: writing so that the
-same message always gives the same bytes (the library orders metadata keys arbitrarily), and
-reading strictly, so every malformed input maps to a PayloadError with a reason and nothing is allocated
-beyond what the size-checked bytes already occupy:
+Writing handles the (trivial) safetensors layout here, so that the same message always gives the
+same bytes (the library orders metadata keys arbitrarily). Reading goes through the one strict
+header reader (``compression.safetensors_header``, shared with checkpoints), so every malformed
+input maps to a PayloadError with a reason and nothing is allocated beyond what the size-checked
+bytes already occupy:
 
     u64 little-endian header length N | N bytes of JSON header | tensor bytes
 
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from compression.codec import CodecParams, CompressedMessage
 from compression.decoder import decode_blobs
 from compression.errors import PayloadError, SignatureError
+from compression.safetensors_header import HeaderError, SafetensorsHeader, read_header
 from compression.sparse import SparseUpdate
 
 FORMAT_VERSION = 2
@@ -132,43 +134,17 @@ def _serialize(blobs: Mapping[str, bytes], metadata: dict[str, str]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + b"".join(blobs[n] for n in sorted(blobs))
 
 
-def _parse_header(data: bytes, n_expected: int) -> tuple[dict, int]:
-    if len(data) < 8:
-        raise PayloadError("payload shorter than the safetensors length prefix")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8 or n > _MAX_HEADER_BASE + _MAX_HEADER_PER_PARAM * n_expected:
-        raise PayloadError(f"safetensors header length {n} is out of bounds")
+def _parse_header(data: bytes, n_expected: int) -> SafetensorsHeader:
+    """The checked safetensors header (one reader for payloads and checkpoints); PayloadError if not."""
     try:
-        header = json.loads(data[8 : 8 + n])
-    except (ValueError, RecursionError) as err:
-        raise PayloadError(f"safetensors header is not JSON: {type(err).__name__}") from err
-    if not isinstance(header, dict):
-        raise PayloadError("safetensors header is not an object")
-    return header, 8 + n
+        return read_header(data, _MAX_HEADER_BASE + _MAX_HEADER_PER_PARAM * n_expected, dtypes=("U8",))
+    except HeaderError as err:
+        raise PayloadError(f"safetensors {err.reason}") from err
 
 
-def _slice_blobs(header: dict, body: memoryview) -> dict[str, bytes]:
-    """Check every entry is a U8 vector and that the entries tile the body exactly."""
-    spans = []
-    for name, entry in header.items():
-        if not isinstance(entry, dict) or entry.get("dtype") != "U8":
-            raise PayloadError(f"{name}: entry is not a uint8 tensor")
-        shape, offsets = entry.get("shape"), entry.get("data_offsets")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
-            raise PayloadError(f"{name}: bad data_offsets")
-        begin, end = offsets
-        if shape != [end - begin] or not 0 <= begin <= end <= len(body):
-            raise PayloadError(f"{name}: data_offsets and shape disagree or leave the payload")
-        spans.append((begin, end, name))
-    spans.sort()
-    cursor = 0
-    for begin, end, name in spans:
-        if begin != cursor:
-            raise PayloadError(f"{name}: tensor data overlaps or leaves gaps")
-        cursor = end
-    if cursor != len(body):
-        raise PayloadError("trailing bytes after the tensor data")
-    return {name: bytes(body[b:e]) for b, e, name in spans}
+def _slice_blobs(header: SafetensorsHeader, data: bytes) -> dict[str, bytes]:
+    """Each tensor's bytes; the reader already checked they are uint8 vectors tiling the body."""
+    return {name: bytes(view) for name, view in header.blobs(data).items()}
 
 
 def _read_manifest(meta: object) -> tuple[PayloadManifest, str, str]:
@@ -233,11 +209,11 @@ def decode_payload(
     ``codec``, when given, is the only codec accepted (the network's hparams)."""
     if len(data) > max_bytes:
         raise PayloadError(f"payload of {len(data)} bytes exceeds the cap of {max_bytes}")
-    header, start = _parse_header(data, len(expected_shapes))
-    manifest, raw, sig = _read_manifest(header.pop("__metadata__", None))
+    header = _parse_header(data, len(expected_shapes))
+    manifest, raw, sig = _read_manifest(header.metadata)
     if codec is not None and manifest.codec != codec:
         raise PayloadError(f"codec {manifest.codec} differs from the network's {codec}")
-    blobs = _slice_blobs(header, memoryview(data)[start:])
+    blobs = _slice_blobs(header, data)
     digest = content_hash(raw, blobs)
     _check_signature(digest, sig, verify)
     blobs = _split_blobs(blobs, manifest, expected_shapes)

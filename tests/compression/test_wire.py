@@ -141,7 +141,7 @@ def test_header_tampering_is_rejected(payload):
         h["__metadata__"]["manifest"] = json.dumps(m, sort_keys=True, separators=(",", ":"))
         return h, b
 
-    cases = ((bad_manifest, "canonical"), (extra_meta, "exactly"), (gap, "trailing"), (dtype, "uint8"), (sizes, "tile"))
+    cases = ((bad_manifest, "canonical"), (extra_meta, "exactly"), (gap, "trailing"), (dtype, "dtype"), (sizes, "tile"))
     for mutate, reason in cases:
         with pytest.raises(PayloadError, match=reason):
             decode_payload(_rewrite(data, mutate), SHAPES, CAP)
@@ -155,6 +155,38 @@ def test_hostile_json_is_contained(payload):
     huge_claim = struct.pack("<Q", 1 << 62) + b"{}"
     with pytest.raises(PayloadError, match="header length"):
         decode_payload(huge_claim, SHAPES, CAP)
+
+
+def test_a_tensor_name_that_cannot_be_encoded_is_refused(payload):
+    """A lone surrogate written as a JSON escape once crashed every node inside content_hash."""
+
+    def surrogate(h, b):
+        h["\ud800"] = h.pop("update")
+        return h, b
+
+    data = _rewrite(payload[2], surrogate)
+    assert b"\\ud800" in data  # json.dumps wrote the escape, as an attacker would
+    with pytest.raises(PayloadError, match="UTF-8"):
+        decode_payload(data, SHAPES, CAP, verify)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"__metadata__": {"\udfff": "x"}},  # an unencodable metadata key
+        {"__metadata__": {"manifest": "\ud800", "sig": ""}},  # ...or value
+        {"update": {"dtype": "U8", "shape": "12", "data_offsets": [0, 12]}},  # shape not a list
+        {"update": {"dtype": "U8", "shape": [True], "data_offsets": [0, 1]}},  # bool is not a size
+        {"update": {"dtype": ["U8"], "shape": [12], "data_offsets": [0, 12]}},  # unhashable dtype
+        {"update": {"dtype": "U8", "shape": [12], "data_offsets": {"0": 12}}},
+        {"update": [[["deep"]]]},
+    ],
+)
+def test_hostile_headers_are_payload_errors(payload, header):
+    raw = json.dumps(header).encode()
+    data = struct.pack("<Q", len(raw)) + raw + b"\x00" * 12
+    with pytest.raises(PayloadError):
+        decode_payload(data, SHAPES, CAP, verify)
 
 
 def _check_invariants(out):
