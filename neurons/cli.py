@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chain": ("neurons.chain_cli", "create and inspect a local devchain; register wallets"),
     "miner": ("neurons.miner", "train, compress and publish pseudo-gradients; follow the network"),
     "validator": ("neurons.validator", "score every miner (Gauntlet) and set weights"),
+    "inspect": ("neurons.inspect", "judge a payload file as every node would; print the verdict as JSON"),
     "localnet": ("neurons.localnet.launcher", "run a whole subnet on this machine, every node its own process"),
 }
 

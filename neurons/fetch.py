@@ -1,35 +1,36 @@
-"""Fetch one peer's payload for one window and check everything any node can check alone.
+"""Fetch peers' payloads for one window and judge each with the protocol's acceptance rules.
 
-Miners and validators run exactly these checks before aggregating, so honest nodes agree on
-which payloads count: present, uploaded inside the slot (storage LastModified), under the size
-cap (HEAD before GET), decodes to exactly the local shapes, signed by the uid's hotkey, and the
-manifest names this run, window, uid and hotkey. Validators add sync and copy checks on top.
+The I/O lives here (HEAD, then a capped GET); every decision about the bytes is
+``protocol.acceptance``'s, so miners and validators agree on which payloads count. Each peer's
+fetch has one total deadline (HEAD + GET + retries, enforced by the store), all peers are fetched
+concurrently, and a peer that drips, hangs or answers garbage costs only its own slot: it becomes
+MISSING (excused: the network, not provably the miner) or a typed rejection.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from compression import CodecParams, DecodedPayload, PayloadError, SignatureError, decode_payload
+from compression import DecodedPayload
 from neurons.peers import Peer, PeerDirectory
+from protocol.acceptance import (
+    AcceptanceRule,
+    RejectReason,
+    Stage1Result,
+    check_size,
+    check_slot,
+    contained,
+    judge_payload,
+)
 from protocol.keys import payload_key
-from protocol.signing import verify_signature
-from scoring.filters import RejectReason, Stage1Result, check_size, check_slot
 from storage import ObjectNotFound, StorageError
 
-
-@dataclass(frozen=True)
-class SlotRule:
-    run_id: str
-    window: int
-    slot_start: float
-    slot_seconds: float
-    max_bytes: int
-    # The network's codec (hparams); None accepts any. A payload coded otherwise (e.g. denser
-    # top-k) would carry more coordinates, and more weight in the aggregate, than its peers'.
-    codec: CodecParams | None = None
+# Fetch threads per window; enough that a few hanging peers never hold up the rest (each thread
+# is bounded by the deadline), few enough to keep sockets and memory modest for 256 miners.
+MAX_FETCH_WORKERS = 32
 
 
 @dataclass
@@ -49,10 +50,20 @@ def _reject(uid: int, reason: RejectReason, detail: str, **kw) -> FetchedPayload
     return FetchedPayload(uid, Stage1Result.reject(uid, reason, detail), **kw)
 
 
-def fetch_payload(peer: Peer, rule: SlotRule, shapes: Mapping[str, tuple[int, ...]]) -> FetchedPayload:
+def fetch_payload(
+    peer: Peer, rule: AcceptanceRule, shapes: Mapping[str, tuple[int, ...]], deadline: float | None = None
+) -> FetchedPayload:
+    """HEAD, check slot and size, GET under the cap, judge the bytes; never raises.
+
+    ``deadline`` is a ``time.monotonic()`` instant bounding the whole fetch."""
+    got = contained(peer.uid, "payload fetch", lambda: _fetch(peer, rule, shapes, deadline))
+    return FetchedPayload(peer.uid, got) if isinstance(got, Stage1Result) else got
+
+
+def _fetch(peer: Peer, rule: AcceptanceRule, shapes, deadline: float | None) -> FetchedPayload:
     uid, key = peer.uid, payload_key(rule.run_id, rule.window, peer.uid)
     try:
-        info = peer.store.head(key)
+        info = peer.store.head(key, deadline=deadline)
     except ObjectNotFound:
         return _reject(uid, RejectReason.MISSING, "no payload")
     except StorageError as exc:
@@ -64,37 +75,32 @@ def fetch_payload(peer: Peer, rule: SlotRule, shapes: Mapping[str, tuple[int, ..
     if problem is not None:
         return _reject(uid, problem.reason, problem.detail, **seen)
     try:
-        data = peer.store.get(key, max_bytes=rule.max_bytes)
+        data = peer.store.get(key, max_bytes=rule.max_bytes, deadline=deadline)
     except StorageError as exc:
         return _reject(uid, RejectReason.MISSING, f"download failed: {exc}", **seen)
-    try:
-        decoded = decode_payload(
-            data, shapes, rule.max_bytes, verify=lambda msg, sig: verify_signature(peer.hotkey, msg, sig),
-            codec=rule.codec,
-        )
-    except PayloadError as exc:
-        reason = RejectReason.BAD_SIGNATURE if isinstance(exc, SignatureError) else RejectReason.UNDECODABLE
-        return _reject(uid, reason, exc.reason, **seen)
-    m = decoded.manifest
-    if (m.run_id, m.window, m.uid, m.hotkey) != (rule.run_id, rule.window, uid, peer.hotkey):
-        detail = f"manifest says run {m.run_id} window {m.window} uid {m.uid}"
-        return _reject(uid, RejectReason.WRONG_WINDOW, detail, **seen)
-    return FetchedPayload(uid, Stage1Result.accept(uid), decoded=decoded, **seen)
+    verdict = judge_payload(data, uid, peer.hotkey, rule, shapes)
+    return FetchedPayload(uid, verdict.result, decoded=verdict.decoded, **seen)
 
 
 def fetch_many(
-    peers: PeerDirectory, uids: list[int], rule: SlotRule, shapes: Mapping[str, tuple[int, ...]], workers: int = 8
+    peers: PeerDirectory,
+    uids: list[int],
+    rule: AcceptanceRule,
+    shapes: Mapping[str, tuple[int, ...]],
+    budget_seconds: float | None = None,
 ) -> dict[int, FetchedPayload]:
-    """Fetch several peers concurrently (bounded); a uid without a bucket is MISSING."""
+    """Fetch several peers concurrently, each within ``budget_seconds`` from now; a uid without
+    a bucket is MISSING. Returns once every fetch has finished or hit the shared deadline."""
+    deadline = time.monotonic() + budget_seconds if budget_seconds is not None else None
     out: dict[int, FetchedPayload] = {}
     jobs = {}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_FETCH_WORKERS, len(uids)))) as pool:
         for uid in uids:
             peer = peers.get(uid)
             if peer is None:
                 out[uid] = _reject(uid, RejectReason.MISSING, "no bucket commitment")
             else:
-                jobs[uid] = pool.submit(fetch_payload, peer, rule, shapes)
+                jobs[uid] = pool.submit(fetch_payload, peer, rule, shapes, deadline)
         for uid, job in jobs.items():
             out[uid] = job.result()
     return out

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import torch
 
 from compression import CodecParams, aggregate, outer_step
-from neurons.fetch import FetchedPayload, SlotRule, fetch_many
+from neurons.fetch import FetchedPayload, fetch_many
 from neurons.peers import PeerDirectory
+from protocol.acceptance import AcceptanceRule, ValueBounds
 from protocol.chain import Chain, Metagraph
 from protocol.clock import WindowClock
+from protocol.gather_set import GatherSet, select_gather_set
 from protocol.hparams import Hparams
-from scoring.gather import GatherSet, select_gather_set
 
 
 @dataclass
@@ -39,15 +40,40 @@ def miner_uids(metagraph: Metagraph, owner_uid: int | None) -> list[int]:
     return sorted(n.uid for n in metagraph.neurons if not n.validator_permit and n.uid != owner_uid)
 
 
-def slot_rule(hparams: Hparams, clock: WindowClock, window: int) -> SlotRule:
+# Each peer's fetch (HEAD + GET + retries) must end within this share of a window, and never in
+# less than MIN_FETCH_SECONDS: a miner trains its next window only after the gather, and a
+# validator judges one window per window.
+FETCH_WINDOW_SHARE = 0.25
+MIN_FETCH_SECONDS = 3.0
+
+
+def fetch_budget(chain: Chain, hparams: Hparams) -> float:
+    """Seconds every peer's fetch gets, from the window's length on this chain."""
+    window_seconds = chain.block_time() * hparams.window.blocks_per_window
+    return max(MIN_FETCH_SECONDS, FETCH_WINDOW_SHARE * window_seconds)
+
+
+def acceptance_rule(
+    hparams: Hparams, clock: WindowClock, window: int, param_norms: Mapping[str, float] | None = None
+) -> AcceptanceRule:
+    """The rule every node judges window ``window``'s payloads by (θ_w's norms bound the updates)."""
     start, _ = clock.upload_slot(window)
-    return SlotRule(
+    return acceptance_rule_for(hparams, window, start, param_norms)
+
+
+def acceptance_rule_for(
+    hparams: Hparams, window: int, slot_start: float, param_norms: Mapping[str, float] | None = None
+) -> AcceptanceRule:
+    """``acceptance_rule`` with the slot's start given (``tessera inspect`` has no chain clock)."""
+    return AcceptanceRule(
         run_id=hparams.run_id,
         window=window,
-        slot_start=start,
+        slot_start=slot_start,
         slot_seconds=hparams.window.upload_slot_seconds,
         max_bytes=hparams.codec.max_payload_bytes,
         codec=CodecParams(chunk_size=hparams.codec.chunk_size, topk_per_chunk=hparams.codec.topk_per_chunk),
+        bounds=ValueBounds.from_hparams(hparams),
+        param_norms=param_norms,
     )
 
 
@@ -59,6 +85,7 @@ def gather_window(
     shapes: Mapping[str, tuple[int, ...]],
     window: int,
     also_fetch: Iterable[int] = (),
+    param_norms: Mapping[str, float] | None = None,
 ) -> WindowGather:
     """Fetch G(w) and its reserves (plus ``also_fetch``, for validators) and pick who counts."""
     at_start = chain.metagraph(clock.first_block(window))
@@ -68,7 +95,8 @@ def gather_window(
     )
     order = list(gather_set.gather) + list(gather_set.reserves)
     extra = [uid for uid in also_fetch if uid not in order]
-    fetched = fetch_many(peers, order + extra, slot_rule(hparams, clock, window), shapes)
+    rule = acceptance_rule(hparams, clock, window, param_norms)
+    fetched = fetch_many(peers, order + extra, rule, shapes, fetch_budget(chain, hparams))
     # Gather members first, then reserves in their fixed order fill any gap.
     accepted = [uid for uid in order if fetched[uid].ok][: hparams.outer.gather_peers]
     return WindowGather(window, gather_set, accepted, fetched)

@@ -27,7 +27,8 @@ from neurons.model import build_model, param_shapes
 from neurons.peers import PeerDirectory
 from neurons.shards import TokenShards
 from neurons.state import load_node_state
-from protocol.chain import Chain, NotRegisteredError
+from protocol.acceptance import parameter_norms
+from protocol.chain import Chain, ChainError, NotRegisteredError
 from protocol.chain_factory import open_chain
 from protocol.clock import WindowClock
 from protocol.commitment import BucketCommitment
@@ -153,7 +154,10 @@ def wait_for_slot_close(node: Node, window: int) -> bool:
 
 def gather(node: Node, also_fetch: Iterable[int] = ()) -> WindowGather:
     """Fetch and check the payloads of window ``node.window`` (G(w), reserves, ``also_fetch``)."""
-    return gather_window(node.chain, node.clock, node.peers, node.hparams, node.shapes, node.window, also_fetch)
+    return gather_window(
+        node.chain, node.clock, node.peers, node.hparams, node.shapes, node.window, also_fetch,
+        param_norms=parameter_norms(node.model),
+    )
 
 
 def apply(node: Node, gathered: WindowGather) -> None:
@@ -184,19 +188,35 @@ def catch_up(node: Node) -> None:
         log.info("%s replayed window %d (%d payloads) -> %s", node.name, gathered.window, len(gathered.accepted), fp)
 
 
+# After a window failed because the chain or storage misbehaved, wait this long and try again.
+WINDOW_RETRY_SECONDS = 2.0
+
+
 def run_windows(node: Node, one_window: Callable[[], None], ready: Callable[[], bool] | None = None) -> int:
     """Call ``one_window`` once per window until stopped or ``max_windows`` are done; returns how many.
 
     The caller has already placed θ (``start_window``). Before each window ``ready()`` brings the
     node up to the window it should work on next; False means stop. By default it replays every
     window that closed meanwhile (``catch_up``) and goes on unless a stop was asked for.
+
+    This is where the node's policy for a misbehaving chain or storage lives: a ``ChainError`` or
+    ``StorageError`` that escapes a window (the chain unreachable, our own bucket down) is logged
+    and the loop tries again after a pause, from wherever θ is; ``ready()`` then replays or skips
+    to the present. Peers' misbehaviour never gets here: it is judged per peer
+    (``protocol.acceptance``) and costs only that peer.
     """
     ready = ready or (lambda: _caught_up(node))
     done = 0
     while not node.stop.is_set():
-        if not ready():
-            break
-        one_window()
+        try:
+            if not ready():
+                break
+            one_window()
+        except (ChainError, StorageError) as exc:
+            log.warning("%s window %d failed (%s: %s); retrying in %.0f s",
+                        node.name, node.window, type(exc).__name__, exc, WINDOW_RETRY_SECONDS)
+            node.stop.wait(WINDOW_RETRY_SECONDS)
+            continue
         done += 1
         if node.config.max_windows and done >= node.config.max_windows:
             break

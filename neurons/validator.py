@@ -36,10 +36,10 @@ from neurons.node import (
 )
 from neurons.state import save_node_state
 from neurons.train import evaluate
+from protocol.acceptance import RejectReason, Stage1Result
 from protocol.chain import ChainError
 from protocol.keys import checkpoint_key
 from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update
-from scoring.filters import RejectReason, Stage1Result
 from scoring.gauntlet import AlreadyScoredError, WindowEvidence, WindowResult, score_window
 from scoring.lossscore import LossMeasurement, measure_update
 from scoring.state import ScoreBook

@@ -99,11 +99,18 @@ class CheckpointConfig(_Strict):
 
 class BoundsConfig(_Strict):
     """Limits every node applies alone to a peer's numbers, however many honest peers there are
-    (``protocol.acceptance``); measured on real updates of the project's model (docs/security.md)."""
+    (``protocol.acceptance``). Calibrated on the project's own model, data, trainer and codec
+    (docs/security.md, "Value bounds"): honest updates stay well inside them from window 0 on.
 
-    max_abs_value: float = Field(gt=0, default=1.0, description="largest |value| in a payload")
+    A payload value is the error-feedback buffer at a kept coordinate. AdamW moves a coordinate
+    by about ``lr`` per inner step at most, and the buffer sums a window's drift with decay
+    ``ef_beta``, so |value| <= lr x inner_steps / (1 - ef_beta); ``value_bound_factor`` is the
+    headroom over that.
+    """
+
+    value_bound_factor: float = Field(gt=0, default=2.0, description="x lr x H / (1 - ef_beta)")
     max_update_ratio: float = Field(
-        gt=0, default=0.5, description="per parameter, ||update|| <= ratio x ||θ|| of the local model"
+        gt=0, default=1.0, description="per parameter, ||update|| <= ratio x ||θ|| + one value bound"
     )
     max_abs_param: float = Field(gt=0, default=1.0e3, description="largest |θ| in a checkpoint or local state")
 
@@ -131,6 +138,13 @@ class Hparams(_Strict):
         if self.checkpoint.retention_windows < 2 * self.checkpoint.interval_windows:
             raise ValueError("checkpoint.retention_windows must be >= 2 x interval_windows")
         return self
+
+    @property
+    def max_abs_value(self) -> float:
+        """The largest |value| a payload may carry (``BoundsConfig``)."""
+        t = self.training
+        # ef_beta = 1 (no decay) sums without limit; count it as 0.999 so the bound stays finite
+        return self.bounds.value_bound_factor * t.lr * t.inner_steps / (1.0 - min(self.codec.ef_beta, 0.999))
 
     @property
     def digest(self) -> str:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+from protocol.acceptance import RejectReason, Stage1Result
 from protocol.hparams import OuterConfig, ScoringConfig
-from scoring.filters import RejectReason, Stage1Result
 from scoring.lossscore import LossMeasurement, loss_score, unique_indicator
 from scoring.ratings import make_model, rate_window
 from scoring.state import MinerRecord, ScoreBook

@@ -27,11 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from compression.sparse import SparseTensor, SparseUpdate  # noqa: E402
+from protocol.acceptance import RejectReason, Stage1Result  # noqa: E402
 from protocol.chain import Metagraph, NeuronInfo  # noqa: E402
+from protocol.gather_set import select_gather_set  # noqa: E402
 from protocol.hparams import OuterConfig, ScoringConfig  # noqa: E402
 from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update  # noqa: E402
-from scoring.filters import RejectReason, Stage1Result  # noqa: E402
-from scoring.gather import select_gather_set  # noqa: E402
 from scoring.gauntlet import WindowEvidence, score_window  # noqa: E402
 from scoring.lossscore import measure_update  # noqa: E402
 from scoring.ratings import make_model, rate_window  # noqa: E402

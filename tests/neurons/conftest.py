@@ -80,19 +80,20 @@ def make_payload():
     """``make_payload(signer, uid=, window=, run_id=, seed=0, sign=True, ..., **manifest)`` -> bytes.
 
     A real SparseLoCo payload of TINY_SHAPES: error feedback + compression of a random
-    pseudo-gradient (by default chunk 8x8, top-16 per chunk), manifest from the message, hotkey signature.
+    pseudo-gradient of about ``scale`` per coordinate (inside the tiny preset's value bound; by
+    default chunk 8x8, top-16 per chunk), manifest from the message, hotkey signature.
     """
     import torch
 
     from compression import ErrorFeedbackCompressor, PayloadManifest, encode_payload
 
-    def build(signer, *, uid: int, window: int, run_id: str, seed: int = 0, sign: bool = True,
+    def build(signer, *, uid: int, window: int, run_id: str, seed: int = 0, sign: bool = True, scale: float = 0.01,
               shapes: dict[str, tuple[int, ...]] | None = None, chunk_size: int = 8, topk_per_chunk: int = 16,
               **manifest: object) -> bytes:
         shapes = shapes or TINY_SHAPES
         compressor = ErrorFeedbackCompressor(shapes, chunk_size=chunk_size, topk_per_chunk=topk_per_chunk)
         gen = torch.Generator().manual_seed(seed)
-        message = compressor.compress({n: torch.randn(s, generator=gen) for n, s in shapes.items()})
+        message = compressor.compress({n: torch.randn(s, generator=gen) * scale for n, s in shapes.items()})
         fields = {"run_id": run_id, "window": window, "uid": uid, "hotkey": signer.hotkey, "global_step": 0}
         fields.update(manifest)
         return encode_payload(message, PayloadManifest.for_message(message, **fields), sign=signer.sign if sign else None)

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from compression import content_hash, decode_payload
-from neurons.fetch import FetchedPayload, SlotRule, fetch_many, fetch_payload
+from neurons.fetch import FetchedPayload, fetch_many, fetch_payload
 from neurons.peers import Peer, PeerDirectory
+from protocol.acceptance import AcceptanceRule, RejectReason
 from protocol.commitment import BucketCommitment
 from protocol.keys import payload_key
 from protocol.signing import HotkeySigner
-from scoring.filters import RejectReason
 from storage import StorageUnavailable
 from storage.local import LocalStore
 
@@ -31,7 +31,7 @@ SLOT_START = 1_700_000_000.0
 SLOT_SECONDS = 3.0
 IN_SLOT = SLOT_START + 1.0
 MAX_BYTES = 4096
-RULE = SlotRule(run_id=RUN, window=W, slot_start=SLOT_START, slot_seconds=SLOT_SECONDS, max_bytes=MAX_BYTES)
+RULE = AcceptanceRule(run_id=RUN, window=W, slot_start=SLOT_START, slot_seconds=SLOT_SECONDS, max_bytes=MAX_BYTES)
 
 
 @functools.cache
@@ -46,9 +46,9 @@ class RecordingStore(LocalStore):
         super().__init__(root)
         self.downloaded: list[str] = []
 
-    def get(self, key: str, max_bytes: int) -> bytes:
+    def get(self, key: str, max_bytes: int, *, deadline: float | None = None) -> bytes:
         self.downloaded.append(key)
-        return super().get(key, max_bytes)
+        return super().get(key, max_bytes, deadline=deadline)
 
 
 class UnreachableStore(LocalStore):
@@ -58,15 +58,15 @@ class UnreachableStore(LocalStore):
         super().__init__(root)
         self.fail_on = fail_on
 
-    def head(self, key: str):
+    def head(self, key: str, *, deadline: float | None = None):
         if self.fail_on == "head":
             raise StorageUnavailable(f"head {key}: connection refused")
-        return super().head(key)
+        return super().head(key, deadline=deadline)
 
-    def get(self, key: str, max_bytes: int) -> bytes:
+    def get(self, key: str, max_bytes: int, *, deadline: float | None = None) -> bytes:
         if self.fail_on == "get":
             raise StorageUnavailable(f"get {key}: connection reset")
-        return super().get(key, max_bytes)
+        return super().get(key, max_bytes, deadline=deadline)
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def upload(stamp):
     return put
 
 
-def fetch(store, shapes, uid: int = 1, who: int | None = None, rule: SlotRule = RULE) -> FetchedPayload:
+def fetch(store, shapes, uid: int = 1, who: int | None = None, rule: AcceptanceRule = RULE) -> FetchedPayload:
     """Fetch uid's payload from ``store``, the uid's hotkey on chain being signer(who or uid)."""
     return fetch_payload(Peer(uid, signer(uid if who is None else who).hotkey, store), rule, shapes)
 
@@ -318,7 +318,7 @@ def test_fetch_many_reports_every_uid_whatever_the_order(devchain, tmp_path, upl
 
     verdicts = []
     for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
-        got = fetch_many(peers, order, RULE, tiny_shapes, workers=3)
+        got = fetch_many(peers, order, RULE, tiny_shapes)
         assert sorted(got) == [0, 1, 2, 3]
         verdicts.append({uid: (f.ok, f.result.reason, f.size) for uid, f in got.items()})
     assert verdicts[0] == verdicts[1] == verdicts[2]

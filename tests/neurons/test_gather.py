@@ -15,16 +15,16 @@ import pytest
 import torch
 
 from compression import aggregate
-from neurons.gather import WindowGather, apply_gather, gather_window, miner_uids, slot_rule
+from neurons.gather import WindowGather, acceptance_rule, apply_gather, gather_window, miner_uids
 from neurons.peers import PeerDirectory
+from protocol.acceptance import RejectReason
 from protocol.clock import WindowClock
 from protocol.commitment import BucketCommitment
 from protocol.devchain import DevChain
+from protocol.gather_set import GatherSet
 from protocol.hparams import Hparams, load_hparams
 from protocol.keys import payload_key
 from protocol.signing import HotkeySigner
-from scoring.filters import RejectReason
-from scoring.gather import GatherSet
 from storage import StorageUnavailable
 from storage.local import LocalStore
 
@@ -49,7 +49,7 @@ def small_hparams(gather_peers: int = 20, reserve_peers: int = 10) -> Hparams:
 class DownStore(LocalStore):
     """A bucket whose server refuses every request."""
 
-    def head(self, key: str):
+    def head(self, key: str, *, deadline: float | None = None):
         raise StorageUnavailable(f"head {key}: connection refused")
 
 
@@ -201,9 +201,9 @@ def test_miners_are_neither_validators_nor_the_owner(devchain, tmp_path):
     assert v not in miner_uids(devchain.metagraph(), owner_uid=0)
 
 
-def test_slot_rule_follows_the_chain_clock_and_hparams(devchain, tmp_path):
+def test_acceptance_rule_follows_the_chain_clock_and_hparams(devchain, tmp_path):
     net = make_net(devchain, tmp_path)
-    rule = slot_rule(net.hparams, net.clock, 7)
+    rule = acceptance_rule(net.hparams, net.clock, 7)
     start, end = net.clock.upload_slot(7)
     assert (rule.run_id, rule.window, rule.slot_start, rule.max_bytes) == (net.hparams.run_id, 7, start, MAX_BYTES)
     assert rule.slot_start + rule.slot_seconds == pytest.approx(end)

@@ -1,13 +1,67 @@
+"""The acceptance rules every node applies alone: slot, size, decode, signature, identity, bounds,
+and the guard that turns any reader bug into one peer's rejection."""
+
+from __future__ import annotations
+
+import functools
+import json
+import struct
+
 import pytest
 import torch
 
+import protocol.acceptance as acceptance
+from compression import ErrorFeedbackCompressor, PayloadManifest, encode_payload
 from compression.sparse import SparseTensor
-from scoring.filters import RejectReason, Stage1Result, Verdict, check_size, check_slot, check_update
+from protocol.acceptance import (
+    AcceptanceRule,
+    RejectReason,
+    Stage1Result,
+    ValueBounds,
+    Verdict,
+    check_bounds,
+    check_size,
+    check_slot,
+    contained,
+    judge_payload,
+    parameter_norms,
+)
+from protocol.hparams import load_hparams
+from protocol.signing import HotkeySigner
 
-SHAPES = {"w": (4, 8), "b": (8,)}
+SHAPES = {"weight": (16, 64), "bias": (16,)}
+RUN, WINDOW, UID = "tiny-aaaaaaaaaaaa", 4, 3
+BOUNDS = ValueBounds(max_abs_value=0.5, max_update_ratio=1.0)
 
 
-def st(shape, idx, vals):
+@functools.cache
+def signer() -> HotkeySigner:
+    return HotkeySigner.from_uri("//AcceptanceTest")
+
+
+def payload(scale: float = 0.01, **manifest: object) -> bytes:
+    """A real signed payload of SHAPES whose values are about ``scale``."""
+    compressor = ErrorFeedbackCompressor(SHAPES, chunk_size=8, topk_per_chunk=16)
+    gen = torch.Generator().manual_seed(0)
+    message = compressor.compress({n: torch.randn(s, generator=gen) * scale for n, s in SHAPES.items()})
+    fields = {"run_id": RUN, "window": WINDOW, "uid": UID, "hotkey": signer().hotkey, "global_step": 0}
+    fields.update(manifest)
+    return encode_payload(message, PayloadManifest.for_message(message, **fields), sign=signer().sign)
+
+
+def rule(**kw) -> AcceptanceRule:
+    norms = {"weight": 8.0, "bias": 1.0}
+    base = {"run_id": RUN, "window": WINDOW, "slot_start": 0.0, "slot_seconds": 1.0, "max_bytes": 1 << 20,
+            "bounds": BOUNDS, "param_norms": norms}
+    base.update(kw)
+    return AcceptanceRule(**base)
+
+
+def judge(data: bytes, **kw):
+    return judge_payload(data, UID, signer().hotkey, rule(**kw), SHAPES)
+
+
+def st(shape, idx, vals) -> SparseTensor:
     return SparseTensor(shape, torch.tensor(idx, dtype=torch.int64), torch.tensor(vals, dtype=torch.float32))
 
 
@@ -16,6 +70,7 @@ def test_result_requires_reason_exactly_when_rejected():
     r = Stage1Result.reject(3, RejectReason.COPY, "x")
     assert r.verdict is Verdict.REJECTED and r.is_fault
     assert not Stage1Result.reject(3, RejectReason.MISSING).is_fault
+    assert Stage1Result.reject(3, RejectReason.OUT_OF_BOUNDS).is_fault
     with pytest.raises(ValueError):
         Stage1Result(uid=1, passed=True, reason=RejectReason.LATE)
     with pytest.raises(ValueError):
@@ -23,9 +78,19 @@ def test_result_requires_reason_exactly_when_rejected():
 
 
 @pytest.mark.parametrize(
-    ("t", "reason"), [(99.0, RejectReason.EARLY), (100.0, None), (106.0, None), (106.5, RejectReason.LATE)]
+    ("t", "reason"),
+    [
+        (98.9, RejectReason.EARLY),  # [98.9, 99.9) lies wholly before the slot
+        (99.0, RejectReason.EARLY),  # [99, 100) too: the slot opens at 100.0
+        (99.5, None),  # a whole-second stamp of an upload that finished at 100.2 or so
+        (100.0, None),
+        (106.0, None),  # the end is inclusive
+        (106.5, RejectReason.LATE),
+        (float("inf"), RejectReason.UNDECODABLE),
+        (float("nan"), RejectReason.UNDECODABLE),
+    ],
 )
-def test_slot(t, reason):
+def test_slot_gives_one_second_of_doubt_at_the_start_only(t, reason):
     got = check_slot(t, slot_start=100.0, slot_seconds=6.0)
     assert (got.reason if got else None) == reason
 
@@ -35,29 +100,111 @@ def test_size():
     assert check_size(11, 10).reason is RejectReason.OVERSIZED
 
 
-def test_valid_update_passes():
-    assert check_update({"w": st((4, 8), [0, 5, 31], [1, -1, 2]), "b": st((8,), [], [])}, SHAPES) is None
-
-
 @pytest.mark.parametrize(
     ("update", "reason"),
     [
-        ({"x": st((8,), [0], [1])}, RejectReason.WRONG_SHAPE),
-        ({"w": st((8, 4), [0], [1])}, RejectReason.WRONG_SHAPE),
-        ({"w": st((4, 8), [32], [1])}, RejectReason.WRONG_SHAPE),
-        ({"w": st((4, 8), [-1], [1])}, RejectReason.WRONG_SHAPE),
-        ({"w": st((4, 8), [3, 3], [1, 1])}, RejectReason.WRONG_SHAPE),
-        ({"w": st((4, 8), [5, 3], [1, 1])}, RejectReason.WRONG_SHAPE),
-        ({"w": st((4, 8), [1, 2], [1])}, RejectReason.WRONG_SHAPE),
-        ({"w": st((4, 8), [1, 2], [1, float("nan")])}, RejectReason.NON_FINITE),
-        ({"b": st((8,), [1], [float("inf")])}, RejectReason.NON_FINITE),
+        ({"weight": st((16, 64), [0, 5], [0.1, -0.2])}, None),
+        ({"weight": st((16, 64), [0, 5], [0.1, float("nan")])}, RejectReason.NON_FINITE),
+        ({"bias": st((16,), [1], [float("-inf")])}, RejectReason.NON_FINITE),
+        ({"bias": st((16,), [1], [0.51])}, RejectReason.OUT_OF_BOUNDS),
+        ({"bias": st((16,), [1], [-3.4e38])}, RejectReason.OUT_OF_BOUNDS),
+        # 16 values of 0.45: each inside the value bound, the norm 1.8 > 1.0 x ||θ_bias|| + 0.5
+        ({"bias": st((16,), list(range(16)), [0.45] * 16)}, RejectReason.OUT_OF_BOUNDS),
+        ({"bias": st((16,), [], [])}, None),
     ],
 )
-def test_bad_updates_rejected(update, reason):
-    got = check_update(update, SHAPES)
-    assert got is not None and got.reason is reason
+def test_bounds(update, reason):
+    got = check_bounds(update, BOUNDS, {"weight": 8.0, "bias": 1.0})
+    assert (got.reason if got else None) == reason
 
 
-def test_float_indices_rejected():
-    bad = SparseTensor((8,), torch.tensor([1.0]), torch.tensor([1.0]))
-    assert check_update({"b": bad}, SHAPES).reason is RejectReason.WRONG_SHAPE
+def test_bounds_without_norms_check_values_only():
+    update = {"bias": st((16,), list(range(16)), [0.45] * 16)}
+    assert check_bounds(update, BOUNDS, None) is None
+
+
+def test_an_honest_payload_is_accepted():
+    verdict = judge(payload())
+    assert verdict.result.passed and verdict.decoded is not None
+    assert verdict.decoded.manifest.uid == UID
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e12, 1e30])
+def test_signed_payloads_with_huge_finite_values_are_refused(scale):
+    verdict = judge(payload(scale=scale))
+    assert verdict.result.reason is RejectReason.OUT_OF_BOUNDS and verdict.decoded is None
+    # without bounds (as before) the same bytes decode and would be aggregated
+    assert judge(payload(scale=scale), bounds=None).result.passed
+
+
+@pytest.mark.parametrize(
+    ("manifest", "reason"),
+    [({"window": WINDOW + 1}, RejectReason.WRONG_WINDOW), ({"run_id": "other"}, RejectReason.WRONG_WINDOW),
+     ({"uid": UID + 1}, RejectReason.WRONG_WINDOW)],
+)
+def test_the_manifest_must_name_this_run_window_and_uid(manifest, reason):
+    assert judge(payload(**manifest)).result.reason is reason
+
+
+def test_another_hotkey_is_a_bad_signature():
+    other = HotkeySigner.from_uri("//SomeoneElse")
+    verdict = judge_payload(payload(), UID, other.hotkey, rule(), SHAPES)
+    assert verdict.result.reason is RejectReason.BAD_SIGNATURE
+
+
+def _with_header(data: bytes, edit) -> bytes:
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    raw = edit(json.dumps(header)).encode("utf-8", "surrogatepass")
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x00" * 7,
+        b"\xff" * 64,
+        struct.pack("<Q", 4) + b"[[[[",
+        struct.pack("<Q", 20_000) + b"[" * 20_000,
+        # a tensor name JSON can carry but UTF-8 cannot: once crashed every node before the signature check
+        _with_header(payload(), lambda h: h.replace('"update"', '"\\ud800"')),
+        _with_header(payload(), lambda h: h.replace('"update"', '"up\\udfffdate"')),
+    ],
+)
+def test_malformed_bytes_end_in_a_typed_rejection(data):
+    verdict = judge(data)
+    assert not verdict.result.passed and verdict.decoded is None
+    assert verdict.result.reason in {RejectReason.UNDECODABLE, RejectReason.BAD_SIGNATURE}
+
+
+def test_any_exception_from_a_reader_is_contained(monkeypatch):
+    def broken(*_a, **_k):
+        raise KeyError("a reader bug")
+
+    monkeypatch.setattr(acceptance, "decode_payload", broken)
+    verdict = judge(payload())
+    assert verdict.result.reason is RejectReason.UNDECODABLE
+    assert "KeyError" in verdict.result.detail
+
+
+def test_contained_passes_results_through():
+    assert contained(1, "x", lambda: 42) == 42
+    got = contained(1, "x", lambda: [][1])
+    assert isinstance(got, Stage1Result) and "IndexError" in got.detail
+
+
+def test_parameter_norms():
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.zero_()
+    assert parameter_norms(model) == pytest.approx({"weight": 6**0.5, "bias": 0.0})
+
+
+def test_the_network_value_bound_follows_the_hparams():
+    hp = load_hparams("tiny")
+    t = hp.training
+    expected = hp.bounds.value_bound_factor * t.lr * t.inner_steps / (1 - hp.codec.ef_beta)
+    assert ValueBounds.from_hparams(hp).max_abs_value == pytest.approx(expected)

@@ -1,5 +1,5 @@
 from protocol.chain import Metagraph, NeuronInfo
-from scoring.gather import GatherSet, consensus_weights, select_gather_set
+from protocol.gather_set import GatherSet, consensus_weights, select_gather_set
 
 
 def mg(validators: list[tuple[int, float, dict[int, float]]], miners: list[int]) -> Metagraph:

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from protocol.hparams import OuterConfig, ScoringConfig
-from scoring.filters import RejectReason, Stage1Result
+from protocol.acceptance import RejectReason, Stage1Result
 from scoring.gauntlet import AlreadyScoredError, WindowEvidence, WindowResult, score_window, update_book
 from scoring.lossscore import LossMeasurement
 from scoring.state import ScoreBook
