@@ -39,6 +39,12 @@ automatically. The log says why no checkpoint qualified. This is the price of re
 unconfirmed checkpoint -- being out of step costs the joiner its rewards; loading a forged θ would
 cost the same and also spread it.
 
+Containment. Every object read from a validator (fingerprint record, checkpoint listing,
+checkpoint) goes through ``from_validator``: a typed refusal or any unforeseen exception makes only
+that validator's vote or checkpoint not count, logged with the exception named; the join goes on.
+A checkpoint is loaded only if its tensors are finite and within ``bounds.max_abs_param``, so even
+a stake majority cannot hand a joiner NaN or exploding parameters (it falls back to an older one).
+
 Still open: validators holding more than half of the stake can forge together (the same trust
 Bittensor's consensus places in stake); and if the honest majority's stake is offline, honest
 joiners cannot join correctly until it returns.
@@ -46,19 +52,25 @@ joiners cannot join correctly until it returns.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from neurons.checkpoint import CheckpointError, load_checkpoint
 from neurons.model import build_model
 from protocol.chain import Metagraph
+from protocol.fingerprint_record import MAX_RECORD_BYTES, FingerprintRecord, FingerprintRecordError
 from protocol.keys import ObjectKeyError, checkpoint_key, checkpoint_prefix, fingerprint_key, window_of_key
-from storage import StorageError
+from storage import ObjectNotFound, StorageError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# What a validator's objects are expected to fail with; anything else is a bug or an attack the
+# readers did not foresee, and is logged as such (still only that validator's loss).
+_EXPECTED = (StorageError, CheckpointError, FingerprintRecordError, ObjectKeyError)
 
 
 @dataclass(frozen=True)
@@ -94,15 +106,39 @@ def checkpoint_cap(node) -> int:
     return 4 * sum(math.prod(s) for s in node.shapes.values()) + (1 << 20)
 
 
+def from_validator(uid: int, what: str, read: Callable[[], T]) -> T | None:
+    """``read()``, or None when it fails: containment at the boundary of one validator's objects.
+
+    Every object a joiner reads from a validator (fingerprint records, listings, checkpoints) is
+    read through here, so one validator's hostile or broken object only makes *its* vote or
+    checkpoint not count; the join itself never fails because of it."""
+    try:
+        return read()
+    except ObjectNotFound:
+        return None  # not published (yet) or pruned: no vote, nothing to report
+    except _EXPECTED as exc:
+        log.warning("%s of validator %d unusable: %s: %s", what, uid, type(exc).__name__, exc)
+    except Exception as exc:  # noqa: BLE001 -- the boundary guard: name the exception, skip the peer
+        log.warning("%s of validator %d raised unexpectedly, skipped: %s: %s", what, uid, type(exc).__name__, exc)
+    return None
+
+
 def _published_fingerprint(node, uid: int, window: int) -> str | None:
+    """The fingerprint validator ``uid`` published for ``window``; None if none (or not readable)."""
     peer = node.peers.get(uid)
     if peer is None:
         return None
-    try:
-        record = json.loads(peer.store.get(fingerprint_key(node.hparams.run_id, window, uid), max_bytes=1 << 16))
-        return str(record["fingerprint"])
-    except (StorageError, ValueError, KeyError, TypeError):
-        return None  # not published, pruned, unreachable or malformed: this validator does not agree
+    key = fingerprint_key(node.hparams.run_id, window, uid)
+    record = from_validator(uid, f"fingerprint record {window}",
+                            lambda: FingerprintRecord.parse(peer.store.get(key, max_bytes=MAX_RECORD_BYTES)))
+    if record is None:
+        return None
+    if (record.uid, record.window) != (uid, window):
+        # a record copied from another validator or window is not this validator's vote
+        log.warning("fingerprint record %d of validator %d claims uid %d window %d; ignored",
+                    window, uid, record.uid, record.window)
+        return None
+    return record.fingerprint
 
 
 def majority_fingerprint(node, electorate: Electorate, window: int) -> str | None:
@@ -123,36 +159,38 @@ def majority_fingerprint(node, electorate: Electorate, window: int) -> str | Non
 
 
 def _checkpoint_candidates(node, validators: list[int]) -> list[tuple[int, int]]:
+    """(window, uid) of every checkpoint the validators list, newest first."""
     found = []
     for uid in validators:
         peer = node.peers.get(uid)
         if peer is None:
             continue
-        try:
-            infos = peer.store.list(checkpoint_prefix(node.hparams.run_id))
-        except StorageError as exc:
-            log.warning("cannot list checkpoints of validator %d: %s", uid, exc)
-            continue
-        for info in infos:
-            try:
-                found.append((window_of_key(info.key), uid))
-            except ObjectKeyError:
-                continue  # a stray object in the prefix is not a checkpoint
+        windows = from_validator(uid, "checkpoint listing", lambda peer=peer: _listed_windows(node, peer))
+        found.extend((window, uid) for window in windows or ())
     return sorted(found, reverse=True)
 
 
+def _listed_windows(node, peer) -> list[int]:
+    windows = []
+    for info in peer.store.list(checkpoint_prefix(node.hparams.run_id)):
+        try:
+            windows.append(window_of_key(info.key))
+        except ObjectKeyError:
+            continue  # a stray object in the prefix is not a checkpoint
+    return windows
+
+
 def _try_checkpoint(node, uid: int, window: int, expected: str) -> bool:
-    """Load validator ``uid``'s checkpoint of ``window`` into the model if it holds ``expected``."""
-    try:
-        data = node.peers.get(uid).store.get(checkpoint_key(node.hparams.run_id, window), checkpoint_cap(node))
-        manifest = load_checkpoint(data, node.model, checkpoint_cap(node))
-    except (StorageError, CheckpointError) as exc:
-        log.warning("checkpoint %d of validator %d unusable: %s", window, uid, exc)
-        return False
-    if manifest.fingerprint != expected:
-        log.warning("checkpoint %d of validator %d disagrees with the majority fingerprint", window, uid)
-        return False
-    return True
+    """Load validator ``uid``'s checkpoint of ``window`` into the model if it holds ``expected``;
+    on False the model is untouched (load_checkpoint checks everything before copying)."""
+    return from_validator(uid, f"checkpoint {window}", lambda: _load_checkpoint(node, uid, window, expected)) is not None
+
+
+def _load_checkpoint(node, uid: int, window: int, expected: str):
+    cap = checkpoint_cap(node)
+    data = node.peers.get(uid).store.get(checkpoint_key(node.hparams.run_id, window), cap)
+    return load_checkpoint(data, node.model, cap, max_abs_param=node.hparams.bounds.max_abs_param,
+                           expected_run_id=node.hparams.run_id, expected_fingerprint=expected)
 
 
 def join_from_checkpoint(node) -> int:

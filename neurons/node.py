@@ -7,7 +7,6 @@ and then replaying each missing window with the very same gather + outer step us
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -32,6 +31,7 @@ from protocol.chain import Chain, ChainError, NotRegisteredError
 from protocol.chain_factory import open_chain
 from protocol.clock import WindowClock
 from protocol.commitment import BucketCommitment
+from protocol.fingerprint_record import FingerprintRecord
 from protocol.hparams import Hparams, load_hparams
 from protocol.keys import (
     checkpoint_prefix,
@@ -230,9 +230,9 @@ def _caught_up(node: Node) -> bool:
 
 def publish_fingerprint(node: Node, window: int, fingerprint: str, accepted: list[int]) -> None:
     """Record θ_{window+1}'s fingerprint in our bucket; others compare theirs against it."""
-    body = json.dumps({"window": window, "fingerprint": fingerprint, "gathered": accepted, "uid": node.uid})
+    record = FingerprintRecord(window=window, fingerprint=fingerprint, gathered=accepted, uid=node.uid)
     try:
-        node.store.put(fingerprint_key(node.hparams.run_id, window, node.uid), body.encode())
+        node.store.put(fingerprint_key(node.hparams.run_id, window, node.uid), record.to_bytes())
     except ObjectExists:
         pass  # already published before a restart; objects are immutable
     except StorageError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from protocol.chain import Metagraph, NeuronInfo
 from protocol.clock import WindowClock
 from protocol.commitment import BucketCommitment
 from protocol.devchain import DevChain
+from protocol.fingerprint_record import FingerprintRecord
 from protocol.hparams import Hparams, load_hparams
 from protocol.keys import checkpoint_key, checkpoint_prefix, fingerprint_key
 from protocol.signing import HotkeySigner
@@ -112,8 +114,14 @@ class Net:
         return self.stores.setdefault(f"bucket-{who}", LocalStore(self.root / f"bucket-{who}"))
 
     def publish_fingerprint(self, who: int, window: int, fingerprint: str) -> None:
-        body = {"window": window, "fingerprint": fingerprint, "gathered": [], "uid": self.uid_of[who]}
-        self.bucket(who).put(fingerprint_key(hparams().run_id, window, self.uid_of[who]), json.dumps(body).encode())
+        record = FingerprintRecord(window=window, fingerprint=fingerprint, gathered=[], uid=self.uid_of[who])
+        self.publish_raw_fingerprint(who, window, record.to_bytes())
+
+    def publish_raw_fingerprint(self, who: int, window: int, body: bytes) -> None:
+        """Publish ``body`` as the record, replacing any (objects are immutable only by convention)."""
+        key = fingerprint_key(hparams().run_id, window, self.uid_of[who])
+        self.bucket(who).delete(key)
+        self.bucket(who).put(key, body)
 
     def publish_checkpoint(self, who: int, window: int, model: torch.nn.Module, *, fingerprint: bool = True) -> str:
         """What a validator writes after window ``window``: checkpoint and θ_{window+1}'s fingerprint."""
@@ -397,3 +405,119 @@ def test_an_electorate_without_stake_confirms_nothing():
     electorate = Electorate.from_metagraph(Metagraph(1, 10, (neuron(1, 0.0), neuron(2, 0.0))), joiner=9)
     assert electorate.uids == [1, 2]
     assert not electorate.confirms(0.0)
+
+
+# --- hostile validator objects: only that validator's vote or checkpoint stops counting -------------
+
+
+def _poisoned_checkpoint(window: int, model: torch.nn.Module, value: float) -> tuple[bytes, str]:
+    """A checkpoint whose manifest honestly fingerprints poisoned tensors (as a colluding majority would)."""
+    tensors = {n: p.detach().clone() for n, p in model.named_parameters()}
+    next(iter(tensors.values())).view(-1)[0] = value
+    fp = model_fingerprint(tensors)
+    manifest = CheckpointManifest(run_id=hparams().run_id, window=window, global_step=window * 8, fingerprint=fp)
+    return safetensors_save(tensors, metadata={"tessera.checkpoint": manifest.model_dump_json()}), fp
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 3.0e38])
+def test_a_poisoned_checkpoint_of_a_stake_majority_is_refused(net, value):
+    for who in (1, 2, 3):
+        net.join(who, stake=10.0)
+    for who in (1, 2, 3):
+        fp = net.publish_checkpoint(who, 100, theta(1))
+    # At window 102 every validator publishes (and fingerprints) the same poisoned θ: confirmed by
+    # all the stake, and still refused, so the joiner falls back to the older checkpoint.
+    data, poisoned_fp = _poisoned_checkpoint(102, theta(2), value)
+    for who in (1, 2, 3):
+        net.bucket(who).put(checkpoint_key(hparams().run_id, 102), data)
+        net.publish_fingerprint(who, 102, poisoned_fp)
+    node = net.joiner()
+
+    assert join_from_checkpoint(node) == 101
+    assert fingerprint_of(node) == fp
+    assert all(torch.isfinite(p).all() for p in node.model.parameters())
+
+
+HOSTILE_RECORDS = {
+    "deep nesting": b"[" * 50_000,
+    "not json": b"\xff\xfe{",
+    "wrong types": json.dumps({"window": "100", "fingerprint": 7, "gathered": {}, "uid": None}).encode(),
+    "extra keys": json.dumps({"window": 100, "fingerprint": "ab", "gathered": [], "uid": 3, "x": 1}).encode(),
+    "unencodable": b'{"window": 100, "fingerprint": "\\ud800", "gathered": [], "uid": 3}',
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE_RECORDS.values(), ids=HOSTILE_RECORDS.keys())
+def test_a_hostile_fingerprint_record_only_loses_its_validators_vote(net, body):
+    for who in (1, 2, 3):
+        net.join(who, stake=10.0)
+    for who in (1, 2, 3):
+        fp = net.publish_checkpoint(who, 100, theta(1))
+    net.publish_raw_fingerprint(3, 100, body)  # validator 3's record is replaced by hostile bytes
+    node = net.joiner()
+
+    assert join_from_checkpoint(node) == 101  # validators 1 and 2 still hold 2/3 of the stake
+    assert fingerprint_of(node) == fp
+
+
+def test_a_record_claiming_another_uid_or_window_is_no_vote(net):
+    net.join(1, stake=10.0)
+    net.join(2, stake=10.0)
+    fp = net.publish_checkpoint(1, 100, theta(1))
+    net.publish_checkpoint(2, 100, theta(1), fingerprint=False)
+    # validator 2 copies validator 1's record (its uid) and an older window's record: neither counts
+    copied = FingerprintRecord(window=100, fingerprint=fp, gathered=[], uid=net.uid_of[1])
+    net.publish_raw_fingerprint(2, 100, copied.to_bytes())
+    node = net.joiner(3)
+    assert join_from_checkpoint(node) == 0  # only half of the stake stands behind fp
+
+    other_window = FingerprintRecord(window=99, fingerprint=fp, gathered=[], uid=net.uid_of[2])
+    net.publish_raw_fingerprint(2, 100, other_window.to_bytes())
+    assert join_from_checkpoint(net.joiner(4)) == 0
+
+    net.publish_fingerprint(2, 100, fp)
+    assert join_from_checkpoint(net.joiner(5)) == 101
+
+
+def test_a_checkpoint_header_with_a_bad_shape_is_skipped(net):
+    for who in (1, 2):
+        net.join(who, stake=10.0)
+    fp = net.publish_checkpoint(1, 100, theta(1))
+    net.publish_checkpoint(2, 100, theta(1))
+    key = checkpoint_key(hparams().run_id, 100)
+    whole = net.bucket(2).get(key, 1 << 30)
+    (n,) = struct.unpack("<Q", whole[:8])
+    header = json.loads(whole[8 : 8 + n])
+    next(v for k, v in header.items() if k != "__metadata__")["shape"] = 7
+    raw = json.dumps(header).encode()
+    net.bucket(2).delete(key)
+    net.bucket(2).put(key, struct.pack("<Q", len(raw)) + raw + whole[8 + n :])
+    node = net.joiner()
+
+    # validator 2's checkpoint (higher uid, tried first) is refused; validator 1's is loaded
+    assert join_from_checkpoint(node) == 101
+    assert fingerprint_of(node) == fp
+
+
+class ExplodingStore(LocalStore):
+    """A bucket whose every read fails with what no reader foresaw (a bug or an unforeseen attack)."""
+
+    def get(self, key: str, max_bytes: int) -> bytes:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    def list(self, prefix: str = ""):
+        raise TypeError("'NoneType' object is not iterable")
+
+
+def test_unexpected_exceptions_from_one_validator_are_contained_and_named(net, caplog):
+    for who in (1, 2, 3):
+        net.join(who, stake=10.0)
+    net.stores["bucket-3"] = ExplodingStore(net.root / "bucket-3")
+    for who in (1, 2):
+        fp = net.publish_checkpoint(who, 100, theta(1))
+    node = net.joiner()
+
+    with caplog.at_level("WARNING"):
+        assert join_from_checkpoint(node) == 101
+    assert fingerprint_of(node) == fp
+    assert "TypeError" in caplog.text and "RecursionError" in caplog.text
