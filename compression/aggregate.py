@@ -20,16 +20,16 @@ from compression.sparse import SparseTensor, SparseUpdate
 _VALUE_BITS = 50
 
 
-def _median(values: torch.Tensor) -> torch.Tensor:
-    s = values.sort().values
-    n = s.numel()
-    return (s[(n - 1) // 2] + s[n // 2]) / 2
+def _lower_median(values: torch.Tensor) -> torch.Tensor:
+    """The lower of the two middle values for an even count: with two peers, the smaller norm,
+    so one peer with a huge update cannot pull the clip level up to half its own size."""
+    return values.sort().values[(values.numel() - 1) // 2]
 
 
 def _clip_factors(parts: Sequence[SparseTensor]) -> torch.Tensor:
-    """Per peer min(1, median_norm / norm) in float64 (a zero norm keeps factor 1)."""
+    """Per peer min(1, lower_median_norm / norm) in float64 (a zero norm keeps factor 1)."""
     norms = torch.stack([p.values.to(torch.float64).norm() for p in parts])
-    med = _median(norms)
+    med = _lower_median(norms)
     return torch.where(norms > med, med / norms.clamp(min=1e-300), torch.ones_like(norms))
 
 

@@ -30,6 +30,15 @@ def test_scatter_mean_where_peers_overlap():
     assert out.dtype == torch.float32 and int((out != 0).sum()) == 4
 
 
+def test_with_two_peers_the_larger_update_is_clipped_to_the_smaller():
+    honest = {"w": sp([0, 1], [0.3, 0.4])}  # norm 0.5
+    hostile = {"w": sp([1, 2], [-3.0e4, 4.0e4])}  # norm 5e4: clipped to 0.5, not to the mean 2.5e4
+    out = aggregate([honest, hostile], {"w": SHAPE})["w"].reshape(-1)
+    assert out[0].item() == pytest.approx(0.3)
+    assert out[1].item() == pytest.approx((0.4 - 0.3) / 2)
+    assert out[2].item() == pytest.approx(0.4)
+
+
 def test_missing_parameters_and_no_peers():
     out = aggregate([{"w": sp([1], [2.0])}, {}], {"w": SHAPE, "b": (3,)})
     assert out["w"].reshape(-1)[1].item() == 2.0
