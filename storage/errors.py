@@ -3,6 +3,10 @@
 Every backend maps its own failures onto these classes, so callers (miner upload, validator
 gather, retention) can decide per kind: skip a peer whose payload is missing, stop a node whose
 write key is wrong, retry later when the server is down. None of them ever carries a secret.
+
+A peer's server is untrusted: whatever it answers (malformed headers, endless listings, a body
+that drips a byte at a time, redirects to itself) ends in one of these, never in another
+exception and never after the caller's deadline.
 """
 
 from __future__ import annotations
@@ -46,3 +50,25 @@ class AccessDenied(StorageError):
 class StorageUnavailable(StorageError):
     """The server could not be reached or kept failing (timeouts, refused connections, 5xx)
     after the bounded retries."""
+
+
+class StorageTimeout(StorageUnavailable):
+    """The operation's total deadline passed (connection, retries, backoff and body included).
+    A subclass of StorageUnavailable: for a caller, a server too slow to answer in time is a
+    server that is not there."""
+
+
+class BadResponse(StorageError):
+    """The server answered something malformed: a HEAD without a size or date, a date or
+    length that does not parse, a listing that is not XML, a redirect, a body past its cap."""
+
+
+class ListingTooLong(BadResponse):
+    """A listing went on past the page cap (or repeated a continuation token): refused rather
+    than paginated forever into growing memory."""
+
+
+class EndpointRefused(StorageError):
+    """The endpoint (URL, host, port or region) is malformed, or its host resolves to an
+    address a node must not connect to for a peer (loopback, link-local, private, metadata).
+    Refused before any connection is opened."""

@@ -27,7 +27,7 @@ from storage.errors import (
     ObjectTooLarge,
     StorageError,
 )
-from storage.store import ObjectInfo, ObjectStore, validate_key, validate_max_bytes
+from storage.store import ObjectInfo, ObjectStore, check_deadline, validate_key, validate_max_bytes
 
 _NAME_MAX = 255  # bytes per file name on ext4/xfs/btrfs/tmpfs
 
@@ -86,14 +86,17 @@ class LocalStore(ObjectStore):
                 os.unlink(tmp_name)
         return self.head(key)
 
-    def head(self, key: str) -> ObjectInfo:
+    def head(self, key: str, *, deadline: float | None = None) -> ObjectInfo:
+        check_deadline(deadline, f"head {key!r} in {self.root}")
         try:
             stat = os.stat(self._path(key))
         except OSError as exc:
             raise self._fail("head", key, exc) from exc
         return _info(key, stat)
 
-    def get(self, key: str, max_bytes: int) -> bytes:
+    def get(self, key: str, max_bytes: int, *, deadline: float | None = None) -> bytes:
+        # a local read is not slowed down by anyone; the deadline is checked before it starts
+        check_deadline(deadline, f"get {key!r} in {self.root}")
         validate_max_bytes(max_bytes)
         path = self._path(key)
         try:
@@ -112,7 +115,8 @@ class LocalStore(ObjectStore):
             raise ObjectTooLarge(f"get {key!r}: grew past cap {max_bytes}", size=None, max_bytes=max_bytes)
         return data
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
+    def list(self, prefix: str = "", *, deadline: float | None = None) -> list[ObjectInfo]:
+        check_deadline(deadline, f"list {prefix!r} in {self.root}")
         found: list[ObjectInfo] = []
         try:
             entries = list(os.scandir(self._objects))

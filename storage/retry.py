@@ -47,12 +47,15 @@ def call_with_retry(
     retry_on: tuple[type[Exception], ...],
     is_transient: Callable[[Exception], bool] = lambda _exc: True,
     sleep: Callable[[float], None] = time.sleep,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """Call ``fn`` until it succeeds, fails permanently, or ``policy.attempts`` are used up.
 
     Only exceptions of the ``retry_on`` types for which ``is_transient`` is true are retried;
     anything else propagates at once. After the last transient failure that exception propagates
-    unchanged (the caller maps it to a typed error).
+    unchanged (the caller maps it to a typed error). ``deadline`` (a ``clock`` value) ends the
+    retries early: no backoff sleeps past it, and a failure at or after it is the last one.
     """
     for attempt in range(policy.attempts):
         try:
@@ -60,5 +63,11 @@ def call_with_retry(
         except retry_on as exc:
             if attempt + 1 >= policy.attempts or not is_transient(exc):
                 raise
-        sleep(policy.delay(attempt))
+            delay = policy.delay(attempt)
+            if deadline is not None:
+                left = deadline - clock()
+                if left <= 0:
+                    raise
+                delay = min(delay, left)
+        sleep(delay)
     raise AssertionError("unreachable: the loop either returns or raises")

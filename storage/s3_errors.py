@@ -17,6 +17,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from storage.errors import (
     AccessDenied,
+    BadResponse,
     BucketNotFound,
     ObjectExists,
     ObjectNotFound,
@@ -94,4 +95,6 @@ def map_error(exc: BotoCoreError | ClientError, where: str) -> StorageError:
         return AccessDenied(detail)
     if is_transient(exc):
         return StorageUnavailable(f"{detail} (after retries)")
+    if 300 <= status < 400:  # no redirect is followed: a server that sends one is misconfigured
+        return BadResponse(f"{detail} (redirect)")
     return StorageError(detail)

@@ -4,20 +4,23 @@ Objects are immutable: ``put`` never overwrites (``ObjectExists``). ``get`` alwa
 cap and refuses oversized objects before downloading them, because peers are untrusted and a
 validator must not be made to pull gigabytes. Time stamps are the *server's* LastModified, in
 UTC, since upload-slot checks must not depend on any node's local clock.
+
+Reads take an optional ``deadline``: an absolute ``time.monotonic()`` value by which the whole
+operation (every request, retry, backoff and byte of the body) has ended, with its result or
+``StorageTimeout``. A window's fetch derives it from the window, so a slow peer costs only its
+own slot.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
 
-from storage.errors import InvalidKey, StorageError
-
-T = TypeVar("T")
+from storage.errors import InvalidKey, StorageError, StorageTimeout
 
 MAX_KEY_BYTES = 1024  # the S3 limit; LocalStore enforces the same so keys port across backends
 
@@ -35,13 +38,6 @@ class ObjectInfo:
             raise ValueError(f"ObjectInfo.last_modified for {self.key!r} must be timezone-aware")
         if self.size < 0:
             raise ValueError(f"ObjectInfo.size for {self.key!r} must be >= 0, got {self.size}")
-
-
-def to_utc(when: dt.datetime) -> dt.datetime:
-    """Normalise a server time stamp to tz-aware UTC (botocore returns tzlocal for listings)."""
-    if when.tzinfo is None:
-        raise ValueError(f"naive datetime {when!r}: the server's time zone is unknown")
-    return when.astimezone(dt.UTC)
 
 
 def validate_key(key: str) -> str:
@@ -64,6 +60,12 @@ def validate_key(key: str) -> str:
     return key
 
 
+def check_deadline(deadline: float | None, where: str) -> None:
+    """Raise StorageTimeout when ``deadline`` (a ``time.monotonic()`` value) has passed."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise StorageTimeout(f"{where}: deadline passed")
+
+
 def validate_max_bytes(max_bytes: int) -> int:
     if max_bytes < 0:
         raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
@@ -73,7 +75,7 @@ def validate_max_bytes(max_bytes: int) -> int:
 class ObjectStore(ABC):
     """One bucket (or directory) of immutable objects.
 
-    ``concurrency`` bounds the thread pool of the ``*_many`` helpers; backends set it from their
+    ``concurrency`` bounds the thread pool of ``delete_many``; backends set it from their
     connection-pool size so threads never queue on a socket.
     """
 
@@ -84,47 +86,33 @@ class ObjectStore(ABC):
         """Create ``key`` with ``data``; raise ObjectExists if it is already there."""
 
     @abstractmethod
-    def get(self, key: str, max_bytes: int) -> bytes:
+    def get(self, key: str, max_bytes: int, *, deadline: float | None = None) -> bytes:
         """Return the object's bytes; raise ObjectTooLarge (before downloading, by HEAD) if it
-        is larger than ``max_bytes``, ObjectNotFound if absent."""
+        is larger than ``max_bytes``, ObjectNotFound if absent, StorageTimeout past ``deadline``."""
 
     @abstractmethod
-    def head(self, key: str) -> ObjectInfo:
+    def head(self, key: str, *, deadline: float | None = None) -> ObjectInfo:
         """Size and server LastModified of ``key``; ObjectNotFound if absent."""
 
     @abstractmethod
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, sorted by key (all pages)."""
+    def list(self, prefix: str = "", *, deadline: float | None = None) -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, sorted by key (all pages, capped)."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``. Idempotent: deleting a missing key is not an error (S3 cannot tell
         the two apart without an extra HEAD, and retention does not care)."""
 
-    def get_many(self, keys: Iterable[str], max_bytes: int) -> dict[str, bytes | StorageError]:
-        """Fetch many objects on a bounded pool; each key maps to its bytes or its typed error."""
-        return self._map_bounded(keys, lambda key: self.get(key, max_bytes))
-
-    def head_many(self, keys: Iterable[str]) -> dict[str, ObjectInfo | StorageError]:
-        """HEAD many objects on a bounded pool; each key maps to its info or its typed error."""
-        return self._map_bounded(keys, self.head)
-
     def delete_many(self, keys: Iterable[str]) -> dict[str, StorageError | None]:
         """Delete many objects on a bounded pool; each key maps to None (done) or its error."""
-
-        def one(key: str) -> None:
-            self.delete(key)
-
-        return self._map_bounded(keys, one)
-
-    def _map_bounded(self, keys: Iterable[str], fn: Callable[[str], T]) -> dict[str, T | StorageError]:
         unique = list(dict.fromkeys(keys))
 
-        def one(key: str) -> T | StorageError:
+        def one(key: str) -> StorageError | None:
             try:
-                return fn(key)
+                self.delete(key)
             except StorageError as exc:  # a per-key outcome, not a failure of the batch
                 return exc
+            return None
 
         if not unique:
             return {}

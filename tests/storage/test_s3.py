@@ -13,7 +13,7 @@ from moto import mock_aws
 
 from storage.errors import BucketNotFound, ObjectExists, ObjectNotFound, ObjectTooLarge, StorageUnavailable
 from storage.retry import RetryPolicy
-from storage.s3 import S3Config, S3Store, r2_endpoint
+from storage.s3 import S3Store
 from storage.store import ObjectInfo
 
 SECRET = "moto-secret-never-printed"
@@ -75,7 +75,7 @@ def test_cap_refused_by_head_without_downloading(store: S3Store) -> None:
 def test_cap_enforced_while_streaming_when_head_lies(store: S3Store, monkeypatch) -> None:
     store.put("big", b"x" * 5000)
     real = store.head("big")
-    monkeypatch.setattr(store, "head", lambda key: ObjectInfo(key, 10, real.last_modified))
+    monkeypatch.setattr(store, "head", lambda key, deadline=None: ObjectInfo(key, 10, real.last_modified))
     with pytest.raises(ObjectTooLarge, match="while streaming"):
         store.get("big", 100)
 
@@ -118,17 +118,13 @@ def test_missing_bucket(store: S3Store) -> None:
     other = S3Store(None, "no-such-bucket", "AKIDMOTO", SECRET, region="us-east-1", retry=FAST)
     with pytest.raises(BucketNotFound):
         other.list("")
-    assert isinstance(other.get_many(["k"], 10)["k"], ObjectNotFound)  # HEAD 404 carries no code
+    with pytest.raises(ObjectNotFound):  # HEAD 404 carries no code
+        other.get("k", 10)
 
 
-def test_repr_and_config_hide_secret() -> None:
+def test_repr_hides_secret() -> None:
     store = S3Store("http://127.0.0.1:1", "bkt", "AKID", SECRET)
-    config = S3Config(
-        endpoint_url=r2_endpoint("acct"), bucket="bkt", access_key_id="AKID", secret_access_key=SECRET
-    )
     assert SECRET not in repr(store) and SECRET not in str(store)
-    assert SECRET not in repr(config) and SECRET not in config.model_dump_json()
-    assert S3Store.from_config(config).endpoint_url == "https://acct.r2.cloudflarestorage.com"
 
 
 def test_unreachable_endpoint_is_unavailable_after_retries() -> None:
