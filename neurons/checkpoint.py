@@ -23,8 +23,8 @@ from neurons.fingerprint import model_fingerprint
 CHECKPOINT_FORMAT_VERSION = 1
 _MANIFEST_KEY = "tessera.checkpoint"
 # safetensors dtype names for the dtypes a model may hold.
-_DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64"}
-_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64"}
+SAFETENSORS_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 # Header room: the manifest plus one entry per parameter (name, dtype, shape, offsets).
 _MAX_HEADER_BASE = 64 * 1024
 _MAX_HEADER_PER_PARAM = 1024
@@ -112,8 +112,8 @@ def check_parameter_values(
     """Raise ``error`` naming the first tensor with a non-finite value or one beyond ±max_abs_param."""
     for name in sorted(tensors):
         values = tensors[name].detach()
-        if values.numel() == 0:
-            continue
+        if values.numel() == 0 or not values.is_floating_point():
+            continue  # integer and bool tensors are finite, and the bound is on parameters (floats)
         if not bool(torch.isfinite(values).all()):
             raise error(f"{name}: holds non-finite values")
         largest = float(values.abs().max())
@@ -124,7 +124,7 @@ def check_parameter_values(
 def _read_header(data: bytes, n_params: int) -> SafetensorsHeader:
     cap = _MAX_HEADER_BASE + _MAX_HEADER_PER_PARAM * n_params
     try:
-        return read_header(data, cap, dtypes=_DTYPES.keys())
+        return read_header(data, cap, dtypes=SAFETENSORS_DTYPES.keys())
     except HeaderError as exc:
         raise CheckpointFormatError(f"checkpoint safetensors {exc.reason}") from exc
 
@@ -156,7 +156,7 @@ def _check_layout(header: SafetensorsHeader, params: dict[str, torch.nn.Paramete
         spec = specs[name]
         if spec.shape != tuple(param.shape):
             raise CheckpointMismatch(f"{name}: checkpoint shape {list(spec.shape)}, model {list(param.shape)}")
-        if spec.dtype != _DTYPE_NAMES.get(param.dtype):
+        if spec.dtype != DTYPE_NAMES.get(param.dtype):
             raise CheckpointMismatch(f"{name}: checkpoint dtype {spec.dtype}, model {param.dtype}")
 
 
@@ -165,7 +165,7 @@ def _tensors(header: SafetensorsHeader, data: bytes) -> dict[str, torch.Tensor]:
     out = {}
     for name, blob in header.blobs(data).items():
         spec = header.tensors[name]
-        dtype = _DTYPES[spec.dtype]
+        dtype = SAFETENSORS_DTYPES[spec.dtype]
         if math.prod(spec.shape) == 0:
             out[name] = torch.empty(spec.shape, dtype=dtype)
         else:  # bytearray: a private, writable copy (frombuffer shares memory with its buffer)

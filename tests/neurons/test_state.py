@@ -1,12 +1,26 @@
-"""A node's own state file: round trip, other runs ignored, unreadable files ignored (the documented
-contract: ``None``, model untouched), and a kill mid-write leaves the previous state loadable."""
+"""A node's own state file: round trip, other runs ignored, damaged files refused with a typed
+NodeStateError naming the file (model untouched) and set aside by restore_node_state, and a kill
+mid-write leaves the previous state loadable."""
 
 from __future__ import annotations
 
+import json
+import stat
+import struct
+
+import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from neurons.state import RestoredState, load_node_state, save_node_state
+from neurons.state import (
+    NodeStateError,
+    RestoredState,
+    load_node_state,
+    restore_node_state,
+    save_node_state,
+)
 
 RUN = "tiny-0123456789ab"
 
@@ -57,22 +71,31 @@ def test_state_of_another_run_is_ignored(tmp_path):
     assert _same(target, before)
 
 
-def test_state_for_another_model_shape_is_ignored(tmp_path):
+def test_state_for_another_model_shape_is_refused(tmp_path):
     path = tmp_path / "node_state.safetensors"
     other = torch.nn.Linear(6, 5)  # other parameter names and shapes
     save_node_state(path, other, RUN, 5, {})
     target = TwoLayer(2)
     before = _params(target)
-    assert load_node_state(path, target, RUN) is None
+    with pytest.raises(NodeStateError, match="parameters differ"):
+        load_node_state(path, target, RUN)
     assert _same(target, before)
 
 
-def test_truncated_or_corrupt_files_are_ignored_and_leave_the_model_alone(tmp_path):
+def _refused(path, data: bytes, match: str | None = None) -> None:
+    path.write_bytes(data)
+    target = TwoLayer(2)
+    before = _params(target)
+    with pytest.raises(NodeStateError, match=match) as info:
+        load_node_state(path, target, RUN)
+    assert str(path) in str(info.value)  # the error names the file
+    assert _same(target, before)
+
+
+def test_truncated_or_corrupt_files_are_refused_and_leave_the_model_alone(tmp_path):
     path = tmp_path / "node_state.safetensors"
     save_node_state(path, TwoLayer(1), RUN, 3, {"ef.x": torch.ones(5)})
     whole = path.read_bytes()
-    target = TwoLayer(2)
-    before = _params(target)
     corrupt = [
         whole[:0],
         whole[:7],  # shorter than the length prefix
@@ -82,20 +105,129 @@ def test_truncated_or_corrupt_files_are_ignored_and_leave_the_model_alone(tmp_pa
         whole[:8] + b"{" * (len(whole) - 8),  # header is not JSON
     ]
     for data in corrupt:
-        path.write_bytes(data)
-        assert load_node_state(path, target, RUN) is None, f"{len(data)} bytes"
-        assert _same(target, before)
+        _refused(path, data)
 
 
-def test_bad_window_metadata_is_ignored_and_leaves_the_model_alone(tmp_path):
+def _state_file(path, tensors, meta) -> bytes:
+    save_file(tensors, str(path), metadata=meta)
+    return path.read_bytes()
+
+
+def _tensors(model=None) -> dict[str, torch.Tensor]:
+    return {f"model.{n}": p.detach().clone() for n, p in (model or TwoLayer(1)).named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "meta", [{"run_id": RUN}, {"run_id": RUN, "window": "seven"}, {"run_id": RUN, "window": "-1"},
+             {"run_id": RUN, "window": "1" * 400}, {"run_id": RUN, "window": "3", "more": "x"}, {"window": "3"}]
+)
+def test_bad_metadata_is_refused_and_leaves_the_model_alone(tmp_path, meta):
     path = tmp_path / "node_state.safetensors"
-    tensors = {f"model.{n}": p.detach().clone() for n, p in TwoLayer(1).named_parameters()}
+    _refused(path, _state_file(path, _tensors(), meta), "metadata")
+
+
+@pytest.mark.parametrize(("value", "match"), [(float("nan"), "non-finite"), (float("-inf"), "non-finite"),
+                                              (1e30, "exceeds")])
+def test_non_finite_or_out_of_bound_parameters_are_refused(tmp_path, value, match):
+    path = tmp_path / "node_state.safetensors"
+    tensors = _tensors()
+    tensors["model.first.weight"][1, 2] = value
+    _refused(path, _state_file(path, tensors, {"run_id": RUN, "window": "3"}), match)
+
+
+def test_the_bound_is_the_callers_and_extra_tensors_must_be_finite(tmp_path):
+    path = tmp_path / "node_state.safetensors"
+    tensors = _tensors()
+    tensors["model.first.weight"][0, 0] = 50.0
+    _state_file(path, tensors, {"run_id": RUN, "window": "3"})
+    assert load_node_state(path, TwoLayer(2), RUN, max_abs_param=100.0).window == 3
+    with pytest.raises(NodeStateError, match="exceeds"):
+        load_node_state(path, TwoLayer(2), RUN, max_abs_param=10.0)
+    tensors["extra.adam.exp_avg"] = torch.tensor([1.0, float("nan")])
+    _refused(path, _state_file(path, tensors, {"run_id": RUN, "window": "3"}), "non-finite")
+
+
+def test_other_dtypes_and_stray_tensors_are_refused(tmp_path):
+    path = tmp_path / "node_state.safetensors"
+    tensors = _tensors()
+    tensors["model.first.bias"] = tensors["model.first.bias"].to(torch.int64)
+    _refused(path, _state_file(path, tensors, {"run_id": RUN, "window": "3"}), "I64")
+    tensors = {**_tensors(), "stray": torch.zeros(1)}
+    _refused(path, _state_file(path, tensors, {"run_id": RUN, "window": "3"}), "differ")
+
+
+def _rewrite_header(data: bytes, mutate) -> bytes:
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    raw = mutate(header) or json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda h: b"[" * 50_000,
+        lambda h: h["model.first.weight"].update(shape=7),
+        lambda h: h.update({"\ud800": h.pop("model.second.weight")}),
+        lambda h: h["__metadata__"].update(window=3),
+    ],
+    ids=["deep nesting", "shape not a list", "unencodable name", "window not a string"],
+)
+def test_hostile_headers_are_refused(tmp_path, mutate):
+    path = tmp_path / "node_state.safetensors"
+    save_node_state(path, TwoLayer(1), RUN, 3, {})
+    _refused(path, _rewrite_header(path.read_bytes(), mutate))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=6))
+def test_byte_flips_load_or_raise_node_state_error(tmp_path, edits):
+    path = tmp_path / "flips.safetensors"
+    save_node_state(path, TwoLayer(1), RUN, 3, {"ef.x": torch.ones(5)})
+    buf = bytearray(path.read_bytes())
+    for pos, val in edits:
+        buf[pos % len(buf)] = val
+    path.write_bytes(bytes(buf))
+    target = TwoLayer(2)
+    try:
+        restored = load_node_state(path, target, RUN)
+    except NodeStateError:
+        return
+    if restored is not None:
+        assert all(bool(torch.isfinite(p).all()) and float(p.abs().max()) <= 1e3 for p in target.parameters())
+
+
+def test_restore_sets_a_bad_file_aside_and_starts_without_state(tmp_path, caplog):
+    path = tmp_path / "node_state.safetensors"
+    save_node_state(path, TwoLayer(1), RUN, 3, {})
+    damaged = path.read_bytes()[:-1]
+    path.write_bytes(damaged)
     target = TwoLayer(2)
     before = _params(target)
-    for meta in ({"run_id": RUN}, {"run_id": RUN, "window": "seven"}, {"run_id": RUN, "window": "-1"}):
-        save_file(tensors, str(path), metadata=meta)
-        assert load_node_state(path, target, RUN) is None, meta
-        assert _same(target, before)
+
+    with caplog.at_level("ERROR"):
+        assert restore_node_state(path, target, RUN) is None
+    assert str(path) in caplog.text
+    assert _same(target, before)
+    assert not path.exists()
+    assert (tmp_path / "node_state.safetensors.corrupt").read_bytes() == damaged  # nothing is lost
+
+    # a second bad file does not overwrite the first one set aside
+    path.write_bytes(b"junk")
+    assert restore_node_state(path, target, RUN) is None
+    assert (tmp_path / "node_state.safetensors.corrupt.1").read_bytes() == b"junk"
+
+    # a good file restores as usual; none at all is simply no state
+    save_node_state(path, TwoLayer(1), RUN, 4, {})
+    assert restore_node_state(path, target, RUN).window == 4
+    assert restore_node_state(tmp_path / "absent", target, RUN) is None
+
+
+def test_the_state_file_is_private(tmp_path):
+    path = tmp_path / "node_state.safetensors"
+    save_node_state(path, TwoLayer(1), RUN, 3, {})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_a_kill_mid_write_leaves_the_previous_state_loadable(tmp_path):
