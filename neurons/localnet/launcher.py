@@ -6,6 +6,10 @@ a read-write + read-only key pair per node. Then the nodes run as ``tessera mine
 processes exactly as an operator would start them; this launcher only watches their event logs
 and the chain, draws the live table, stops everyone at the end (or on Ctrl-C) and writes the
 JSON summary.
+
+``--adversary KIND`` (repeatable, or a comma list) adds one more registered miner per KIND that
+never trains honestly but serves a hostile object every window (``neurons.localnet.adversary``),
+each its own process like the honest nodes; the summary lists them apart from the miners.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from rich.live import Live
 
 from neurons.corpus import ensure_embedded_data
 from neurons.events import read_records
+from neurons.localnet.adversary import KINDS
 from neurons.localnet.seaweedfs import READ_ONLY, READ_WRITE, Identity, SeaweedServer
 from neurons.localnet.view import NodeLog, first_window_all_up, live_table, scored_windows, window_summary
 from neurons.model import build_model
@@ -48,6 +54,7 @@ class NodeSpec:
     reader: Identity
     start_window: int = 0  # for late joiners: start once the chain reaches this window
     process: subprocess.Popen | None = None
+    kind: str = ""  # adversaries only: what it serves (neurons.localnet.adversary.KINDS)
 
     @property
     def state_dir_name(self) -> str:
@@ -59,30 +66,42 @@ def _register(chain: DevChain, wallets: Path, name: str, stake: float) -> int:
     return chain.register(HotkeySigner(wallet), wallet.coldkeypub.ss58_address, stake=stake)
 
 
-def plan_network(workdir: Path, miners: int, validators: int, block_time: float) -> tuple[DevChain, list[NodeSpec]]:
-    """Create the devchain and register owner, validators and miners (in that uid order)."""
+def plan_network(
+    workdir: Path, miners: int, validators: int, block_time: float, adversaries: Sequence[str] = ()
+) -> tuple[DevChain, list[NodeSpec]]:
+    """Create the devchain and register owner, validators, miners and adversaries (in that uid order).
+
+    Adversaries register without stake, exactly like miners: nothing on chain tells them apart.
+    """
     chain = DevChain.create(workdir / "chain.sqlite", netuid=NETUID, block_time=block_time)
     wallets = workdir / "wallets"
     _register(chain, wallets, "owner", 0.0)  # uid 0: the subnet owner, where burned weight goes
-    specs = []
-    for role, count, stake in (("validator", validators, VALIDATOR_STAKE), ("miner", miners, 0.0)):
-        for i in range(count):
-            name = f"{role}-{i}"
-            uid = _register(chain, wallets, name, stake)
-            bucket = f"tsr-{role[0]}{i}"
-            specs.append(
-                NodeSpec(
-                    name, role, uid, bucket,
-                    writer=Identity.generate(f"{name}-rw", READ_WRITE, [bucket]),
-                    reader=Identity.generate(f"{name}-ro", READ_ONLY, [bucket]),
-                )
+    roles = [("validator", "", VALIDATOR_STAKE)] * validators + [("miner", "", 0.0)] * miners
+    roles += [("adversary", kind, 0.0) for kind in adversaries]
+    specs: list[NodeSpec] = []
+    for role, kind, stake in roles:
+        i = sum(s.role == role for s in specs)
+        name = f"{role}-{i}" + (f"-{kind}" if kind else "")
+        uid = _register(chain, wallets, name, stake)
+        bucket = f"tsr-{role[0]}{i}"
+        specs.append(
+            NodeSpec(
+                name, role, uid, bucket,
+                writer=Identity.generate(f"{name}-rw", READ_WRITE, [bucket]),
+                reader=Identity.generate(f"{name}-ro", READ_ONLY, [bucket]),
+                kind=kind,
             )
+        )
     return chain, specs
 
 
 def node_command(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, data_dir: Path) -> list[str]:
+    if spec.role == "adversary":
+        program = ["-m", "neurons.localnet.adversary", "--kind", spec.kind]
+    else:
+        program = ["-m", "neurons.cli", spec.role]
     return [
-        sys.executable, "-m", "neurons.cli", spec.role,
+        sys.executable, *program,
         "--netuid", str(NETUID), "--devchain", str(workdir / "chain.sqlite"),
         "--wallet.name", spec.name, "--wallet.hotkey", "default", "--wallet.path", str(workdir / "wallets"),
         "--hparams", hparams, "--bucket.endpoint", endpoint, "--bucket.name", spec.bucket,
@@ -119,8 +138,11 @@ def stop_nodes(specs: list[NodeSpec], grace: float = 15.0) -> None:
 
 
 def node_logs(specs: list[NodeSpec], workdir: Path) -> list[NodeLog]:
+    """The honest nodes' event logs (adversaries keep none: what they claim proves nothing)."""
     return [
-        NodeLog(s.name, s.role, s.uid, read_records(workdir / "nodes" / s.name / "events.jsonl")) for s in specs
+        NodeLog(s.name, s.role, s.uid, read_records(workdir / "nodes" / s.name / "events.jsonl"))
+        for s in specs
+        if s.role != "adversary"
     ]
 
 
@@ -139,6 +161,7 @@ def build_summary(specs: list[NodeSpec], workdir: Path, chain: DevChain, hparams
         "run_id": hp.run_id,
         "miners": [s.uid for s in specs if s.role == "miner"],
         "validators": [s.uid for s in specs if s.role == "validator"],
+        "adversaries": {str(s.uid): s.kind for s in specs if s.role == "adversary"},
         "dense_fp32_bytes": 4 * params,
         "first_window_all_up": first_window_all_up(logs, on_time),
         "windows": [window_summary(w, logs, chain) for w in scored_windows(logs, on_time)[:windows]],
@@ -152,6 +175,7 @@ def _crashed(specs: list[NodeSpec]) -> list[str]:
 def watch(specs, workdir, chain, args, endpoint, data_dir, console) -> str:
     """Start late joiners on time, redraw the table, and say why we stopped."""
     miners = [s.uid for s in specs if s.role == "miner"]
+    adversaries = [s.uid for s in specs if s.role == "adversary"]
     on_time = on_time_miners(specs)
     blocks_per_window = load_hparams(args.hparams).window.blocks_per_window
     give_up = chain.block() // blocks_per_window + STARTUP_WINDOWS
@@ -162,7 +186,7 @@ def watch(specs, workdir, chain, args, endpoint, data_dir, console) -> str:
                 if s.process is None and window >= s.start_window:
                     start_node(s, workdir, endpoint, args.hparams, data_dir)
             logs = node_logs(specs, workdir)
-            live.update(live_table(logs, miners, chain))
+            live.update(live_table(logs, miners, chain, adversaries=adversaries))
             if len(scored_windows(logs, on_time)) >= args.windows:
                 return "done"
             if window > give_up and first_window_all_up(logs, on_time) is None:
@@ -177,10 +201,13 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or f".tessera/localnet-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     hp = load_hparams(args.hparams)
-    console.print(f"[bold]tessera localnet[/] {args.miners} miners, {args.validators} validators, run {hp.run_id}")
+    hostile = f", adversaries {','.join(args.adversary)}" if args.adversary else ""
+    console.print(
+        f"[bold]tessera localnet[/] {args.miners} miners, {args.validators} validators{hostile}, run {hp.run_id}"
+    )
     console.print(f"work dir {workdir}")
     data_dir = ensure_embedded_data(workdir.parent / "data-cache", hp.model.vocab_size)
-    chain, specs = plan_network(workdir, args.miners, args.validators, args.block_time)
+    chain, specs = plan_network(workdir, args.miners, args.validators, args.block_time, args.adversary)
     first = chain.block() // hp.window.blocks_per_window
     for s in [s for s in specs if s.role == "miner"][args.miners - args.late_miners :]:
         s.start_window = first + args.late_by
@@ -223,4 +250,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--late-by", type=int, default=2, help="windows the late miners wait")
     parser.add_argument("--workdir", default=None, help="default .tessera/localnet-<time>")
     parser.add_argument("--json-out", default=None, help="summary JSON path (default <workdir>/summary.json)")
+    parser.add_argument(
+        "--adversary", type=_adversary_kinds, action="extend", default=[], metavar="KIND[,KIND]",
+        help=f"add one hostile miner per KIND ({', '.join(KINDS)}); repeatable",
+    )
     parser.set_defaults(func=run)
+
+
+def _adversary_kinds(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown adversary kind {unknown or text!r}; one of {', '.join(KINDS)}")
+    return kinds

@@ -7,6 +7,7 @@ same things an operator can read, so the launcher needs no back channel into the
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich.table import Table
@@ -93,16 +94,20 @@ def _record(log: NodeLog, window: int) -> dict | None:
     return found[-1] if found else None
 
 
-def live_table(logs: list[NodeLog], miners: list[int], chain: Chain | None, last: int = 8) -> Table:
+def live_table(
+    logs: list[NodeLog], miners: list[int], chain: Chain | None, last: int = 8, adversaries: Sequence[int] = ()
+) -> Table:
+    """One row per validator window; a column per miner, then one per adversary ("adv")."""
     table = Table(title="tessera local subnet", expand=False)
     table.caption = "miner: score/weight on chain (or why rejected); kB moved; validator seconds"
-    for col in ("window", "loss", *[f"miner {u}" for u in miners], "kB", "in step", "val s"):
+    columns = [f"miner {u}" for u in miners] + [f"adv {u}" for u in adversaries]
+    for col in ("window", "loss", *columns, "kB", "in step", "val s"):
         table.add_column(col, justify="right", no_wrap=True)
     for window in validator_windows(logs)[-last:]:
         s = window_summary(window, logs, chain)
         loss = f"{s['loss']:.4f}" if s["loss"] is not None else "-"
         cells = []
-        for uid in miners:
+        for uid in [*miners, *adversaries]:
             score, weight = s["scores"].get(uid), s["weights"].get(uid)
             reason = s["rejected"].get(uid)
             cells.append(reason or f"{score or 0:.1f}/{weight or 0:.2f}")
