@@ -1,48 +1,72 @@
 """The validator's memory of every miner: ratings, evidence EMAs, sync, counts.
 
 Keyed by (uid, hotkey): when a uid is deregistered and taken by a new hotkey, the newcomer starts
-from a fresh record instead of inheriting someone else's reputation. Saved as JSON with an atomic
-replace (temp file + fsync + ``os.replace``), so a SIGKILL at any moment leaves either the old or
-the new file, never a torn one.
+from a fresh record instead of inheriting someone else's reputation. Saved as JSON through
+``storage.atomic`` (temp file + fsync + ``os.replace``), so a SIGKILL at any moment leaves either
+the old or the new file, never a torn one.
+
+The file is read as untrusted (a disk, a copy or a hand edit can damage it): it is parsed and
+validated in one step by pydantic (types strict, numbers finite and in range, no unknown fields,
+bounded sizes), and *any* problem -- not UTF-8, truncated or deeply nested JSON, NaN, a huge int,
+a wrong type -- is a ``ScoreBookError`` naming the file and the field. A non-finite number never
+enters the book at all: ``MinerRecord`` refuses one at assignment (keeping the previous value and
+logging it), so one NaN loss cannot make every later ``save`` fail.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import logging
+import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 
 from scoring.ratings import DEFAULT_MU, DEFAULT_SIGMA, Rating
+from storage.atomic import atomic_write
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+MAX_MINERS = 1 << 16
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Window = Annotated[int, Field(ge=0, lt=10**10)]  # windows fit the ten digits of object keys
+Count = Annotated[int, Field(ge=0, lt=1 << 63)]
+Uid = Annotated[int, Field(ge=0, lt=10**5)]
 
 
 class ScoreBookError(ValueError):
     """A saved score book cannot be read: the message names the file and the problem."""
 
 
+# strict: in the file, "3" is not a uid and true is not a count
+@with_config(ConfigDict(extra="forbid", strict=True))
 @dataclass
 class MinerRecord:
-    uid: int
-    hotkey: str
-    first_window: int
-    mu: float = DEFAULT_MU
-    sigma: float = DEFAULT_SIGMA
-    loss_ema: float = 0.0  # EMA of LossScore (relative improvement on random data)
-    unique_ema: float = 0.0  # EMA of the ±1 unique-data indicator
-    unique_pos: float = 0.0  # decayed count of +1 indicators (evidence test)
-    unique_n: float = 0.0  # decayed count of all indicators (evidence test)
-    sync: float = 0.0  # latest sync score
-    last_loss_score: float | None = None
-    last_seen_window: int | None = None  # last window with any payload at all
-    last_evaluated_window: int | None = None  # last window that passed stage 1 and was measured
-    windows_evaluated: int = 0
-    windows_rejected: int = 0
-    last_reason: str | None = None
+    uid: Uid
+    hotkey: Annotated[str, Field(max_length=256)]
+    first_window: Window
+    mu: Finite = DEFAULT_MU
+    sigma: Annotated[float, Field(gt=0, allow_inf_nan=False)] = DEFAULT_SIGMA
+    loss_ema: Finite = 0.0  # EMA of LossScore (relative improvement on random data)
+    unique_ema: Finite = 0.0  # EMA of the ±1 unique-data indicator
+    unique_pos: Finite = 0.0  # decayed count of +1 indicators (evidence test)
+    unique_n: Finite = 0.0  # decayed count of all indicators (evidence test)
+    sync: Finite = 0.0  # latest sync score
+    last_loss_score: Finite | None = None
+    last_seen_window: Window | None = None  # last window with any payload at all
+    last_evaluated_window: Window | None = None  # last window that passed stage 1 and was measured
+    windows_evaluated: Count = 0
+    windows_rejected: Count = 0
+    last_reason: Annotated[str, Field(max_length=4096)] | None = None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _FLOAT_FIELDS and not (value is None and name in _OPTIONAL_FLOATS):
+            value = _finite_or_kept(self, name, value)
+        object.__setattr__(self, name, value)
 
     @property
     def rating(self) -> Rating:
@@ -50,6 +74,40 @@ class MinerRecord:
 
     def set_rating(self, rating: Rating) -> None:
         self.mu, self.sigma = rating.mu, rating.sigma
+
+
+_FLOAT_FIELDS = {"mu", "sigma", "loss_ema", "unique_ema", "unique_pos", "unique_n", "sync", "last_loss_score"}
+_OPTIONAL_FLOATS = {"last_loss_score"}
+
+
+def _finite_or_kept(rec: MinerRecord, name: str, value: object) -> float | None:
+    """``value`` as a plain float if finite; else the field's current (or default) value, logged.
+
+    Refusing here rather than at save time keeps one bad measurement from poisoning the EMA and
+    from making every later save fail (JSON has no NaN)."""
+    try:
+        number = float(value)  # also turns numpy/torch scalars into what JSON can hold
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float range
+        number = math.nan
+    if math.isfinite(number) and not (name == "sigma" and number <= 0):
+        return number
+    default = MinerRecord.__dataclass_fields__[name].default
+    kept = getattr(rec, name, None if default is MISSING else default)
+    log.warning("uid %s: refused %s=%r (not a finite number); keeping %r", getattr(rec, "uid", "?"), name, value, kept)
+    return kept
+
+
+class _BookFile(BaseModel):
+    """The file's shape, validated in one pass from the raw bytes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: int  # strict: true is not 1 (a Literal would take it)
+    last_window: Window | None = None
+    miners: list[MinerRecord] = Field(default_factory=list, max_length=MAX_MINERS)
+
+
+_BOOK_FILE = TypeAdapter(_BookFile)
 
 
 class ScoreBook:
@@ -83,65 +141,46 @@ class ScoreBook:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ScoreBook:
-        if data.get("version") != FORMAT_VERSION:
-            raise ScoreBookError(f"score book version {data.get('version')!r}, expected {FORMAT_VERSION}")
-        known = {f.name for f in fields(MinerRecord)}
-        records: dict[int, MinerRecord] = {}
-        for raw in data.get("miners", []):
-            extra = set(raw) - known
-            if extra:
-                raise ScoreBookError(f"unknown miner record fields {sorted(extra)}")
-            try:
-                rec = MinerRecord(**raw)
-            except TypeError as exc:
-                raise ScoreBookError(f"bad miner record {raw!r}: {exc}") from exc
-            records[rec.uid] = rec
-        last = data.get("last_window")
-        return cls(records, None if last is None else int(last))
+        try:
+            text = json.dumps(data, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ScoreBookError(f"score book data is not plain JSON: {type(exc).__name__}: {exc}") from exc
+        return cls._parse(text.encode(), "data")
+
+    @classmethod
+    def _parse(cls, raw: bytes, where: str) -> ScoreBook:
+        try:
+            book = _BOOK_FILE.validate_json(raw)
+        except ValidationError as exc:
+            raise ScoreBookError(f"score book {where}: {_problem(exc)}") from exc
+        if book.version != FORMAT_VERSION:
+            raise ScoreBookError(f"score book {where}: version {book.version}, expected {FORMAT_VERSION}")
+        records = {rec.uid: rec for rec in book.miners}
+        if len(records) != len(book.miners):
+            raise ScoreBookError(f"score book {where}: a uid appears twice")
+        return cls(records, book.last_window)
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a crash leaves the previous file or this one, never a mix."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_json(), indent=1, sort_keys=True, allow_nan=False)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        atomic_write(path, text.encode())
 
     @classmethod
     def load(cls, path: str | Path) -> ScoreBook:
         """Read a saved book; a missing file is an empty book (first start)."""
         path = Path(path)
         try:
-            text = path.read_text()
+            raw = path.read_bytes()
         except FileNotFoundError:
             return cls()
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ScoreBookError(f"score book {path} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ScoreBookError(f"score book {path} does not hold a JSON object")
-        return cls.from_json(data)
+        except OSError as exc:
+            raise ScoreBookError(f"score book {path} cannot be read: {exc}") from exc
+        return cls._parse(raw, str(path))
 
 
-def _fsync_dir(directory: Path) -> None:
-    # make the rename itself durable; not every platform lets a directory be opened
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _problem(exc: ValidationError) -> str:
+    """The first problem, by location and message (never the offending value: it may be huge)."""
+    first = exc.errors()[0]
+    where = ".".join(map(str, first["loc"])) or "file"
+    kind = "unknown field" if first["type"] == "unexpected_keyword_argument" else first["msg"]
+    return f"{where}: {kind}"[:300]

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -7,6 +8,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from scoring.state import MinerRecord, ScoreBook, ScoreBookError
 
@@ -84,3 +87,143 @@ def test_survives_sigkill_during_saves(tmp_path: Path):
     book = ScoreBook.load(path)  # never torn: the old or the new file
     assert book.last_window >= 5
     assert len(book.records) == min(50, book.last_window + 1)
+
+
+# --- a damaged file is a ScoreBookError, whatever the damage --------------------------------------
+
+
+def _book_text(**changes) -> str:
+    data = sample_book().to_json()
+    miner = data["miners"][0]
+    for key, value in changes.items():
+        if key in ("version", "last_window", "miners"):
+            data[key] = value
+        else:
+            miner[key] = value
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\xff\xfe{}",  # not UTF-8
+        b"[" * 100_000,  # deep nesting
+        b'{"version": 1, "miners": [' + b"{" * 5000,
+        _book_text()[:-7].encode(),  # truncated
+        b"[]",
+        b"null",
+        _book_text(mu="NaN").replace('"NaN"', "NaN").encode(),
+        _book_text(sigma="Infinity").replace('"Infinity"', "Infinity").encode(),
+        _book_text().replace('"loss_ema": 0.02', '"loss_ema": 1e400').encode(),  # parses as inf
+        _book_text(windows_evaluated=10**40).encode(),
+        _book_text().replace('"windows_evaluated": 4', '"windows_evaluated": 1' + "0" * 5000).encode(),
+        _book_text(uid="3").encode(),
+        _book_text(uid=-1).encode(),
+        _book_text(uid=True).encode(),
+        _book_text(first_window=2.0).encode(),
+        _book_text(hotkey=["hk3"]).encode(),
+        _book_text(hotkey=None).encode(),
+        _book_text(sigma=0.0).encode(),
+        _book_text(last_reason={"a": 1}).encode(),
+        _book_text(last_seen_window=10**12).encode(),
+        _book_text(last_window="7").encode(),
+        _book_text(miners={"3": {}}).encode(),
+        _book_text(miners=[1, 2]).encode(),
+        _book_text(version=True).encode(),
+        _book_text(hotkey="\ud800").encode(),  # json.dumps writes the lone surrogate as an escape
+        json.dumps({"version": 1, "miners": [{"uid": 1, "hotkey": "a", "first_window": 0}] * 2}).encode(),
+    ],
+)
+def test_every_damaged_file_is_a_score_book_error_naming_it(tmp_path: Path, content: bytes):
+    path = tmp_path / "scores.json"
+    path.write_bytes(content)
+    with pytest.raises(ScoreBookError, match="scores.json"):
+        ScoreBook.load(path)
+
+
+def test_a_directory_in_place_of_the_file_is_a_score_book_error(tmp_path: Path):
+    (tmp_path / "scores.json").mkdir()
+    with pytest.raises(ScoreBookError, match="cannot be read"):
+        ScoreBook.load(tmp_path / "scores.json")
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(st.characters(exclude_categories=()), max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+FIELDS = ["uid", "hotkey", "first_window", "mu", "sigma", "loss_ema", "sync", "last_reason", "windows_evaluated"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    miner=st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=5), JSONISH, max_size=6),
+    top=st.dictionaries(st.sampled_from(["version", "last_window"]), JSONISH, max_size=2),
+)
+def test_arbitrary_json_loads_finite_or_is_a_score_book_error(tmp_path: Path, miner, top):
+    path = tmp_path / "fuzz.json"
+    path.write_text(json.dumps({"version": 1, "miners": [miner], **top}))
+    try:
+        book = ScoreBook.load(path)
+    except ScoreBookError:
+        return
+    for rec in book.records.values():
+        assert all(math.isfinite(v) for v in (rec.mu, rec.sigma, rec.loss_ema, rec.sync))
+    book.save(path)  # whatever loads also saves
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300))
+def test_arbitrary_bytes_load_or_are_a_score_book_error(tmp_path: Path, data: bytes):
+    path = tmp_path / "bytes.json"
+    path.write_bytes(data)
+    try:
+        ScoreBook.load(path)
+    except ScoreBookError:
+        pass
+
+
+# --- a NaN never enters the book -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), "x", None, 10**400])
+def test_a_non_finite_value_is_refused_at_assignment_and_saves_keep_working(tmp_path: Path, bad, caplog):
+    book = sample_book()
+    rec = book.records[3]
+    with caplog.at_level("WARNING"):
+        rec.loss_ema = bad
+        rec.sigma = bad
+    assert rec.loss_ema == 0.02 and rec.sigma == 6.1  # the previous values are kept
+    if bad is not None:
+        assert "refused" in caplog.text
+    rec.last_loss_score = float("nan")
+    assert rec.last_loss_score is None
+    fresh = MinerRecord(uid=9, hotkey="h", first_window=0, mu=float("nan"))
+    assert fresh.mu == 25.0  # the default, not NaN
+    book.records[9] = fresh
+
+    path = tmp_path / "book.json"
+    book.save(path)
+    book.save(path)
+    assert ScoreBook.load(path).records == book.records
+
+
+def test_numpy_like_scalars_are_stored_as_plain_floats(tmp_path: Path):
+    import torch
+
+    rec = MinerRecord(uid=1, hotkey="h", first_window=0)
+    rec.loss_ema = torch.tensor(0.25)
+    rec.sigma = 0.0  # a collapsed sigma is refused too: the rating needs sigma > 0
+    assert type(rec.loss_ema) is float and rec.loss_ema == 0.25 and rec.sigma > 0
+    book = ScoreBook({1: rec})
+    book.save(tmp_path / "b.json")
+    assert ScoreBook.load(tmp_path / "b.json").records[1].loss_ema == 0.25
+
+
+def test_the_file_is_private(tmp_path: Path):
+    import stat
+
+    path = tmp_path / "book.json"
+    sample_book().save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
