@@ -10,6 +10,7 @@ import functools
 import json
 import random
 import struct
+import time
 from dataclasses import replace
 
 import pytest
@@ -130,7 +131,8 @@ def test_an_honest_payload_is_accepted_and_decoded(store, upload, honest, tiny_s
         assert torch.equal(got.decoded.update[name].values, sparse.values)
 
 
-@pytest.mark.parametrize("when", [SLOT_START, SLOT_START + SLOT_SECONDS])
+# SLOT_START - 0.5: a whole-second LastModified of an upload that finished just after the slot opened
+@pytest.mark.parametrize("when", [SLOT_START - 0.5, SLOT_START, SLOT_START + SLOT_SECONDS])
 def test_the_slot_includes_both_ends(store, upload, honest, tiny_shapes, when):
     upload(store, honest, when=when)
     assert fetch(store, tiny_shapes).ok
@@ -149,7 +151,7 @@ def test_a_missing_payload_is_missing(store, upload, honest, tiny_shapes):
 @pytest.mark.parametrize(
     ("when", "reason"),
     [
-        (SLOT_START - 0.5, RejectReason.EARLY),
+        (SLOT_START - 1.0, RejectReason.EARLY),
         (SLOT_START + SLOT_SECONDS + 0.5, RejectReason.LATE),
         (SLOT_START + 3600, RejectReason.LATE),
     ],
@@ -326,3 +328,43 @@ def test_fetch_many_reports_every_uid_whatever_the_order(devchain, tmp_path, upl
     assert verdicts[0][2][:2] == (False, RejectReason.MISSING)
     assert verdicts[0][0][:2] == (False, RejectReason.MISSING)
     assert "no bucket commitment" in fetch_many(peers, [0], RULE, tiny_shapes)[0].result.detail
+
+
+# --- deadlines: a slow peer costs only its own slot ------------------------------------------------
+
+
+def test_one_honest_and_three_stalling_peers_close_on_time(tmp_path, upload, make_payload, tiny_shapes):
+    """The issue's measurement: dripping, header-dripping and hanging S3 servers (real HTTP on
+    127.0.0.1) next to one honest bucket; the window's fetch ends at its deadline, not theirs."""
+    from storage.endpoints import EndpointPolicy
+    from storage.s3 import S3Store
+    from tests.storage.hostile_server import HostileServer
+
+    good_date_unix = 1_735_689_600.0  # the servers' Last-Modified (hostile_server.GOOD_DATE)
+
+    budget, stall = 2.0, 30.0
+    rule = replace(RULE, slot_start=good_date_unix - 1.0)  # the servers' LastModified is on time: GET happens
+    honest_store = RecordingStore(tmp_path / "honest")
+    upload(honest_store, make_payload(signer(1), uid=1, window=W, run_id=RUN), when=good_date_unix)
+    modes = {2: "drip", 3: "drip_headers", 4: "hang"}
+    servers = {uid: HostileServer(mode, stall_seconds=stall, drip_interval=0.5) for uid, mode in modes.items()}
+
+    class Peers:
+        def __init__(self, stores):
+            self.stores = stores
+
+        def get(self, uid):
+            return Peer(uid, signer(uid).hotkey, self.stores[uid])
+
+    with servers[2], servers[3], servers[4]:
+        stores = {1: honest_store}
+        for uid, server in servers.items():
+            stores[uid] = S3Store(server.url, "bucket", "reader", "secret", policy=EndpointPolicy(allow_loopback=True))
+        started = time.monotonic()
+        got = fetch_many(Peers(stores), [1, 2, 3, 4], rule, tiny_shapes, budget_seconds=budget)
+        elapsed = time.monotonic() - started
+    print(f"fetch_many with 3 stalling peers: {elapsed:.2f} s for a {budget:.1f} s budget")
+    assert got[1].ok
+    for uid in modes:
+        assert_rejected(got[uid], RejectReason.MISSING)
+    assert elapsed < budget + 1.5, elapsed  # the stalls would last 30 s each
