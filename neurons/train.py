@@ -2,8 +2,9 @@
 
 The AdamW state lives as long as the trainer, across windows: the outer step changes the
 parameters in place between windows, and the moments carry over as in DiLoCo/SparseLoCo. The
-learning rate follows a warm-up + cosine schedule on the *global* inner step, which a joining
-node restores from the checkpoint manifest (``trainer.global_step = manifest.global_step``).
+learning rate follows a warm-up + cosine schedule on the *global* inner step, which the miner
+sets from the window before each window (``global_step = window x inner_steps``), so a node
+that joined late is at the same point of the schedule as everyone else.
 """
 
 from __future__ import annotations
