@@ -3,15 +3,29 @@
 The local subnet launcher tails these files for its live table and its JSON summary; an operator
 can read them too. One JSON object per line, written whole and flushed, so a reader never sees
 half a record even if the node is killed.
+
+``WindowRecord`` is a plain dataclass for the writer (building one in the node loop never fails)
+and a strict pydantic schema for the reader: every line is validated as a record -- types, no
+unknown keys, bounded length -- and a line that is not one (torn by a kill, damaged, hand-edited,
+not UTF-8, nested, ...) is skipped and reported, never an exception.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
+log = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 4 << 20  # a validator's record for thousands of uids is far below this
+
+
+# strict at read time: "7" is not a window; NaN losses stay representable (a diverged run is news)
+@with_config(ConfigDict(extra="forbid", strict=True))
 @dataclass
 class WindowRecord:
     node: str
@@ -57,14 +71,54 @@ class EventLog:
             fh.flush()
 
 
-def read_records(path: Path) -> list[dict]:
-    """All complete records in ``path`` (a torn last line from a killed writer is skipped)."""
+_RECORD = TypeAdapter(WindowRecord)
+
+
+@dataclass(frozen=True)
+class SkippedLine:
+    line: int  # 1-based
+    problem: str
+
+
+@dataclass(frozen=True)
+class EventLogContents:
+    records: list[dict]  # each a WindowRecord's JSON form (int dict keys as strings, defaults filled)
+    skipped: list[SkippedLine]
+
+
+def read_event_log(path: Path) -> EventLogContents:
+    """Every line of ``path`` that is a valid record, and which lines were not (with why)."""
     if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+        return EventLogContents([], [])
+    records, skipped = [], []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
             continue
-    return records
+        try:
+            records.append(_record_json(line))
+        except ValueError as exc:  # ValidationError and the too-long refusal
+            skipped.append(SkippedLine(number, str(exc).splitlines()[0][:200]))
+    return EventLogContents(records, skipped)
+
+
+def read_records(path: Path) -> list[dict]:
+    """All valid records in ``path``; malformed lines (a torn last line from a killed writer, or
+    anything else) are skipped and logged."""
+    contents = read_event_log(path)
+    if contents.skipped:
+        first = contents.skipped[0]
+        log.warning("%s: skipped %d malformed line(s), first line %d: %s",
+                    path, len(contents.skipped), first.line, first.problem)
+    return contents.records
+
+
+def _record_json(line: bytes) -> dict:
+    if len(line) > MAX_LINE_BYTES:
+        raise ValueError(f"line of {len(line)} bytes exceeds {MAX_LINE_BYTES}")
+    try:
+        # pydantic's parser: no recursion limit to hit, invalid UTF-8 and lone surrogates refused
+        record = _RECORD.validate_json(line)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, first['loc'])) or 'record'}: {first['msg']}") from exc
+    return json.loads(json.dumps(asdict(record)))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 
-from neurons.events import EventLog, WindowRecord, read_records
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from neurons.events import EventLog, WindowRecord, read_event_log, read_records
 
 
 def _record(window: int, **kw) -> WindowRecord:
@@ -53,3 +57,73 @@ def test_a_torn_last_line_is_skipped(tmp_path):
 
 def test_a_missing_file_reads_as_no_records(tmp_path):
     assert read_records(tmp_path / "nope.jsonl") == []
+
+
+HOSTILE_LINES = [
+    b"[" * 100_000,  # deep nesting
+    b'{"node": ' + b"{" * 5000,
+    b"\xff\xfe not utf-8",
+    b"null",
+    b"[]",
+    b"42",
+    b'"a string"',
+    b'{"node": "miner-1"}',  # missing fields
+    json.dumps({**asdict(_record(5)), "window": "5"}).encode(),  # wrong type
+    json.dumps({**asdict(_record(5)), "window": 5.0}).encode(),
+    json.dumps({**asdict(_record(5)), "uid": True}).encode(),
+    json.dumps({**asdict(_record(5)), "gathered": "1,2"}).encode(),
+    json.dumps({**asdict(_record(5)), "payload_bytes": {"x": 3}}).encode(),
+    json.dumps({**asdict(_record(5)), "scores": {"1": "high"}}).encode(),
+    json.dumps({**asdict(_record(5)), "surprise": 1}).encode(),
+    json.dumps({**asdict(_record(5)), "window": 1}).replace('"window": 1', '"window": 1' + "0" * 5000).encode(),
+    json.dumps({**asdict(_record(5)), "node": "\ud800"}).encode(),  # escaped lone surrogate
+    b" " * 10 + b"{" + b"x" * (5 << 20) + b"}",  # over the line cap
+]
+
+
+def test_hostile_lines_are_skipped_and_reported_and_good_ones_kept(tmp_path):
+    log = EventLog(tmp_path / "events.jsonl")
+    log.append(_record(0))
+    with log.path.open("ab") as fh:
+        for line in HOSTILE_LINES:
+            fh.write(line + b"\n")
+    log.append(_record(1, loss=float("nan")))  # a diverged loss is a valid observation
+
+    contents = read_event_log(log.path)
+    assert [r["window"] for r in contents.records] == [0, 1]
+    assert math.isnan(contents.records[1]["loss"])
+    assert [s.line for s in contents.skipped] == list(range(2, 2 + len(HOSTILE_LINES)))
+    assert all(s.problem for s in contents.skipped)
+    assert [r["window"] for r in read_records(log.path)] == [0, 1]
+
+
+def test_records_missing_optional_fields_read_with_their_defaults(tmp_path):
+    path = tmp_path / "events.jsonl"
+    minimal = {"node": "v-0", "role": "validator", "uid": 0, "window": 2, "fingerprint": "ab", "gathered": []}
+    path.write_text(json.dumps(minimal) + "\n")
+    assert read_records(path) == [json.loads(json.dumps(asdict(WindowRecord(**minimal))))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(st.binary(max_size=200), max_size=5))
+def test_arbitrary_bytes_never_raise(tmp_path_factory, lines):
+    path = tmp_path_factory.mktemp("fuzz") / "events.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    contents = read_event_log(path)
+    assert all(isinstance(r, dict) for r in contents.records)
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(st.characters(exclude_categories=()), max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=3),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(changes=st.dictionaries(st.sampled_from(sorted(asdict(_record(0)))) | st.text(max_size=5), JSONISH, max_size=4))
+def test_arbitrary_field_values_read_as_records_or_are_skipped(tmp_path_factory, changes):
+    path = tmp_path_factory.mktemp("fuzz") / "events.jsonl"
+    path.write_text(json.dumps({**asdict(_record(0)), **changes}) + "\n")
+    contents = read_event_log(path)
+    assert len(contents.records) + len(contents.skipped) == 1
