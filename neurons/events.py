@@ -66,6 +66,10 @@ class EventLog:
 
     def append(self, record: WindowRecord) -> None:
         line = json.dumps(asdict(record), sort_keys=True)
+        try:
+            _record_json(line.encode())
+        except ValueError as exc:  # written anyway: the log must not stop a node, but say it will be skipped
+            log.warning("%s: event record for window %s will not read back: %s", self.path, record.window, exc)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()

@@ -127,3 +127,11 @@ def test_arbitrary_field_values_read_as_records_or_are_skipped(tmp_path_factory,
     path.write_text(json.dumps({**asdict(_record(0)), **changes}) + "\n")
     contents = read_event_log(path)
     assert len(contents.records) + len(contents.skipped) == 1
+
+
+def test_a_record_the_reader_would_refuse_is_flagged_when_written(tmp_path, caplog):
+    log = EventLog(tmp_path / "events.jsonl")
+    with caplog.at_level("WARNING"):
+        log.append(_record(0, uploaded_bytes=12.5))  # a float where the schema says int
+    assert "will not read back" in caplog.text
+    assert read_records(log.path) == []
