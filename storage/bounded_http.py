@@ -216,11 +216,12 @@ class BoundedSender:
 
     def send(self, request: AWSPreparedRequest) -> AWSResponse:
         scope = current_scope()
+        origin, target = _split(request.url)
         if self._policy is not None:
-            endpoint, addresses = check_endpoint(request.url, self._policy, self._resolve)
+            endpoint, addresses = check_endpoint(origin, self._policy, self._resolve)
             address = addresses[0]
         else:
-            endpoint = parse_endpoint(request.url)
+            endpoint = parse_endpoint(origin)
             address = endpoint.host
         left = scope.left() if scope is not None else None
         timeout = Timeout(connect=_bounded(self._connect_timeout, left), read=_bounded(self._read_timeout, left))
@@ -230,7 +231,7 @@ class BoundedSender:
         try:
             response = pool.urlopen(
                 request.method,
-                _target(request.url),
+                target,
                 body=request.body,
                 headers=headers,
                 retries=False,
@@ -291,11 +292,13 @@ def _bounded(configured: float, left: float | None) -> float:
     return configured if left is None else max(0.001, min(configured, left))
 
 
-def _target(url: str) -> str:
-    # path + query of botocore's URL; the scheme and authority are the pool's
-    rest = url.split("://", 1)[1]
+def _split(url: str) -> tuple[str, str]:
+    """botocore's request URL as (scheme://authority, path?query): the pool takes the first
+    (checked as an endpoint), the request line the second."""
+    scheme, sep, rest = url.partition("://")
     slash = rest.find("/")
-    return "/" if slash < 0 else rest[slash:]
+    authority, target = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+    return f"{scheme}{sep}{authority}", target
 
 
 def _as_botocore(exc: BaseException, url: str) -> Exception:
