@@ -71,6 +71,9 @@ T = TypeVar("T")
 # What a validator's objects are expected to fail with; anything else is a bug or an attack the
 # readers did not foresee, and is logged as such (still only that validator's loss).
 _EXPECTED = (StorageError, CheckpointError, FingerprintRecordError, ObjectKeyError)
+# Retention keeps retention_windows / interval_windows checkpoints per validator (2-3 in every
+# preset); more than this many in a listing is junk, and only the newest are worth a try.
+MAX_CHECKPOINTS_PER_VALIDATOR = 8
 
 
 @dataclass(frozen=True)
@@ -158,15 +161,21 @@ def majority_fingerprint(node, electorate: Electorate, window: int) -> str | Non
     return None
 
 
-def _checkpoint_candidates(node, validators: list[int]) -> list[tuple[int, int]]:
-    """(window, uid) of every checkpoint the validators list, newest first."""
+def _checkpoint_candidates(node, validators: list[int], now: int) -> list[tuple[int, int]]:
+    """(window, uid) of the checkpoints the validators list, newest first, at most
+    MAX_CHECKPOINTS_PER_VALIDATOR each: a listing of a million keys costs its validator, not the join."""
     found = []
     for uid in validators:
         peer = node.peers.get(uid)
         if peer is None:
             continue
-        windows = from_validator(uid, "checkpoint listing", lambda peer=peer: _listed_windows(node, peer))
-        found.extend((window, uid) for window in windows or ())
+        windows = from_validator(uid, "checkpoint listing", lambda peer=peer: _listed_windows(node, peer)) or []
+        future = [w for w in windows if w >= now]
+        if future:
+            # θ_{w+1} cannot exist before window w+1 begins: whatever is published for it is forged.
+            log.warning("validator %d publishes checkpoints for future windows (%d, ...); ignored", uid, max(future))
+        past = sorted({w for w in windows if w < now}, reverse=True)[:MAX_CHECKPOINTS_PER_VALIDATOR]
+        found.extend((window, uid) for window in past)
     return sorted(found, reverse=True)
 
 
@@ -201,12 +210,8 @@ def join_from_checkpoint(node) -> int:
     # A checkpoint named for window w holds θ_{w+1}, which validators fingerprinted for w.
     now = node.clock.current_window()
     confirmed: dict[int, str | None] = {}  # one vote count per window, however many copies it has
-    candidates = _checkpoint_candidates(node, electorate.uids)
+    candidates = _checkpoint_candidates(node, electorate.uids, now)
     for window, uid in candidates:
-        if window >= now:
-            # θ_{w+1} cannot exist before window w+1 begins: whatever is published for it is forged.
-            log.warning("validator %d publishes a checkpoint for future window %d; ignored", uid, window)
-            continue
         if window not in confirmed:
             confirmed[window] = majority_fingerprint(node, electorate, window)
         expected = confirmed[window]

@@ -521,3 +521,22 @@ def test_unexpected_exceptions_from_one_validator_are_contained_and_named(net, c
         assert join_from_checkpoint(node) == 101
     assert fingerprint_of(node) == fp
     assert "TypeError" in caplog.text and "RecursionError" in caplog.text
+
+
+def test_a_huge_checkpoint_listing_costs_only_a_bounded_number_of_tries(net, monkeypatch):
+    import neurons.join as join
+
+    for who in (1, 2):
+        net.join(who, stake=10.0)
+    fp = net.publish_checkpoint(1, 100, theta(1))
+    net.publish_checkpoint(2, 100, theta(1))
+    for w in range(101, 141):  # validator 2 also lists forty junk checkpoints nobody confirms
+        net.bucket(2).put(checkpoint_key(hparams().run_id, w), b"junk")
+    looked_up = []
+    real = join.majority_fingerprint
+    monkeypatch.setattr(join, "majority_fingerprint", lambda *a: looked_up.append(a[2]) or real(*a))
+    node = net.joiner()
+
+    assert join_from_checkpoint(node) == 101
+    assert fingerprint_of(node) == fp
+    assert len(looked_up) <= 2 * join.MAX_CHECKPOINTS_PER_VALIDATOR
