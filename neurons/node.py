@@ -25,7 +25,7 @@ from neurons.gather import WindowGather, apply_gather, gather_window
 from neurons.model import build_model, param_shapes
 from neurons.peers import PeerDirectory
 from neurons.shards import TokenShards
-from neurons.state import load_node_state
+from neurons.state import restore_node_state
 from protocol.acceptance import parameter_norms
 from protocol.chain import Chain, ChainError, NotRegisteredError
 from protocol.chain_factory import open_chain
@@ -110,7 +110,8 @@ def assemble_node(
     config.state_dir.mkdir(parents=True, exist_ok=True)
     return Node(
         config=config, hparams=hparams, chain=chain, signer=signer, uid=uid, clock=clock, store=store,
-        peers=PeerDirectory(chain), model=model, shapes=param_shapes(model),
+        peers=PeerDirectory.for_node(chain, local_subnet=config.devchain is not None),
+        model=model, shapes=param_shapes(model),
         events=EventLog(config.state_dir / "events.jsonl"), stop=stop,
     )
 
@@ -135,8 +136,11 @@ def commit_bucket_if_needed(chain: Chain, signer: HotkeySigner, uid: int, config
 
 
 def start_window(node: Node) -> None:
-    """Set θ and ``node.window`` from local state if it belongs to this run, else θ0 at window 0."""
-    restored = load_node_state(node.state_path, node.model, node.hparams.run_id)
+    """Set θ and ``node.window`` from local state if it belongs to this run, else join.
+
+    A corrupt state file (``NodeStateError``) is moved aside as ``<name>.corrupt`` and logged by
+    ``restore_node_state``; the node then joins from a checkpoint as if it had none."""
+    restored = restore_node_state(node.state_path, node.model, node.hparams.run_id, node.hparams.bounds.max_abs_param)
     if restored is not None:
         node.window, node.extra_state = restored.window, restored.extra
         log.info("%s resumed from local state at window %d", node.name, node.window)

@@ -45,6 +45,7 @@ from scoring.lossscore import LossMeasurement, measure_update
 from scoring.state import ScoreBook
 from scoring.sync import sync_score
 from storage import ObjectExists, StorageError
+from storage.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -185,15 +186,23 @@ class Validator:
             log.warning("%s could not publish checkpoint %d: %s", node.name, w, exc)
 
 
+SECRET_BYTES = 32
+
+
 def _validator_secret(path) -> bytes:
-    """A private random secret, kept across restarts, that seeds the unpredictable data pool."""
+    """A private random secret, kept across restarts, that seeds the unpredictable data pool.
+
+    A file of the wrong length is not used (it would seed a pool others might predict, e.g. an
+    empty one): it is moved aside as ``<name>.corrupt`` and a new secret is made."""
     if path.exists():
-        return path.read_bytes()
-    secret = os.urandom(32)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(secret)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+        secret = path.read_bytes()
+        if len(secret) == SECRET_BYTES:
+            return secret
+        log.error("validator secret %s holds %d bytes, not %d; moved aside, making a new one",
+                  path, len(secret), SECRET_BYTES)
+        os.replace(path, path.with_name(path.name + ".corrupt"))
+    secret = os.urandom(SECRET_BYTES)
+    atomic_write(path, secret)  # 0600 from the first byte on disk
     return secret
 
 
