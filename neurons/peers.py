@@ -3,20 +3,30 @@
 Each node commits a read-only key for its own bucket; a reader turns that commitment into a
 read-only store. Stores are cached by commitment string, so a peer that re-commits (new bucket,
 rotated key) is picked up on the next refresh and everyone else keeps their connections.
+
+A commitment is written by the peer, so it is hostile input: one that does not decode, names an
+endpoint the policy refuses (``storage.endpoints``), or from which no client can be built leaves
+that peer absent for as long as it stands, with one warning per (uid, commitment); it never
+stops ``refresh`` and so never the node.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from protocol.chain import Chain, Metagraph
 from protocol.commitment import BucketCommitment, CommitmentError
-from storage import ObjectStore
+from storage import ObjectStore, StorageError
+from storage.endpoints import EndpointPolicy
 from storage.s3 import S3Store
 
 log = logging.getLogger(__name__)
+
+# A commitment no store could be opened for is tried again only every this many refreshes:
+# opening resolves the endpoint, and many refused peers must not cost DNS time every window.
+RETRY_REFUSED_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -26,44 +36,102 @@ class Peer:
     store: ObjectStore
 
 
-def read_only_store(commitment: BucketCommitment) -> ObjectStore:
+def read_only_store(commitment: BucketCommitment, policy: EndpointPolicy | None = None) -> ObjectStore:
+    """A peer's bucket as a hostile server: endpoint checked by ``policy`` (default: public
+    addresses only) when created and before every request."""
     return S3Store(
         endpoint_url=commitment.endpoint_url,
         bucket=commitment.bucket,
         access_key_id=commitment.access_key_id,
         secret_access_key=commitment.secret_access_key,
         region=commitment.region,
+        policy=policy or EndpointPolicy(),
     )
 
 
 class PeerDirectory:
-    def __init__(self, chain: Chain, make_store: Callable[[BucketCommitment], ObjectStore] = read_only_store):
+    """The peers of the current metagraph, each with a read-only store of its bucket.
+
+    ``policy`` is the endpoint policy of the default ``make_store``: public addresses only
+    unless the node runs the local subnet (see ``for_node``). A custom ``make_store`` (tests,
+    the local-directory backend) is used as given.
+    """
+
+    def __init__(
+        self,
+        chain: Chain,
+        make_store: Callable[[BucketCommitment], ObjectStore] | None = None,
+        *,
+        policy: EndpointPolicy | None = None,
+    ) -> None:
         self._chain = chain
-        self._make_store = make_store
+        self.policy = policy or EndpointPolicy()
+        self._make_store = make_store or self._read_only_store
         self._stores: dict[str, ObjectStore] = {}
         self._peers: dict[int, Peer] = {}
+        self._refused: dict[int, str] = {}  # uid -> the commitment already warned about
+        self._failed: dict[str, int] = {}  # commitment -> the refresh in which opening it failed
+        self._round = 0
+
+    @classmethod
+    def for_node(cls, chain: Chain, *, local_subnet: bool) -> PeerDirectory:
+        """The directory a node uses: loopback endpoints are allowed only on the local subnet
+        (devchain), where every node's bucket is on this machine."""
+        return cls(chain, policy=EndpointPolicy(allow_loopback=local_subnet))
+
+    def _read_only_store(self, commitment: BucketCommitment) -> ObjectStore:
+        return read_only_store(commitment, self.policy)
 
     def refresh(self, metagraph: Metagraph) -> None:
-        """Re-read every commitment; uids without a valid one are simply absent."""
+        """Re-read every commitment; uids without a usable one are simply absent."""
         raw = self._chain.commitments()
+        self._round += 1
         peers: dict[int, Peer] = {}
+        stores: dict[str, ObjectStore] = {}
+        failed: dict[str, int] = {}
         for neuron in metagraph.neurons:
             text = raw.get(neuron.uid)
             if not text:
                 continue
-            store = self._stores.get(text)
+            store = stores.get(text) or self._stores.get(text)
             if store is None:
-                try:
-                    store = self._make_store(BucketCommitment.decode(text))
-                except CommitmentError as exc:
-                    log.warning("uid %d has a malformed bucket commitment: %s", neuron.uid, exc)
+                failed_in = self._failed.get(text)
+                if failed_in is not None and self._round - failed_in < RETRY_REFUSED_EVERY:
+                    failed[text] = failed_in
                     continue
-                self._stores[text] = store
+                store = self._open(neuron.uid, text)
+                if store is None:
+                    failed[text] = self._round
+                    continue
+            stores[text] = store
+            self._refused.pop(neuron.uid, None)
             peers[neuron.uid] = Peer(neuron.uid, neuron.hotkey, store)
-        self._peers = peers
+        # only current commitments are kept, so peers that keep re-committing cannot grow these
+        self._stores, self._failed, self._peers = stores, failed, peers
+
+    def _open(self, uid: int, text: str) -> ObjectStore | None:
+        """The store for one peer's commitment, or None (warned once per uid and commitment)."""
+        try:
+            return self._make_store(BucketCommitment.decode(text))
+        except CommitmentError as exc:
+            reason = f"has a malformed bucket commitment: {exc}"
+        except StorageError as exc:  # refused endpoint, unresolvable host, invalid region
+            reason = f"commits an unusable bucket ({type(exc).__name__}): {exc}"
+        except Exception as exc:  # noqa: BLE001 -- boundary guard, see below
+            # The commitment is the peer's to write and botocore's client construction raises
+            # whatever it likes for strange input; one peer's bad commitment must cost only
+            # that peer, so anything else is logged with its type (bugs stay visible) and the
+            # peer is left out, never raised out of refresh (which would stop every node).
+            reason = f"commits a bucket no client can be built for ({type(exc).__name__}: {exc})"
+        if self._refused.get(uid) != text:
+            self._refused[uid] = text
+            log.warning("uid %d %s", uid, reason)
+        else:
+            log.debug("uid %d %s", uid, reason)
+        return None
 
     def get(self, uid: int) -> Peer | None:
         return self._peers.get(uid)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Peer]:
         return iter(sorted(self._peers.values(), key=lambda p: p.uid))

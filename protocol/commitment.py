@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -39,6 +40,7 @@ _HEX = re.compile(r"^(?:[0-9a-f]{2}){8,}$")
 _R2 = re.compile(r"^https://([0-9a-f]{32})\.r2\.cloudflarestorage\.com/?$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PLAIN = re.compile(r"^[\x21-\x7e]*$")  # printable ASCII, no spaces
+_REGION = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")  # what botocore accepts
 
 
 class CommitmentError(ValueError):
@@ -68,7 +70,15 @@ class BucketCommitment(BaseModel):
     def _endpoint(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("endpoint_url must start with http:// or https://")
-        return _check_field("endpoint_url", value)
+        _check_field("endpoint_url", value)
+        # A URL a client cannot be built from (malformed IPv6 literal, port out of range, no
+        # host, user information) is refused here; which addresses a node may reach is the
+        # reader's endpoint policy (storage.endpoints), not the commitment's.
+        parts = urlsplit(value)  # ValueError for a malformed IPv6 literal
+        port = parts.port  # ValueError when not a number or outside 0..65535
+        if not parts.hostname or "@" in parts.netloc or port == 0:
+            raise ValueError("endpoint_url needs a host, a port in 1..65535 and no user information")
+        return value
 
     @field_validator("bucket")
     @classmethod
@@ -77,7 +87,14 @@ class BucketCommitment(BaseModel):
             raise ValueError("bucket must be 3-63 chars of [a-z0-9.-], starting and ending alphanumeric")
         return value
 
-    @field_validator("region", "access_key_id", "secret_access_key")
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not _REGION.match(value):
+            raise ValueError("region must be 1-63 letters, digits or '-', not starting or ending with '-'")
+        return value
+
+    @field_validator("access_key_id", "secret_access_key")
     @classmethod
     def _plain(cls, value: str) -> str:
         return _check_field("field", value)

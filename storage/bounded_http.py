@@ -38,7 +38,7 @@ from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, Timeout
 from urllib3 import exceptions as u3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
-from storage.endpoints import EndpointPolicy, Resolver, check_endpoint, parse_endpoint
+from storage.endpoints import RESOLVE_TIMEOUT, EndpointPolicy, Resolver, check_endpoint, parse_endpoint
 from storage.errors import BadResponse, StorageTimeout
 
 _local = threading.local()
@@ -218,7 +218,9 @@ class BoundedSender:
         scope = current_scope()
         origin, target = _split(request.url)
         if self._policy is not None:
-            endpoint, addresses = check_endpoint(origin, self._policy, self._resolve)
+            left = scope.left() if scope is not None else None
+            resolve_timeout = _bounded(RESOLVE_TIMEOUT, left)
+            endpoint, addresses = check_endpoint(origin, self._policy, self._resolve, resolve_timeout)
             address = addresses[0]
         else:
             endpoint = parse_endpoint(origin)

@@ -12,8 +12,10 @@ The check runs when the peer's client is created and again before every request,
 ``storage.bounded_http`` then connects to the address that was checked (the host name is kept
 for TLS and the Host header), so a DNS answer that changes between the check and the connection
 (DNS rebinding) is not followed. What remains: a host whose DNS answer changes between two
-requests is checked again for each, and a resolver that is slow to answer delays the check
-(``getaddrinfo`` cannot be interrupted; the caller's deadline still bounds the operation).
+requests is checked again for each. ``getaddrinfo`` cannot be interrupted, so a lookup runs in
+a helper thread that the check stops waiting for after ``RESOLVE_TIMEOUT`` (or the operation's
+deadline); a hostile name server then costs that much, and the abandoned lookup ends when the
+system resolver gives up.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +34,7 @@ from storage.errors import EndpointRefused, StorageUnavailable
 Resolver = Callable[..., Sequence[tuple[Any, ...]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+RESOLVE_TIMEOUT = 5.0  # seconds a check waits for DNS
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
@@ -118,15 +122,32 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
-def resolve_endpoint(endpoint: Endpoint, resolve: Resolver = socket.getaddrinfo) -> tuple[str, ...]:
-    """Every address the host resolves to (deduplicated, resolver order)."""
+def resolve_endpoint(
+    endpoint: Endpoint, resolve: Resolver = socket.getaddrinfo, timeout: float = RESOLVE_TIMEOUT
+) -> tuple[str, ...]:
+    """Every address the host resolves to (deduplicated, resolver order), within ``timeout``."""
+    outcome: dict[str, Any] = {}
+
+    def lookup() -> None:
+        try:
+            outcome["answers"] = resolve(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+        except (UnicodeError, ValueError, OSError) as exc:  # gaierror is an OSError
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=lookup, name=f"resolve {endpoint.host[:40]}", daemon=True)
+    worker.start()
+    worker.join(max(0.0, timeout))
+    if worker.is_alive():
+        raise StorageUnavailable(f"{endpoint.host!r} did not resolve within {timeout:.1f} s")
+    error = outcome.get("error")
+    if isinstance(error, socket.gaierror):  # NXDOMAIN or a resolver failure: maybe temporary
+        raise StorageUnavailable(f"cannot resolve {endpoint.host!r}: {error}") from error
+    if error is not None:  # e.g. a label the IDNA codec refuses
+        raise EndpointRefused(f"cannot resolve {endpoint.host!r}: {type(error).__name__}: {error}") from error
     try:
-        answers = resolve(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:  # NXDOMAIN or a resolver failure: maybe temporary, so retry later
-        raise StorageUnavailable(f"cannot resolve {endpoint.host!r}: {exc}") from exc
-    except (UnicodeError, ValueError, OSError) as exc:  # e.g. a label the IDNA codec refuses
-        raise EndpointRefused(f"cannot resolve {endpoint.host!r}: {type(exc).__name__}: {exc}") from exc
-    addresses = tuple(dict.fromkeys(str(answer[4][0]) for answer in answers))
+        addresses = tuple(dict.fromkeys(str(answer[4][0]) for answer in outcome["answers"]))
+    except (KeyError, IndexError, TypeError) as exc:  # a resolver that answers nonsense
+        raise EndpointRefused(f"resolving {endpoint.host!r} gave no usable answer") from exc
     if not addresses:
         raise StorageUnavailable(f"{endpoint.host!r} resolves to no address")
     return addresses
@@ -172,7 +193,7 @@ def _classify(ip: IPAddress, policy: EndpointPolicy) -> str | None:
 
 
 def check_endpoint(
-    url: str, policy: EndpointPolicy, resolve: Resolver = socket.getaddrinfo
+    url: str, policy: EndpointPolicy, resolve: Resolver = socket.getaddrinfo, timeout: float = RESOLVE_TIMEOUT
 ) -> tuple[Endpoint, tuple[str, ...]]:
     """Parse ``url``, resolve its host and refuse it if any address is not allowed.
 
@@ -181,7 +202,7 @@ def check_endpoint(
     Any forbidden address refuses the whole endpoint: a client may connect to any of them.
     """
     endpoint = parse_endpoint(url)
-    addresses = resolve_endpoint(endpoint, resolve)
+    addresses = resolve_endpoint(endpoint, resolve, timeout)
     for address in addresses:
         reason = address_refusal(address, policy)
         if reason is not None:

@@ -1,16 +1,24 @@
 """Peers from chain commitments: each valid bucket commitment becomes a reader for that uid; a
-malformed one is skipped with a logged reason; stores are reused until a peer re-commits."""
+malformed or unusable one is skipped with one logged reason; stores are reused until a peer
+re-commits; nothing a commitment holds makes refresh raise."""
 
 from __future__ import annotations
 
 import functools
 import logging
+import socket
+import string
+from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from neurons.peers import PeerDirectory, read_only_store
+from neurons.peers import RETRY_REFUSED_EVERY, PeerDirectory, read_only_store
 from protocol.commitment import BucketCommitment
 from protocol.signing import HotkeySigner
+from storage.endpoints import EndpointPolicy
+from storage.errors import EndpointRefused
 from storage.local import LocalStore
 from storage.s3 import S3Store
 
@@ -123,9 +131,120 @@ def test_a_commitment_that_turns_malformed_drops_the_peer(devchain, opened):
 def test_read_only_store_uses_the_committed_bucket_and_keys():
     c = BucketCommitment(endpoint_url="http://127.0.0.1:9", bucket="peer-bucket", region="us-east-1",
                          access_key_id="reader", secret_access_key="read-secret")
-    store = read_only_store(c)
+    with pytest.raises(EndpointRefused, match="loopback"):  # a real network refuses loopback
+        read_only_store(c)
+    store = read_only_store(c, EndpointPolicy(allow_loopback=True))
     assert isinstance(store, S3Store)
     assert (store.endpoint_url, store.bucket, store.region, store.access_key_id) == (
         "http://127.0.0.1:9", "peer-bucket", "us-east-1", "reader",
     )
     assert "read-secret" not in repr(store)
+
+
+class FakeChain:
+    """Just what PeerDirectory reads: commitments by uid (any text, as a hostile chain holds)."""
+
+    def __init__(self, texts: dict[int, str]) -> None:
+        self.texts = texts
+
+    def commitments(self) -> dict[int, str]:
+        return dict(self.texts)
+
+
+def metagraph(n: int) -> SimpleNamespace:
+    return SimpleNamespace(neurons=[SimpleNamespace(uid=i, hotkey=f"hk{i}") for i in range(n)])
+
+
+def good(bucket: str, endpoint: str = "http://127.0.0.1:9") -> str:
+    return BucketCommitment(endpoint_url=endpoint, bucket=bucket, access_key_id="reader",
+                            secret_access_key="read-secret").encode()
+
+
+@pytest.fixture
+def no_connections(monkeypatch):
+    def refuse(*args, **_kwargs):
+        pytest.fail(f"a connection was attempted: {args!r}")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr("urllib3.util.connection.create_connection", refuse)
+
+
+def test_the_node_allows_loopback_only_on_the_local_subnet(no_connections, caplog):
+    chain = FakeChain({0: good("bucket-zero"), 1: good("bucket-one", "http://169.254.169.254")})
+    local = PeerDirectory.for_node(chain, local_subnet=True)
+    real = PeerDirectory.for_node(chain, local_subnet=False)
+    with caplog.at_level(logging.WARNING, logger="neurons.peers"):
+        local.refresh(metagraph(2))
+        real.refresh(metagraph(2))
+    assert [p.uid for p in local] == [0] and isinstance(local.get(0).store, S3Store)
+    assert list(real) == []  # loopback refused on a real network; metadata refused everywhere
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("uid 0" in m and "EndpointRefused" in m and "loopback" in m for m in warned)
+    assert sum("uid 1" in m and "169.254.169.254" in m for m in warned) == 2
+
+
+def test_a_refused_commitment_is_warned_once_and_retried_rarely(no_connections, caplog):
+    chain = FakeChain({0: good("bucket-zero", "http://10.0.0.7:9000"), 1: good("bucket-one")})
+    opened: list[str] = []
+
+    def make_store(c: BucketCommitment):
+        opened.append(c.bucket)
+        return read_only_store(c, EndpointPolicy(allow_loopback=True))
+
+    peers = PeerDirectory(chain, make_store)
+    with caplog.at_level(logging.WARNING, logger="neurons.peers"):
+        for _ in range(RETRY_REFUSED_EVERY + 1):
+            peers.refresh(metagraph(2))
+    assert [p.uid for p in peers] == [1]
+    assert len([r for r in caplog.records if "uid 0" in r.getMessage()]) == 1
+    assert opened.count("bucket-zero") == 2  # once, then once more after RETRY_REFUSED_EVERY refreshes
+
+    chain.texts[0] = good("bucket-zero", "http://192.168.1.1")  # a new commitment is a new warning
+    with caplog.at_level(logging.WARNING, logger="neurons.peers"):
+        peers.refresh(metagraph(2))
+    assert len([r for r in caplog.records if "uid 0" in r.getMessage()]) == 2
+
+    chain.texts[0] = good("bucket-zero")  # fixed: the peer is back at once
+    peers.refresh(metagraph(2))
+    assert [p.uid for p in peers] == [0, 1]
+
+
+@pytest.mark.parametrize("error", [KeyError("endpoint"), TypeError("bad"), RecursionError(), OSError("x")])
+def test_any_failure_to_build_a_client_leaves_only_that_peer_out(error, caplog):
+    chain = FakeChain({0: good("bucket-zero"), 1: good("bucket-one")})
+
+    def make_store(c: BucketCommitment):
+        if c.bucket == "bucket-zero":
+            raise error
+        return LocalStore("/tmp/unused-peers-test")  # never touched: only its presence matters
+
+    peers = PeerDirectory(chain, make_store)
+    with caplog.at_level(logging.WARNING, logger="neurons.peers"):
+        peers.refresh(metagraph(2))
+    assert [p.uid for p in peers] == [1]
+    assert type(error).__name__ in caplog.text
+
+
+_ASCII = st.text(alphabet=string.printable, max_size=24)
+
+
+@given(st.dictionaries(
+    st.integers(0, 3),
+    st.one_of(
+        st.text(max_size=130),
+        st.builds(lambda parts: "1" + ",".join(parts), st.lists(_ASCII, min_size=5, max_size=5)),
+        st.builds(lambda e, r: f"1{e},bucket,{r},key,secret",
+                  st.from_regex(r"\Ahttps?://[\[\]:@a-z0-9.%-]{0,30}\Z"), _ASCII),
+    ),
+))
+@settings(max_examples=60, deadline=None)
+def test_hostile_commitments_never_break_refresh(texts):
+    def fake_resolve(host, port, **_kwargs):  # public for every name: no real DNS, no connection
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", port))]
+
+    peers = PeerDirectory(FakeChain(texts), lambda c: S3Store(
+        c.endpoint_url, c.bucket, c.access_key_id, c.secret_access_key, c.region,
+        policy=EndpointPolicy(), resolve=fake_resolve))
+    peers.refresh(metagraph(4))
+    peers.refresh(metagraph(4))
+    assert all(p.uid in texts and isinstance(p.store, S3Store) for p in peers)

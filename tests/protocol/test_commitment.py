@@ -3,7 +3,7 @@ from __future__ import annotations
 import string
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.commitment import MAX_COMMITMENT_BYTES, BucketCommitment, CommitmentError
@@ -42,7 +42,12 @@ def test_too_long_is_refused_not_truncated():
 @pytest.mark.parametrize(
     "text",
     ["", "2abc", "1only,three,fields", "1" + "x" * 200, "1.!!!!,bucket,,k,s",
-     "1notanaccount,bucket,,key,secret", "1http://h,BAD_BUCKET,,k,s", "1http://h,bucket,,,s"],
+     "1notanaccount,bucket,,key,secret", "1http://h,BAD_BUCKET,,k,s", "1http://h,bucket,,,s",
+     # decode, but no client could be built from them
+     "1http://h,bucket,us-east-1!,k,s", "1http://h,bucket,-x,k,s", "1http://[::1,bucket,,k,s",
+     "1http://[zz]:9,bucket,,k,s", "1http://h:99999,bucket,,k,s", "1http://h:0,bucket,,k,s",
+     "1http://h:port,bucket,,k,s", "1http://u:p@h,bucket,,k,s", "1http://,bucket,,k,s",
+     "1http://:9000,bucket,,k,s"],
 )
 def test_malformed_commitments_raise_a_typed_error(text):
     with pytest.raises(CommitmentError):
@@ -69,3 +74,21 @@ def test_round_trip_property(endpoint, bucket, region, key, secret):
         return  # refusing is allowed; silently changing the value is not
     assert len(text.encode()) <= MAX_COMMITMENT_BYTES
     assert BucketCommitment.decode(text) == c
+
+
+_FIELD = st.text(alphabet=string.printable, max_size=30)
+
+
+@given(st.one_of(
+    st.text(max_size=140),
+    st.builds(lambda parts: "1" + ",".join(parts), st.lists(_FIELD, min_size=5, max_size=5)),
+    st.builds(lambda e, r: f"1{e},bucket,{r},key,secret",
+              st.from_regex(r"\Ahttps?://[\[\]:@a-z0-9.%-]{0,30}\Z"), st.text(max_size=12)),
+))
+@settings(max_examples=500, deadline=None)
+def test_any_text_decodes_or_raises_commitment_error(text):
+    try:
+        c = BucketCommitment.decode(text)
+    except CommitmentError:
+        return
+    assert isinstance(c, BucketCommitment)

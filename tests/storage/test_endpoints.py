@@ -5,6 +5,7 @@ attempt fails the test; the one real connection goes to 127.0.0.1."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -201,3 +202,19 @@ def test_loopback_is_reached_only_through_the_checked_address(monkeypatch):
 
 def test_refusal_is_a_storage_error():
     assert issubclass(EndpointRefused, StorageError)
+
+
+def test_a_resolver_that_never_answers_costs_only_the_timeout():
+    release = threading.Event()
+
+    def stuck(*_args, **_kwargs):
+        release.wait(10)
+        return []
+
+    start = time.monotonic()
+    try:
+        with pytest.raises(StorageUnavailable, match="did not resolve"):
+            check_endpoint("https://slow.example", STRICT, stuck, timeout=0.3)
+    finally:
+        release.set()
+    assert time.monotonic() - start < 2.0
