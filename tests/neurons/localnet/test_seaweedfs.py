@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from neurons.localnet.seaweedfs import READ_WRITE, Identity, SeaweedServer
+from protocol.acceptance import RejectReason, check_slot
 from storage.errors import AccessDenied, ObjectExists, ObjectTooLarge
 from storage.retry import RetryPolicy
 from storage.s3 import S3Store
-from storage.slot import UploadTiming, upload_timing, uploaded_in_slot
 
 pytestmark = pytest.mark.integration
 NO_RETRY = RetryPolicy(attempts=1)
@@ -118,22 +118,12 @@ def test_last_modified_drives_the_slot_check(seaweed: SeaweedServer, prefix: str
     seen = _reader(seaweed).head(prefix + "p")  # what a validator sees
     assert seen.last_modified == written.last_modified
     assert seen.last_modified.utcoffset().total_seconds() == 0
-    assert uploaded_in_slot(seen, start, end)
-    assert upload_timing(seen, start + 5, start + 10) is UploadTiming.EARLY
-    assert upload_timing(seen, start - 10, start - 5) is UploadTiming.LATE
+    stamp = seen.last_modified.timestamp()  # whole seconds: the slot check gives one second of doubt
+    assert check_slot(stamp, start, end - start) is None
+    assert check_slot(stamp, start + 5, 5).reason is RejectReason.EARLY
+    assert check_slot(stamp, start - 10, 5).reason is RejectReason.LATE
     listed = {i.key: i for i in _reader(seaweed).list(prefix)}
     assert listed[prefix + "p"].last_modified == seen.last_modified
-
-
-def test_get_many_is_bounded_and_per_key(seaweed: SeaweedServer, prefix: str) -> None:
-    writer = _writer(seaweed)
-    for i in range(12):
-        writer.put(f"{prefix}{i}", bytes([i]) * (i + 1))
-    reader = _reader(seaweed)
-    assert reader.concurrency == 8
-    got = reader.get_many([f"{prefix}{i}" for i in range(12)] + [prefix + "missing"], max_bytes=10)
-    assert [got[f"{prefix}{i}"] for i in range(10)] == [bytes([i]) * (i + 1) for i in range(10)]
-    assert isinstance(got[f"{prefix}10"], ObjectTooLarge) and isinstance(got[prefix + "missing"], Exception)
 
 
 def _listening(pid: int) -> set[tuple[str, int]]:
