@@ -36,12 +36,18 @@ from neurons.node import Node, build_node
 from neurons.peers import read_only_store
 from protocol.commitment import BucketCommitment, CommitmentError
 from protocol.keys import fingerprint_key, payload_key
-from storage import ObjectExists, StorageError
+from storage import ObjectExists, ObjectStore, StorageError
+from storage.endpoints import EndpointPolicy
 
 log = logging.getLogger("adversary")
 
 KINDS = ("values", "garbage", "server")
 _FINGERPRINT_BYTES = 64 << 10
+# Build the window's object this long before the slot opens, so that building (a compression,
+# reading honest fingerprints) never eats into the slot on a loaded machine.
+PREPARE_SECONDS = 2.0
+# Every bucket of the local subnet is on loopback; the adversary reads only those.
+LOCALNET_POLICY = EndpointPolicy(allow_loopback=True)
 
 
 class Adversary:
@@ -50,31 +56,38 @@ class Adversary:
         self.who = Identity(node.hparams.run_id, node.uid, node.signer.hotkey, node.signer.sign)
         self.served_log = node.config.state_dir / "served.jsonl"
         self._served_before: Counter[str] = Counter()
+        self._stores: dict[str, ObjectStore] = {}  # read-only stores of honest buckets, by commitment
 
     def run(self) -> None:
         node = self.node
         w = node.clock.current_window()
         while not node.stop.is_set():
             slot_start, slot_end = node.clock.upload_slot(w)
+            if not node.sleep_until(slot_start - PREPARE_SECONDS):
+                return
+            payload, served = self.prepare(w)
             # Same moment as an honest miner: the first whole second inside the slot, so the
             # server's whole-second LastModified cannot fall before the slot opens.
             if not node.sleep_until(math.ceil(slot_start) + 0.05):
                 return
-            self._record(w, self.serve(w, slot_end))
+            if payload is not None:
+                key = payload_key(node.hparams.run_id, w, node.uid)
+                served.update(bytes=len(payload), uploaded=self._put_in_slot(key, payload, slot_end))
+            else:
+                served.update(self._server_requests())
+            self._record(w, served)
             w += 1
 
-    def serve(self, w: int, slot_end: float) -> dict:
+    def prepare(self, w: int) -> tuple[bytes | None, dict]:
+        """Window w's hostile payload (None for ``server``: its endpoint is the attack) and its class."""
         if self.kind == "server":
-            return self._server_requests()
+            return None, {"class": "hostile_server"}
         hp = self.node.hparams
         msg = random_message(self.node.shapes, hp.codec.chunk_size, hp.codec.topk_per_chunk, seed=w)
         if self.kind == "values":
-            payload, what = huge_values(msg, self.who, w, self._network_digest(w)), {"class": "huge_values"}
-        else:
-            cls = garbage_class(w, self.node.uid)
-            payload, what = garbage(cls, msg, self.who, w, hp.codec.max_payload_bytes), {"class": cls}
-        key = payload_key(hp.run_id, w, self.node.uid)
-        return {**what, "bytes": len(payload), "uploaded": self._put_in_slot(key, payload, slot_end)}
+            return huge_values(msg, self.who, w, self._network_digest(w)), {"class": "huge_values"}
+        cls = garbage_class(w, self.node.uid)
+        return garbage(cls, msg, self.who, w, hp.codec.max_payload_bytes), {"class": cls}
 
     def _put_in_slot(self, key: str, payload: bytes, slot_end: float) -> bool:
         while time.time() < slot_end and not self.node.stop.is_set():
@@ -95,17 +108,19 @@ class Adversary:
         hostile, and this process is not the one under test.
         """
         votes: Counter[str] = Counter()
-        for uid, commitment in self._same_server_commitments():
+        for uid, text, commitment in self._same_server_commitments():
             key = fingerprint_key(self.node.hparams.run_id, w - 1, uid)
             try:
-                record = json.loads(read_only_store(commitment).get(key, _FINGERPRINT_BYTES))
+                if text not in self._stores:
+                    self._stores[text] = read_only_store(commitment, LOCALNET_POLICY)
+                record = json.loads(self._stores[text].get(key, _FINGERPRINT_BYTES))
             except (StorageError, ValueError):
                 continue  # not published (yet), or not JSON: that peer has no vote
             if isinstance(record, dict) and isinstance(record.get("fingerprint"), str):
                 votes[record["fingerprint"]] += 1
         return votes.most_common(1)[0][0] if votes else ""
 
-    def _same_server_commitments(self) -> list[tuple[int, BucketCommitment]]:
+    def _same_server_commitments(self) -> list[tuple[int, str, BucketCommitment]]:
         own = self.node.config.bucket.endpoint_url
         found = []
         for uid, text in self.node.chain.commitments().items():
@@ -114,13 +129,12 @@ class Adversary:
             except CommitmentError:
                 continue
             if uid != self.node.uid and commitment.endpoint_url == own:
-                found.append((uid, commitment))
+                found.append((uid, text, commitment))
         return found
 
     def _server_requests(self) -> dict:
         """What the hostile server answered since the last window, by behaviour."""
-        assert self.server is not None
-        now = Counter(self.server.served)
+        now = Counter(self.server.served if self.server is not None else {})
         delta = now - self._served_before
         self._served_before = now
         return {"class": "hostile_server", "requests": dict(delta)}

@@ -178,7 +178,9 @@ def watch(specs, workdir, chain, args, endpoint, data_dir, console) -> str:
     adversaries = [s.uid for s in specs if s.role == "adversary"]
     on_time = on_time_miners(specs)
     blocks_per_window = load_hparams(args.hparams).window.blocks_per_window
-    give_up = chain.block() // blocks_per_window + STARTUP_WINDOWS
+    # Every process imports torch and bittensor at once; on a small machine each extra one
+    # (an adversary) delays everyone's start by about a window.
+    give_up = chain.block() // blocks_per_window + STARTUP_WINDOWS + len(adversaries)
     with Live(console=console, refresh_per_second=1, transient=False) as live:
         while True:
             window = chain.block() // blocks_per_window
@@ -233,7 +235,8 @@ def _report(console: Console, summary: dict, out: Path) -> None:
     if len(windows) >= 2 and windows[0]["loss"] and windows[-1]["loss"]:
         first, last = windows[0]["loss"], windows[-1]["loss"]
         console.print(f"held-out loss {first:.4f} -> {last:.4f} ({100 * (first - last) / first:.1f}% lower)")
-    sizes = [b for w in windows for b in w["payload_bytes"].values()]
+    honest = set(summary["miners"])  # an adversary's sizes are whatever it claims
+    sizes = [b for w in windows for uid, b in w["payload_bytes"].items() if int(uid) in honest]
     if sizes:
         ratio = summary["dense_fp32_bytes"] / max(sizes)
         console.print(f"largest payload {max(sizes)} B = 1/{math.floor(ratio)} of dense fp32")

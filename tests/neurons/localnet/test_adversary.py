@@ -37,7 +37,7 @@ def _served(net: Path) -> dict[str, list[dict]]:
     """What each adversary says it served, per window (``served.jsonl``), by kind."""
     served: dict[str, list[dict]] = {}
     for path in sorted((net / "nodes").glob("adversary-*/served.jsonl")):
-        records = read_records(path)
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if records:
             served[records[0]["kind"]] = records
     return served
