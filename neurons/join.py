@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,6 +105,17 @@ class Electorate:
         return agreeing * 2 > self.total
 
 
+# Every read from a validator's bucket has a total deadline, so a validator whose server drips or
+# hangs delays a join by at most this much per object. Checkpoints are big (fp32 θ): their
+# deadline grows with the cap at a slow-but-usable rate.
+SMALL_READ_SECONDS = 30.0
+CHECKPOINT_MIN_BYTES_PER_S = 5 << 20
+
+
+def _deadline(seconds: float) -> float:
+    return time.monotonic() + seconds
+
+
 def checkpoint_cap(node) -> int:
     """Largest checkpoint we accept: fp32 parameters plus generous room for the header."""
     return 4 * sum(math.prod(s) for s in node.shapes.values()) + (1 << 20)
@@ -133,7 +145,8 @@ def _published_fingerprint(node, uid: int, window: int) -> str | None:
         return None
     key = fingerprint_key(node.hparams.run_id, window, uid)
     record = from_validator(uid, f"fingerprint record {window}",
-                            lambda: FingerprintRecord.parse(peer.store.get(key, max_bytes=MAX_RECORD_BYTES)))
+                            lambda: FingerprintRecord.parse(
+                                peer.store.get(key, max_bytes=MAX_RECORD_BYTES, deadline=_deadline(SMALL_READ_SECONDS))))
     if record is None:
         return None
     if (record.uid, record.window) != (uid, window):
@@ -181,7 +194,7 @@ def _checkpoint_candidates(node, validators: list[int], now: int) -> list[tuple[
 
 def _listed_windows(node, peer) -> list[int]:
     windows = []
-    for info in peer.store.list(checkpoint_prefix(node.hparams.run_id)):
+    for info in peer.store.list(checkpoint_prefix(node.hparams.run_id), deadline=_deadline(SMALL_READ_SECONDS)):
         try:
             windows.append(window_of_key(info.key))
         except ObjectKeyError:
@@ -197,7 +210,8 @@ def _try_checkpoint(node, uid: int, window: int, expected: str) -> bool:
 
 def _load_checkpoint(node, uid: int, window: int, expected: str):
     cap = checkpoint_cap(node)
-    data = node.peers.get(uid).store.get(checkpoint_key(node.hparams.run_id, window), cap)
+    seconds = max(SMALL_READ_SECONDS, cap / CHECKPOINT_MIN_BYTES_PER_S)
+    data = node.peers.get(uid).store.get(checkpoint_key(node.hparams.run_id, window), cap, deadline=_deadline(seconds))
     return load_checkpoint(data, node.model, cap, max_abs_param=node.hparams.bounds.max_abs_param,
                            expected_run_id=node.hparams.run_id, expected_fingerprint=expected)
 

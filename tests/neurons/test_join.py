@@ -502,10 +502,10 @@ def test_a_checkpoint_header_with_a_bad_shape_is_skipped(net):
 class ExplodingStore(LocalStore):
     """A bucket whose every read fails with what no reader foresaw (a bug or an unforeseen attack)."""
 
-    def get(self, key: str, max_bytes: int) -> bytes:
+    def get(self, key: str, max_bytes: int, *, deadline: float | None = None) -> bytes:
         raise RecursionError("maximum recursion depth exceeded")
 
-    def list(self, prefix: str = ""):
+    def list(self, prefix: str = "", *, deadline: float | None = None):
         raise TypeError("'NoneType' object is not iterable")
 
 
