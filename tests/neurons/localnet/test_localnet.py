@@ -24,7 +24,7 @@ from protocol.hparams import load_hparams
 from scoring.state import ScoreBook
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_localnet_two_miners_one_validator(tmp_path: Path) -> None:
