@@ -19,6 +19,7 @@ from safetensors.torch import save as safetensors_save
 
 from compression.safetensors_header import HeaderError, SafetensorsHeader, read_header
 from neurons.fingerprint import model_fingerprint
+from protocol.fingerprint_record import MAX_WINDOW
 
 CHECKPOINT_FORMAT_VERSION = 1
 _MANIFEST_KEY = "tessera.checkpoint"
@@ -55,12 +56,13 @@ class CheckpointValueError(CheckpointError):
 
 
 class CheckpointManifest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a validator's manifest is taken literally ("global_step": true is not a step)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     format_version: int = CHECKPOINT_FORMAT_VERSION
     run_id: str = Field(min_length=1, max_length=256)
-    window: int = Field(ge=0, description="the model is θ after this window's outer step")
-    global_step: int = Field(ge=0, description="inner steps taken so far; drives the lr schedule")
+    window: int = Field(ge=0, le=MAX_WINDOW, description="the model is θ after this window's outer step")
+    global_step: int = Field(ge=0, le=MAX_WINDOW * 1_000_000, description="inner steps taken so far")
     fingerprint: str = Field(pattern=r"^[0-9a-f]+$", max_length=128)
 
 

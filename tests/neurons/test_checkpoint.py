@@ -118,6 +118,20 @@ def test_refuses_plain_safetensors_without_manifest(hparams) -> None:
         load_checkpoint(bad, model, max_bytes=CAP, max_abs_param=BOUND)
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [{"global_step": True}, {"window": 2**64}, {"window": "3"}, {"format_version": True}, {"global_step": 1.0}],
+)
+def test_a_manifest_is_taken_literally(fields, hparams) -> None:
+    model = build_model(hparams.model, 2)
+    tensors = {n: p.detach().clone() for n, p in model.named_parameters()}
+    manifest = {"format_version": 1, "run_id": "r", "window": 1, "global_step": 1, "fingerprint": model_fingerprint(tensors)}
+    manifest.update(fields)
+    data = safetensors_save(tensors, metadata={"tessera.checkpoint": json.dumps(manifest)})
+    with pytest.raises(CheckpointFormatError, match="invalid"):
+        load_checkpoint(data, model, max_bytes=CAP, max_abs_param=BOUND)
+
+
 def _forged(model: torch.nn.Module, edit, run_id: str) -> bytes:
     """A checkpoint whose manifest honestly fingerprints tensors that ``edit`` has poisoned."""
     tensors = {n: p.detach().clone() for n, p in model.named_parameters()}
