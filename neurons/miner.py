@@ -90,15 +90,16 @@ class Miner:
         if time.time() + needed <= next_start + self.node.hparams.window.upload_slot_seconds / 2:
             return True
         log.info("%s skips training window %d: %.1f s needed, too little of the window left", self.node.name, w, needed)
-        if self.train_seconds is not None:
-            if needed > window_seconds:
-                log.warning(
-                    "%s needs %.1f s to train a %.1f s window: too slow to contribute (CPU threads contended? "
-                    "try --threads or a faster --device)", self.node.name, needed, window_seconds,
-                )
-            # A skipped window measures nothing. Without decay one slow window (a cold start, a
-            # passing load spike) would keep the miner skipping for good; with it, it retries soon.
-            self.train_seconds *= SKIP_DECAY
+        if needed > window_seconds:
+            log.warning(
+                "%s needs %.1f s to train a %.1f s window: too slow to contribute (CPU threads contended? "
+                "try --threads or a faster --device)", self.node.name, needed, window_seconds,
+            )
+        # A skipped window measures nothing. Without decay one slow window (a cold start, a passing
+        # load spike) would keep the miner skipping for good; the assumed half window decays too,
+        # so gathers that run long every window (a peer stalling to its deadline) cannot keep a
+        # new miner from ever training.
+        self.train_seconds = needed * SKIP_DECAY
         return False
 
     def train_and_compress(self, w: int) -> tuple[bytes, float]:

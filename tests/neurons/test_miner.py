@@ -180,3 +180,16 @@ def test_one_slow_window_does_not_stop_training_for_good(tmp_path, hparams, corp
         assert skipped < 10, "a miner measured slow once never trains again"
     assert 2 <= skipped <= 5
     assert miner.train_seconds <= length
+
+
+def test_a_miner_whose_windows_start_late_every_time_still_trains(tmp_path, hparams, corpus_dir):
+    # no measurement yet, and 60 % of every window gone before it could start (a gather that waits
+    # for a stalling peer's deadline): the half-window guess decays like a measured time does
+    length = window_seconds(hparams)
+    miner = make_miner(tmp_path, hparams, corpus_dir, genesis_at(hparams, 0.6 * length), LocalStore(tmp_path / "s"))
+    assert miner.train_seconds is None
+    skipped = 0
+    while not miner.has_time_to_train(W):
+        skipped += 1
+        assert skipped < 10, "a miner that never got a measurement never trains"
+    assert 1 <= skipped <= 3

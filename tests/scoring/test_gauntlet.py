@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.hparams import OuterConfig, ScoringConfig
 from protocol.acceptance import RejectReason, Stage1Result
+from protocol.hparams import OuterConfig, ScoringConfig
 from scoring.gauntlet import AlreadyScoredError, WindowEvidence, WindowResult, score_window, update_book
 from scoring.lossscore import LossMeasurement
 from scoring.state import ScoreBook
