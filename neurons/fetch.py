@@ -37,9 +37,10 @@ MAX_FETCH_WORKERS = 32
 class FetchedPayload:
     uid: int
     result: Stage1Result
-    size: int = 0
+    size: int = 0  # what HEAD claimed (a hostile server may claim anything)
     last_modified: float | None = None
     decoded: DecodedPayload | None = None
+    downloaded: int = 0  # bytes actually received
 
     @property
     def ok(self) -> bool:
@@ -79,7 +80,7 @@ def _fetch(peer: Peer, rule: AcceptanceRule, shapes, deadline: float | None) -> 
     except StorageError as exc:
         return _reject(uid, RejectReason.MISSING, f"download failed: {exc}", **seen)
     verdict = judge_payload(data, uid, peer.hotkey, rule, shapes)
-    return FetchedPayload(uid, verdict.result, decoded=verdict.decoded, **seen)
+    return FetchedPayload(uid, verdict.result, decoded=verdict.decoded, downloaded=len(data), **seen)
 
 
 def fetch_many(

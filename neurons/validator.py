@@ -120,7 +120,7 @@ class Validator:
         node.events.append(
             WindowRecord(
                 node.name, "validator", node.uid, w, fp, gathered.accepted, loss=heldout, heldout_loss=heldout,
-                payload_bytes={u: f.size for u, f in gathered.fetched.items() if f.size and u in miners},
+                payload_bytes={u: f.downloaded for u, f in gathered.fetched.items() if f.downloaded and u in miners},
                 scores=result.scores, weights=result.weights, stage_seconds=times, weights_block=weights_block,
                 rejected={u: str(r.reason) for u, r in stage1.results.items() if not r.passed},
             )

@@ -120,7 +120,7 @@ def test_an_honest_payload_is_accepted_and_decoded(store, upload, honest, tiny_s
     got = fetch(store, tiny_shapes)
 
     assert got.ok and got.result.passed and got.result.reason is None
-    assert got.size == len(honest)
+    assert got.size == got.downloaded == len(honest)
     assert got.last_modified == pytest.approx(IN_SLOT, abs=1e-3)
     m = got.decoded.manifest
     assert (m.run_id, m.window, m.uid, m.hotkey) == (RUN, W, 1, signer(1).hotkey)
@@ -168,7 +168,7 @@ def test_an_oversize_object_is_rejected_by_its_size_before_download(store, uploa
     upload(store, b"\0" * (MAX_BYTES + 1))
     got = fetch(store, tiny_shapes)
     assert_rejected(got, RejectReason.OVERSIZED)
-    assert got.size == MAX_BYTES + 1
+    assert got.size == MAX_BYTES + 1 and got.downloaded == 0  # a HEAD claim, nothing moved
     assert store.downloaded == []
 
 
