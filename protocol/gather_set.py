@@ -2,9 +2,9 @@
 
 Derived by every node from chain state at the first block of w, so no one has to publish it:
 miners ranked by the stake-weighted weights validators have set; the top ``gather_peers`` are
-gathered, the next ``reserve_peers`` stand by. Candidates no validator weighs yet (newcomers)
-follow the weighted ones in uid order, so a newcomer can fill a free slot; while no weights exist
-at all (a new network) every candidate is gathered, in uid order. A payload that cannot be
+gathered, the next ``reserve_peers`` stand by. Candidates no validator weighs are in neither
+tier; while no candidate is weighed at all (a new network) every candidate is gathered, in uid
+order. A payload that cannot be
 fetched in time or is refused is replaced by the next reserve in that fixed order
 (``neurons.gather.gather_window``), so honest nodes that see the same failures reach the same set.
 """
@@ -43,15 +43,22 @@ def consensus_weights(metagraph: Metagraph) -> dict[int, float]:
 def select_gather_set(
     metagraph: Metagraph, gather_peers: int, reserve_peers: int, candidates: Iterable[int]
 ) -> GatherSet:
-    """Rank ``candidates`` (registered miners the caller considers, e.g. those with a bucket
-    commitment) by consensus weight, ties and unweighted ones by uid; split into tiers."""
+    """Rank ``candidates`` (registered miners the caller considers) by consensus weight, ties by
+    uid, and split them into tiers; only miners weighed above zero are in either tier.
+
+    A miner every validator rejects (weight 0) is never aggregated: validators score every
+    candidate whether gathered or not, so a newcomer enters by earning weight, not by filling a
+    free slot. While no candidate has any weight (a new network, or validators that burn
+    everything), every candidate is gathered in uid order, under the value bounds every node
+    applies (``protocol.acceptance``).
+    """
     registered = set(metagraph.uids)
     pool = sorted({u for u in candidates if u in registered})
     weight = consensus_weights(metagraph)
-    if not weight:
-        # a new network: no validator has weighed anyone yet, so everyone offered is gathered
+    weighted = [u for u in pool if weight.get(u, 0.0) > 0]
+    if not weighted:
         return GatherSet(gather=pool, reserves=[])
-    ranked = sorted(pool, key=lambda u: (-weight.get(u, 0.0), u))
+    ranked = sorted(weighted, key=lambda u: (-weight[u], u))
     return GatherSet(
         gather=ranked[:gather_peers],
         reserves=ranked[gather_peers : gather_peers + reserve_peers],
