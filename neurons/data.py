@@ -13,7 +13,10 @@ library RNG whose stream could change between versions, and distinct positions n
   ``uid, uid + UID_STRIDE, uid + 2·UID_STRIDE, ...``, so miners' data within a window is disjoint
   (until the pool wraps) and the first k samples of a miner do not depend on how many it asked for
   — a validator asking for 2 batches gets the first 2 batches that miner trained on.
-- ``random_batches``: keyed by a validator's private secret and the window; a miner cannot predict it.
+- ``random_batches``: keyed by a validator's private secret and the window; a miner cannot predict it,
+  and it leaves out every registered miner's assignment of that window (``Assignments``), so no
+  miner can have trained on it: the unique-data test compares an update on data its miner was
+  given against data nobody was given.
 - ``heldout_batches``: evenly spaced samples of the held-out split, identical every time.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -129,18 +133,50 @@ def assigned_batches(
     return space.batches(assigned_indices(space, seed, uid, window, _count(n_batches, batch_size)), batch_size)
 
 
+@dataclass(frozen=True)
+class Assignments:
+    """The samples miners were given in a window: the first ``count`` of each uid in ``uids``
+    under the network ``seed`` (a miner trains ``inner_steps × batch_size`` of them)."""
+
+    seed: int
+    uids: Collection[int]
+    count: int
+
+    def indices(self, space: SampleSpace, window: int) -> set[int]:
+        return {i for uid in self.uids for i in assigned_indices(space, self.seed, uid, window, self.count)}
+
+
 def random_batches(
-    shards: TokenShards, secret: bytes, window: int, n_batches: int, batch_size: int, seq_len: int
+    shards: TokenShards,
+    secret: bytes,
+    window: int,
+    n_batches: int,
+    batch_size: int,
+    seq_len: int,
+    exclude: Assignments | None = None,
 ) -> list[torch.Tensor]:
-    """Training-split batches chosen by a validator's private ``secret``; unpredictable to miners."""
+    """Training-split batches chosen by a validator's private ``secret``; unpredictable to miners.
+
+    Samples in ``exclude`` (the window's assignments) are skipped: the pool is the secret
+    permutation's order with them left out, so it is still fixed by (secret, window, miners)."""
     if len(secret) < 16:
         raise DataError("the validator secret must be at least 16 bytes to be unguessable")
     space = SampleSpace.build(shards, seq_len, "train")
     key = _key(b"tessera-random", secret, window.to_bytes(8, "little"))
     count = _count(n_batches, batch_size)
-    if count > len(space):
-        raise DataError(f"only {len(space)} training samples of {seq_len} tokens; asked for {count}")
-    return space.batches([permuted_index(j, len(space), key) for j in range(count)], batch_size)
+    taken = exclude.indices(space, window) if exclude is not None else set()
+    if count > len(space) - len(taken):
+        raise DataError(
+            f"only {len(space) - len(taken)} unassigned training samples of {seq_len} tokens; asked for {count}"
+        )
+    chosen: list[int] = []
+    position = 0
+    while len(chosen) < count:  # ends: enough free samples were checked to exist above
+        index = permuted_index(position, len(space), key)
+        if index not in taken:
+            chosen.append(index)
+        position += 1
+    return space.batches(chosen, batch_size)
 
 
 def heldout_batches(shards: TokenShards, n_batches: int, batch_size: int, seq_len: int) -> list[torch.Tensor]:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from neurons.checkpoint import CheckpointManifest, checkpoint_bytes
-from neurons.data import assigned_batches, heldout_batches, random_batches
+from neurons.data import Assignments, assigned_batches, heldout_batches, random_batches
 from neurons.events import WindowRecord
 from neurons.fetch import FetchedPayload
 from neurons.fingerprint import model_fingerprint
@@ -41,7 +41,7 @@ from protocol.chain import ChainError
 from protocol.keys import checkpoint_key
 from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update
 from scoring.gauntlet import AlreadyScoredError, WindowEvidence, WindowResult, score_window
-from scoring.lossscore import LossMeasurement, measure_update
+from scoring.lossscore import LossMeasurement, measure_update, sequence_losses
 from scoring.state import ScoreBook
 from scoring.sync import sync_score
 from storage import ObjectExists, StorageError
@@ -97,7 +97,7 @@ class Validator:
         base = model_fingerprint(node.model)
         stage1 = self.stage1(w, {uid: gathered.fetched[uid] for uid in miners}, base)
         times["filter"], tick = time.time() - tick, time.time()
-        measurements = self.stage2(w, gathered.fetched, stage1.results)
+        measurements = self.stage2(w, gathered.fetched, stage1.results, miners)
         times["loss"], tick = time.time() - tick, time.time()
         apply(node, gathered)
         heldout = evaluate(node.model, self.heldout)
@@ -145,17 +145,21 @@ class Validator:
         self.copies.remember(w, {u: s for u, s in sketches.items() if results[u].passed})
         return Stage1(results, sync)
 
-    def stage2(self, w: int, fetched: dict[int, FetchedPayload], results: dict[int, Stage1Result]) -> dict[int, LossMeasurement]:
-        """Every candidate that passed stage 1, measured alone on θ_w (then reverted)."""
+    def stage2(
+        self, w: int, fetched: dict[int, FetchedPayload], results: dict[int, Stage1Result], miners: list[int]
+    ) -> dict[int, LossMeasurement]:
+        """Every candidate that passed stage 1, measured alone on θ_w (then reverted), with
+        per-sequence losses on its assigned data and on random data no registered miner was given."""
         node, hp = self.node, self.node.hparams
         t, n = hp.training, hp.scoring.eval_batches
-        rand = random_batches(self.shards, self.secret, w, n, t.batch_size, t.seq_len)
-        before_rand = evaluate(node.model, rand)
+        given = Assignments(hp.seed, tuple(miners), t.inner_steps * t.batch_size)
+        rand = random_batches(self.shards, self.secret, w, n, t.batch_size, t.seq_len, exclude=given)
+        before_rand = sequence_losses(node.model, rand)
         out = {}
         for uid in sorted(u for u, r in results.items() if r.passed):
             own = assigned_batches(self.shards, hp.seed, uid, w, n, t.batch_size, t.seq_len)
             out[uid] = measure_update(
-                node.model, fetched[uid].decoded.update, hp.outer.outer_lr, own, rand, evaluate, before_rand=before_rand
+                node.model, fetched[uid].decoded.update, hp.outer.outer_lr, own, rand, sequence_losses, before_rand
             )
         return out
 

@@ -76,7 +76,7 @@ class ScoringConfig(_Strict):
     openskill_beta: float = Field(gt=0, default=7.0)
     openskill_tau: float = Field(ge=0, default=0.1)
     rating_group_size: int = Field(gt=1, default=8, description="players per Plackett-Luce match")
-    unique_ema_alpha: float = Field(gt=0, le=1, default=0.3)
+    loss_ema_alpha: float = Field(gt=0, le=1, default=0.3, description="EMA weight of a new LossScore")
     copy_overlap_threshold: float = Field(gt=0, le=1, default=0.9)
     eval_batches: int = Field(gt=0, default=2, description="batches per loss measurement")
     windows_per_weights: int = Field(gt=0, default=1)
@@ -87,8 +87,12 @@ class ScoringConfig(_Strict):
     # payment gates (scoring.weights): evidence of contribution, not just a positive ordinal
     stale_windows: int = Field(ge=0, default=2, description="paid only if evaluated this recently")
     min_sync_score: float = Field(ge=0, le=1, default=0.5)
-    evidence_decay: float = Field(gt=0, lt=1, default=0.9, description="decay of unique-data counts")
-    evidence_z: float = Field(ge=0, default=2.0, description="one-sided z of the unique-data test")
+    evidence_decay: float = Field(
+        gt=0, lt=1, default=0.7, description="d: a window a windows old weighs d^a in the unique-data Z"
+    )
+    evidence_threshold: float = Field(
+        ge=0, default=2.33, description="paid only when the unique-data Z exceeds this (docs/scoring.md)"
+    )
     copy_memory_windows: int = Field(ge=0, default=3, description="earlier windows kept for copy checks")
 
 

@@ -2,9 +2,13 @@
 score book, rate, and turn the book into weights.
 
 The validator loop does the I/O and the measuring; this module only decides. Order per window:
-stage-1 results (faults count as evidence against the miner, excused misses only age it),
-LossScore and unique-data indicator into EMAs and decayed counts, OpenSkill ratings in groups,
-latest sync score, then final scores and weights (``scoring.weights``).
+stage-1 results (faults count as the worst window, excused misses only age the record),
+LossScore into an EMA and the window's unique-data statistic t into the decayed sums behind Z,
+OpenSkill ratings in groups, latest sync score, then final scores and weights
+(``scoring.weights``).
+
+Z = Σ_a d^a t_a / sqrt(Σ_a d^(2a)), a = windows since the evaluation. Each t is about N(0, 1)
+for a free-rider, so Z is too, whatever the ages: the payment threshold is a false-pay rate.
 """
 
 from __future__ import annotations
@@ -14,14 +18,14 @@ from dataclasses import dataclass, field
 
 from protocol.acceptance import RejectReason, Stage1Result
 from protocol.hparams import OuterConfig, ScoringConfig
-from scoring.lossscore import LossMeasurement, loss_score, unique_indicator
+from scoring.lossscore import T_CLIP, LossMeasurement, loss_score, unique_t
 from scoring.ratings import make_model, rate_window
 from scoring.state import MinerRecord, ScoreBook
 from scoring.weights import GatePolicy, WeightPolicy, compute_weights, final_scores
 
-# What a fault window feeds the EMAs: no improvement, and evidence against unique data.
+# What a fault window feeds the record: no improvement, and the worst unique-data statistic.
 FAULT_LOSS_SAMPLE = 0.0
-FAULT_UNIQUE_SAMPLE = -1
+FAULT_T = -T_CLIP
 
 
 class AlreadyScoredError(ValueError):
@@ -32,7 +36,7 @@ class AlreadyScoredError(ValueError):
 class WindowResult:
     window: int
     loss_scores: dict[int, float]  # this window's LossScore per evaluated uid
-    indicators: dict[int, int]  # this window's unique-data indicator per evaluated uid
+    t_stats: dict[int, float]  # this window's unique-data statistic per evaluated uid
     scores: dict[int, float]  # final scores after this window (0 = not paid)
     weights: dict[int, float]  # what to set on chain (sums to 1, or empty)
 
@@ -41,12 +45,24 @@ def _ema(old: float, sample: float, alpha: float) -> float:
     return (1.0 - alpha) * old + alpha * sample
 
 
-def _add_evidence(rec: MinerRecord, loss: float, indicator: int, cfg: ScoringConfig) -> None:
-    a = cfg.unique_ema_alpha
-    rec.loss_ema = _ema(rec.loss_ema, loss, a)
-    rec.unique_ema = _ema(rec.unique_ema, float(indicator), a)
-    rec.unique_pos = cfg.evidence_decay * rec.unique_pos + (1.0 if indicator > 0 else 0.0)
-    rec.unique_n = cfg.evidence_decay * rec.unique_n + 1.0
+def fold_t(rec: MinerRecord, window: int, t: float, decay: float) -> None:
+    """Add window ``window``'s statistic to the record's Z: older terms age by d per window.
+
+    Ages count calendar windows, so evidence from before an absence weighs less. Z is a ratio, so
+    only the ages relative to each other matter; the sums never need decaying to "now"."""
+    if rec.evidence_window is not None:
+        keep = decay ** max(0, window - rec.evidence_window)
+        rec.evidence_sum *= keep
+        rec.evidence_weight *= keep * keep
+    rec.evidence_sum += t
+    rec.evidence_weight += 1.0
+    rec.evidence_window = window
+    rec.last_t = t
+
+
+def _add_evidence(rec: MinerRecord, window: int, loss: float, t: float, cfg: ScoringConfig) -> None:
+    rec.loss_ema = _ema(rec.loss_ema, loss, cfg.loss_ema_alpha)
+    fold_t(rec, window, t, cfg.evidence_decay)
 
 
 @dataclass(frozen=True)
@@ -68,7 +84,7 @@ class WindowEvidence:
 def update_book(
     book: ScoreBook, evidence: WindowEvidence, cfg: ScoringConfig, seed: str = ""
 ) -> tuple[dict[int, float], dict[int, int]]:
-    """Fold ``evidence`` into ``book``; returns (LossScores, indicators) of evaluated uids.
+    """Fold ``evidence`` into ``book``; returns (LossScores, t statistics) of evaluated uids.
 
     ``seed`` varies the rating groups by run.
     """
@@ -77,7 +93,7 @@ def update_book(
         raise AlreadyScoredError(f"window {window} already scored (book at {book.last_window})")
     book.reconcile(hotkeys)
     scores: dict[int, float] = {}
-    indicators: dict[int, int] = {}
+    t_stats: dict[int, float] = {}
     for res in evidence.stage1:
         if res.uid not in hotkeys:
             continue
@@ -86,8 +102,8 @@ def update_book(
             rec.last_seen_window = window
         if res.passed and res.uid in measurements:
             m = measurements[res.uid]
-            scores[res.uid], indicators[res.uid] = loss_score(m), unique_indicator(m)
-            _add_evidence(rec, scores[res.uid], indicators[res.uid], cfg)
+            scores[res.uid], t_stats[res.uid] = loss_score(m), unique_t(m)
+            _add_evidence(rec, window, scores[res.uid], t_stats[res.uid], cfg)
             rec.last_loss_score = scores[res.uid]
             rec.last_evaluated_window = window
             rec.windows_evaluated += 1
@@ -96,13 +112,13 @@ def update_book(
             rec.windows_rejected += 1
             rec.last_reason = str(res.reason)
             if res.is_fault:
-                _add_evidence(rec, FAULT_LOSS_SAMPLE, FAULT_UNIQUE_SAMPLE, cfg)
+                _add_evidence(rec, window, FAULT_LOSS_SAMPLE, FAULT_T, cfg)
     for uid, s in evidence.sync.items():
         if uid in hotkeys:
             book.record(uid, hotkeys[uid], window).sync = float(s)
     _rate(book, scores, cfg, f"{seed}:{window}")
     book.last_window = window
-    return scores, indicators
+    return scores, t_stats
 
 
 def _rate(book: ScoreBook, scores: Mapping[int, float], cfg: ScoringConfig, seed: str) -> None:
@@ -121,7 +137,7 @@ def score_window(
     seed: str = "",
 ) -> WindowResult:
     """``update_book`` then final scores and weights: everything a validator needs per window."""
-    loss, ind = update_book(book, evidence, scoring, seed)
+    loss, t_stats = update_book(book, evidence, scoring, seed)
     scores = final_scores(book, evidence.window, GatePolicy.from_config(scoring))
     weights = compute_weights(scores, WeightPolicy.from_config(scoring, outer), burn_uid)
-    return WindowResult(evidence.window, loss, ind, scores, weights)
+    return WindowResult(evidence.window, loss, t_stats, scores, weights)

@@ -1,7 +1,9 @@
 """Stage 2 of Gauntlet: does one peer's update, applied alone, lower the loss?
 
 The update is applied in place to only the coordinates it touches and reverted bit-exactly, so
-a validator can test every candidate on one copy of θ_w without cloning the model.
+a validator can test every candidate on one copy of θ_w without cloning the model. Losses are
+kept per sequence: the unique-data statistic (``unique_t``) needs their spread, not only their
+mean, to tell a real own-data edge from noise.
 """
 
 from __future__ import annotations
@@ -13,10 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from compression.sparse import SparseUpdate
 
-LossFn = Callable[[torch.nn.Module, Sequence[Any]], float]
+# Losses of every sequence in ``batches``, in order (any 1-d sequence of numbers or a tensor).
+LossFn = Callable[[torch.nn.Module, Sequence[Any]], Sequence[float] | torch.Tensor]
+Losses = tuple[float, ...]
+
+# |t| beyond this adds nothing: one window can never outweigh the record by more than 4 sigma,
+# and a fault (a payload that should never have been sent) counts as the worst window.
+T_CLIP = 4.0
 
 
 class UpdateMismatchError(ValueError):
@@ -25,12 +34,37 @@ class UpdateMismatchError(ValueError):
 
 @dataclass(frozen=True)
 class LossMeasurement:
-    """Mean loss before/after applying one peer's update, on its own data and on random data."""
+    """Per-sequence losses before/after applying one peer's update, on its own and on random data."""
 
-    before_own: float
-    after_own: float
-    before_rand: float
-    after_rand: float
+    own_before: Losses
+    own_after: Losses
+    rand_before: Losses
+    rand_after: Losses
+
+    @classmethod
+    def of(cls, own_before, own_after, rand_before, rand_after) -> LossMeasurement:
+        """From any iterables of numbers (tensors included), as plain float tuples."""
+        return cls(*(tuple(float(x) for x in v) for v in (own_before, own_after, rand_before, rand_after)))
+
+    @property
+    def before_rand(self) -> float:
+        return _mean(self.rand_before)
+
+    @property
+    def after_rand(self) -> float:
+        return _mean(self.rand_after)
+
+    @property
+    def before_own(self) -> float:
+        return _mean(self.own_before)
+
+    @property
+    def after_own(self) -> float:
+        return _mean(self.own_after)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values) if values else math.nan
 
 
 def _prepare(
@@ -85,12 +119,13 @@ def measure_update(
     own_batches: Sequence[Any],
     random_batches: Sequence[Any],
     loss_fn: LossFn,
-    before_rand: float | None = None,
+    before_rand: Sequence[float] | None = None,
 ) -> LossMeasurement:
-    """Loss on the peer's assigned data and on unpredictable data, before and after its update.
+    """Per-sequence losses on the peer's assigned data and on unpredictable data, before and after
+    its update (three forward passes over the data, two when ``before_rand`` is given).
 
     ``before_rand`` may be passed in: when every peer is tested on the same random batches the
-    "before" loss is the same for all of them and needs computing once per window.
+    "before" losses are the same for all of them and need computing once per window.
     """
     was_training = model.training
     model.eval()
@@ -102,7 +137,28 @@ def measure_update(
             a_rand = loss_fn(model, random_batches)
     finally:
         model.train(was_training)
-    return LossMeasurement(float(b_own), float(a_own), float(b_rand), float(a_rand))
+    return LossMeasurement.of(b_own, a_own, b_rand, a_rand)
+
+
+@torch.no_grad()
+def sequence_losses(model: torch.nn.Module, batches: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean next-token loss of every sequence of a causal LM (``model(input_ids=…).logits``),
+    computed in float32 (scoring compares small deltas), returned as float64 on the CPU.
+
+    With sequences of equal length, their mean is the token-weighted mean the trainer reports."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # also when called outside measure_update (the window's shared "before" losses)
+    try:
+        out = []
+        for batch in batches:
+            batch = batch.to(device)
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
+            out.append(nll.view(batch.shape[0], -1).double().mean(dim=1).cpu())
+        return torch.cat(out)
+    finally:
+        model.train(was_training)
 
 
 def relative_improvement(before: float, after: float) -> float:
@@ -113,18 +169,57 @@ def relative_improvement(before: float, after: float) -> float:
 
 
 def loss_score(m: LossMeasurement) -> float:
-    """LossScore: relative improvement on data the peer could not know."""
+    """LossScore: relative improvement of the mean loss on data the peer could not know."""
     return relative_improvement(m.before_rand, m.after_rand)
 
 
-def unique_indicator(m: LossMeasurement, margin: float = 0.0) -> int:
-    """+1 if the update helps the peer's own assigned data more than random data, else −1.
+def per_sequence_gains(before: Sequence[float], after: Sequence[float]) -> list[float] | None:
+    """r_i = (before_i − after_i) / before_i per sequence; None if any value is unusable (a
+    non-finite loss, or a before-loss ≤ 0, which a language model's cross-entropy never is)."""
+    if len(before) != len(after):
+        return None
+    gains = []
+    for b, a in zip(before, after, strict=True):
+        if not (math.isfinite(b) and math.isfinite(a)) or b <= 0:
+            return None
+        gains.append((b - a) / b)
+    return gains
 
-    An honest miner trained on its assignment, so its update fits that data best. A free-rider
-    (zero update, someone else's data) does no better on "its" data than on any other: its
-    indicator is a coin flip at best (a tie counts as −1). ``margin`` asks for own-data
-    improvement to exceed the random one by that much (absolute, in relative-improvement units).
+
+def welch_t(x: Sequence[float], y: Sequence[float]) -> float:
+    """Welch's t of mean(x) − mean(y) (unequal variances), clipped to ±``T_CLIP``.
+
+    Fewer than two values on a side carry no variance: 0 (no evidence). Zero pooled variance is
+    the limit of the formula: ±``T_CLIP`` by the sign of the difference, 0 when equal. NaN (from an
+    overflow in the variance) is the caller's to treat as a fault."""
+    if len(x) < 2 or len(y) < 2:
+        return 0.0
+    try:
+        mx, my = _mean(x), _mean(y)
+        vx = math.fsum((v - mx) ** 2 for v in x) / (len(x) - 1)
+        vy = math.fsum((v - my) ** 2 for v in y) / (len(y) - 1)
+        se = math.sqrt(vx / len(x) + vy / len(y))
+    except OverflowError:  # float ** and fsum raise instead of returning inf
+        return math.nan
+    diff = mx - my
+    if se == 0.0:
+        return math.copysign(T_CLIP, diff) if diff else 0.0
+    t = diff / se
+    return max(-T_CLIP, min(T_CLIP, t)) if math.isfinite(t) else math.nan
+
+
+def unique_t(m: LossMeasurement) -> float:
+    """The window's unique-data statistic: Welch t of mean own-data relative improvement minus
+    mean random-data relative improvement, per sequence, clipped to ±``T_CLIP``.
+
+    An honest miner trained on its assignment, so its update helps those sequences more than
+    data nobody was assigned: t well above 0. A free-rider (zero update, someone else's data, a
+    copy of the aggregate) helps "its" data no more than any other: t is noise around 0. A
+    measurement that is not finite is a fault: −``T_CLIP``.
     """
-    own = relative_improvement(m.before_own, m.after_own)
-    rand = relative_improvement(m.before_rand, m.after_rand)
-    return 1 if own > rand + margin else -1
+    own = per_sequence_gains(m.own_before, m.own_after)
+    rand = per_sequence_gains(m.rand_before, m.rand_after)
+    if own is None or rand is None:
+        return -T_CLIP
+    t = welch_t(own, rand)
+    return t if math.isfinite(t) else -T_CLIP

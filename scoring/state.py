@@ -11,6 +11,10 @@ bounded sizes), and *any* problem -- not UTF-8, truncated or deeply nested JSON,
 a wrong type -- is a ``ScoreBookError`` naming the file and the field. A non-finite number never
 enters the book at all: ``MinerRecord`` refuses one at assignment (keeping the previous value and
 logging it), so one NaN loss cannot make every later ``save`` fail.
+
+Version 1 books (the sign indicator + Wilson bound era) still load: their records keep ratings,
+loss EMA, sync and counts, and start the unique-data evidence fresh, since a count of ±1 signs
+cannot be turned into a sum of t statistics.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from storage.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_MINERS = 1 << 16
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Window = Annotated[int, Field(ge=0, lt=10**10)]  # windows fit the ten digits of object keys
@@ -52,9 +56,12 @@ class MinerRecord:
     mu: Finite = DEFAULT_MU
     sigma: Annotated[float, Field(gt=0, allow_inf_nan=False)] = DEFAULT_SIGMA
     loss_ema: Finite = 0.0  # EMA of LossScore (relative improvement on random data)
-    unique_ema: Finite = 0.0  # EMA of the ±1 unique-data indicator
-    unique_pos: Finite = 0.0  # decayed count of +1 indicators (evidence test)
-    unique_n: Finite = 0.0  # decayed count of all indicators (evidence test)
+    # unique-data evidence (scoring.gauntlet): Z = evidence_sum / sqrt(evidence_weight), where
+    # evidence_sum = Σ d^a t_a and evidence_weight = Σ d^(2a), ages a counted at evidence_window
+    evidence_sum: Finite = 0.0
+    evidence_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    evidence_window: Window | None = None
+    last_t: Finite | None = None  # the latest window's statistic, for logs and the live view
     sync: Finite = 0.0  # latest sync score
     last_loss_score: Finite | None = None
     last_seen_window: Window | None = None  # last window with any payload at all
@@ -75,9 +82,16 @@ class MinerRecord:
     def set_rating(self, rating: Rating) -> None:
         self.mu, self.sigma = rating.mu, rating.sigma
 
+    @property
+    def evidence_z(self) -> float:
+        """The combined unique-data statistic Z (0 without evidence)."""
+        if self.evidence_weight <= 0:
+            return 0.0
+        return self.evidence_sum / math.sqrt(self.evidence_weight)
 
-_FLOAT_FIELDS = {"mu", "sigma", "loss_ema", "unique_ema", "unique_pos", "unique_n", "sync", "last_loss_score"}
-_OPTIONAL_FLOATS = {"last_loss_score"}
+
+_FLOAT_FIELDS = {"mu", "sigma", "loss_ema", "evidence_sum", "evidence_weight", "sync", "last_loss_score", "last_t"}
+_OPTIONAL_FLOATS = {"last_loss_score", "last_t"}
 
 
 def _finite_or_kept(rec: MinerRecord, name: str, value: object) -> float | None:
@@ -108,6 +122,33 @@ class _BookFile(BaseModel):
 
 
 _BOOK_FILE = TypeAdapter(_BookFile)
+
+
+@dataclass
+class _RecordV1(MinerRecord):
+    """A version-1 record: today's fields plus the sign-indicator evidence it carried."""
+
+    unique_ema: Finite = 0.0
+    unique_pos: Finite = 0.0
+    unique_n: Finite = 0.0
+
+    def migrated(self) -> MinerRecord:
+        """Rating, loss EMA, sync and counts kept; unique-data evidence starts fresh."""
+        kept = {f: getattr(self, f) for f in MinerRecord.__dataclass_fields__}
+        return MinerRecord(**kept)
+
+
+class _BookFileV1(_BookFile):
+    miners: list[_RecordV1] = Field(default_factory=list, max_length=MAX_MINERS)
+
+
+class _VersionOnly(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    version: int
+
+
+_READERS = {1: TypeAdapter(_BookFileV1), FORMAT_VERSION: _BOOK_FILE}
 
 
 class ScoreBook:
@@ -150,12 +191,16 @@ class ScoreBook:
     @classmethod
     def _parse(cls, raw: bytes, where: str) -> ScoreBook:
         try:
-            book = _BOOK_FILE.validate_json(raw)
+            version = _VersionOnly.model_validate_json(raw).version
+            reader = _READERS.get(version)
+            if reader is None:
+                raise ScoreBookError(f"score book {where}: version {version}, expected {FORMAT_VERSION}")
+            book = reader.validate_json(raw)
         except ValidationError as exc:
             raise ScoreBookError(f"score book {where}: {_problem(exc)}") from exc
-        if book.version != FORMAT_VERSION:
-            raise ScoreBookError(f"score book {where}: version {book.version}, expected {FORMAT_VERSION}")
-        records = {rec.uid: rec for rec in book.miners}
+        if version != FORMAT_VERSION:
+            log.info("score book %s: version %d migrated; unique-data evidence starts fresh", where, version)
+        records = {rec.uid: (rec.migrated() if isinstance(rec, _RecordV1) else rec) for rec in book.miners}
         if len(records) != len(book.miners):
             raise ScoreBookError(f"score book {where}: a uid appears twice")
         return cls(records, book.last_window)

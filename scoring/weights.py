@@ -3,14 +3,15 @@
 Payment is gated on *evidence of contribution*, not on a positive rating:
 - the update lowers loss on data the miner could not know (EMA of LossScore > 0);
 - it helps the miner's own assigned data more than random data, with statistical confidence:
-  the Wilson lower bound of the (decayed) share of +1 unique-data indicators exceeds 1/2, and
-  the unique-data EMA is positive. A free-rider's indicator is a coin flip at best, so its
-  bound stays under 1/2; an honest newcomer clears it after 2–3 windows;
+  the combined Welch statistic Z (``MinerRecord.evidence_z``) exceeds ``evidence_threshold``.
+  A free-rider's Z is about N(0, 1), so it is paid with the normal tail probability of the
+  threshold (1 % at 2.33); an honest miner's first window alone usually clears it
+  (docs/scoring.md, ``scripts/calibrate_scoring.py``);
 - the miner is in sync and was evaluated within the last ``stale_windows`` windows.
 
-Among the eligible, the rating only *orders* payment: final score = strength(ordinal) ×
-unique EMA × sync, where strength is a softplus of the ordinal, so a fresh rating (ordinal ≈ 0)
-or a weak one (ordinal < 0) still ranks instead of zeroing an honest miner.
+Among the eligible, the rating only *orders* payment: final score = strength(ordinal) × sync,
+where strength is a softplus of the ordinal, so a fresh rating (ordinal ≈ 0) or a weak one
+(ordinal < 0) still ranks instead of zeroing an honest miner.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from scoring.state import MinerRecord, ScoreBook
 class GatePolicy:
     stale_windows: int = 2
     min_sync: float = 0.5
-    evidence_z: float = 2.0
+    evidence_threshold: float = 2.33
     beta: float = 7.0  # OpenSkill beta: the scale of the ordinal
 
     @classmethod
     def from_config(cls, cfg: ScoringConfig) -> GatePolicy:
-        return cls(cfg.stale_windows, cfg.min_sync_score, cfg.evidence_z, cfg.openskill_beta)
+        return cls(cfg.stale_windows, cfg.min_sync_score, cfg.evidence_threshold, cfg.openskill_beta)
 
 
 @dataclass(frozen=True)
@@ -55,17 +56,6 @@ class WeightPolicy:
         )
 
 
-def wilson_lower_bound(successes: float, trials: float, z: float) -> float:
-    """One-sided lower confidence bound of a success rate (works with fractional counts)."""
-    if trials <= 0:
-        return 0.0
-    p = successes / trials
-    z2 = z * z
-    centre = p + z2 / (2 * trials)
-    spread = z * math.sqrt(max(0.0, p * (1 - p) / trials + z2 / (4 * trials * trials)))
-    return (centre - spread) / (1 + z2 / trials)
-
-
 def payment_gate(rec: MinerRecord, window: int, gate: GatePolicy) -> str | None:
     """Why ``rec`` is not paid at ``window``, or None when it has shown contribution."""
     if rec.last_evaluated_window is None or rec.last_evaluated_window < window - gate.stale_windows:
@@ -74,9 +64,7 @@ def payment_gate(rec: MinerRecord, window: int, gate: GatePolicy) -> str | None:
         return "out of sync"
     if rec.loss_ema <= 0:
         return "no improvement on unseen data"
-    if rec.unique_ema <= 0:
-        return "unique-data EMA not positive"
-    if wilson_lower_bound(rec.unique_pos, rec.unique_n, gate.evidence_z) <= 0.5:
+    if rec.evidence_z <= gate.evidence_threshold:
         return "not enough unique-data evidence yet"
     return None
 
@@ -90,7 +78,7 @@ def rank_strength(rating: Rating, beta: float) -> float:
 def final_score(rec: MinerRecord, window: int, gate: GatePolicy) -> float:
     if payment_gate(rec, window, gate) is not None:
         return 0.0
-    return rank_strength(rec.rating, gate.beta) * max(0.0, rec.unique_ema) * rec.sync
+    return rank_strength(rec.rating, gate.beta) * rec.sync
 
 
 def final_scores(book: ScoreBook, window: int, gate: GatePolicy) -> dict[int, float]:

@@ -2,9 +2,13 @@
 
 Miners train a small linear regression model (the "global model") for a few SGD steps on data
 assigned to them for each window, upload a top-k sparse pseudo-gradient, and a validator runs the
-scoring package end to end on it: stage-1 copy check, stage-2 LossScore / unique-data indicator
+scoring package end to end on it: stage-1 copy check, stage-2 LossScore / unique-data statistic
 by applying each update alone (and restoring), grouped OpenSkill ratings, the score book, payment
 gates and weights; the gather set for the next window comes from those weights.
+
+A plumbing check of the whole package on a toy model, not a calibration: the payment thresholds
+are measured on the project's own model by ``scripts/calibrate_scoring.py``. It also measures
+the OpenSkill group size (``sigma_by_group_size``).
 
 Miner kinds: honest (x3), weaker (honest but one short step), free-rider (trains on data of its
 own choosing, not its assignment), copier (re-uploads honest uid 1's update plus small noise,
@@ -62,9 +66,10 @@ def hash_key(*parts: int) -> int:
     return h
 
 
-def mse(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def mse(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Per-sample squared error, in batch order (stage 2 keeps losses per sequence)."""
     with torch.no_grad():
-        return sum(float(((model(x) - y) ** 2).mean()) for x, y in batches) / len(batches)
+        return torch.cat([((model(x) - y) ** 2).mean(dim=1) for x, y in batches])
 
 
 def train_update(world: World, batch: tuple[torch.Tensor, torch.Tensor], steps: int) -> SparseUpdate:
@@ -168,7 +173,7 @@ def run(windows: int = 10, seed: int = 0) -> dict[str, object]:
         rows.append(
             {
                 "window": w,
-                "random_loss": round(mse(world.model, rand), 4),
+                "random_loss": round(float(mse(world.model, rand).mean()), 4),
                 "gather": gather.gather,
                 "weights": {str(u): round(weights.get(u, 0.0), 4) for u in sorted(kinds)},
                 "rejected": {str(r.uid): str(r.reason) for r in results if not r.passed},

@@ -7,6 +7,7 @@ import torch
 
 from neurons.data import (
     UID_STRIDE,
+    Assignments,
     DataError,
     SampleSpace,
     assigned_batches,
@@ -94,6 +95,26 @@ def test_random_batches_keyed_by_secret_and_window(unique_shards: TokenShards) -
     assert a != _rows(random_batches(unique_shards, SECRET, 4, 2, 4, SEQ))
     with pytest.raises(DataError, match="secret"):
         random_batches(unique_shards, b"short", 3, 2, 4, SEQ)
+
+
+def test_random_pool_leaves_out_every_miners_assignment(unique_shards: TokenShards) -> None:
+    """No registered miner can have trained on the validator's random data of that window."""
+    space = SampleSpace.build(unique_shards, SEQ, "train")
+    given = Assignments(seed=7, uids=tuple(range(40)), count=50)  # over a quarter of the pool
+    assigned = set()
+    for uid in given.uids:
+        assigned |= set(_rows(assigned_batches(unique_shards, 7, uid, 5, n_batches=25, batch_size=2, seq_len=SEQ)))
+    assert len(assigned) == len(given.indices(space, 5)) > len(space) // 4
+    plain = set(_rows(random_batches(unique_shards, SECRET, 5, 4, 8, SEQ)))
+    assert plain & assigned  # without the exclusion the pool overlaps assignments
+    pool = _rows(random_batches(unique_shards, SECRET, 5, 4, 8, SEQ, exclude=given))
+    assert len(set(pool)) == 32 and not set(pool) & assigned
+    assert pool == _rows(random_batches(unique_shards, SECRET, 5, 4, 8, SEQ, exclude=given))  # deterministic
+    other_window = set(_rows(random_batches(unique_shards, SECRET, 6, 4, 8, SEQ, exclude=given)))
+    assert other_window != set(pool)
+    everyone = Assignments(seed=7, uids=tuple(range(UID_STRIDE)), count=len(space))
+    with pytest.raises(DataError, match="unassigned"):
+        random_batches(unique_shards, SECRET, 5, 1, 8, SEQ, exclude=everyone)
 
 
 def test_heldout_is_fixed_and_never_in_training(unique_shards: TokenShards) -> None:

@@ -1,15 +1,21 @@
+import math
+
 import pytest
 import torch
 
 from compression.sparse import SparseTensor
 from scoring.lossscore import (
+    T_CLIP,
     LossMeasurement,
     UpdateMismatchError,
     apply_sparse_temporarily,
     loss_score,
     measure_update,
+    per_sequence_gains,
     relative_improvement,
-    unique_indicator,
+    sequence_losses,
+    unique_t,
+    welch_t,
 )
 
 
@@ -86,39 +92,79 @@ def test_bad_update_changes_nothing(bad):
 
 
 def mse(model, batches):
+    """Per-sample loss, in batch order (what a LossFn returns)."""
     with torch.no_grad():
-        return sum(float(((model.lin(x) - y) ** 2).mean()) for x, y in batches) / len(batches)
+        return torch.cat([((model.lin(x) - y) ** 2).mean(dim=1) for x, y in batches])
 
 
 def test_measure_update_own_vs_random():
     torch.manual_seed(3)
     model = Tiny()
-    own = [(torch.randn(4, 16), torch.randn(4, 8))]
-    rand = [(torch.randn(64, 16), torch.randn(64, 8))]
+    own = [(torch.randn(4, 16), torch.randn(4, 8)), (torch.randn(4, 16), torch.randn(4, 8))]
+    rand = [(torch.randn(32, 16), torch.randn(32, 8))]
     # a step fitted to "own" data only: a gradient step on it
-    loss = ((model.lin(own[0][0]) - own[0][1]) ** 2).mean()
+    x, y = torch.cat([b[0] for b in own]), torch.cat([b[1] for b in own])
+    loss = ((model.lin(x) - y) ** 2).mean()
     grads = torch.autograd.grad(loss, [model.lin.weight, model.lin.bias])
     up = {
         n: SparseTensor(tuple(g.shape), torch.arange(g.numel()), g.reshape(-1).detach())
         for n, g in zip(["lin.weight", "lin.bias"], grads, strict=True)
     }
     model.train()
-    m = measure_update(model, up, 0.1, own, rand, mse)
+    m = measure_update(model, up, 0.3, own, rand, mse)
     assert model.training  # mode restored
+    assert len(m.own_before) == len(m.own_after) == 8 and len(m.rand_after) == 32  # per sequence
     assert m.after_own < m.before_own
-    assert unique_indicator(m) == 1
-    assert m.before_rand == pytest.approx(mse(model, rand))
-    m2 = measure_update(model, up, 0.1, own, rand, mse, before_rand=123.0)
-    assert m2.before_rand == 123.0
+    assert unique_t(m) > 2.33  # fitted to its own data: a clear own-data edge
+    assert m.before_rand == pytest.approx(float(mse(model, rand).mean()))
+    m2 = measure_update(model, up, 0.3, own, rand, mse, before_rand=[123.0] * 32)
+    assert m2.rand_before == (123.0,) * 32
 
 
-def test_scores():
-    m = LossMeasurement(before_own=4.0, after_own=3.0, before_rand=4.0, after_rand=3.8)
+def test_loss_score_is_relative_improvement_of_the_mean():
+    m = LossMeasurement.of([4.0, 4.0], [3.0, 3.0], [4.0, 4.0], [3.9, 3.7])
     assert loss_score(m) == pytest.approx(0.05)
-    assert unique_indicator(m) == 1
-    assert unique_indicator(m, margin=0.3) == -1
-    tie = LossMeasurement(4.0, 4.0, 4.0, 4.0)
-    assert loss_score(tie) == 0.0 and unique_indicator(tie) == -1
+    tie = LossMeasurement.of([4.0] * 3, [4.0] * 3, [4.0] * 3, [4.0] * 3)
+    assert loss_score(tie) == 0.0 and unique_t(tie) == 0.0
     assert relative_improvement(4.0, float("nan")) == -1.0
     assert relative_improvement(1.0, 100.0) == -1.0
     assert relative_improvement(0.0, 0.0) == -1.0
+
+
+def test_welch_t_known_values_and_guards():
+    # means 2.5 vs 0.5, variances 5/3 and 1/3, n = 4 each: se = sqrt(0.5), t = 2 / sqrt(0.5)
+    assert welch_t([1, 2, 3, 4], [0, 0, 1, 1]) == pytest.approx(2 * math.sqrt(2))
+    # unequal sizes and variances: (2 − 0) / sqrt(1/3 + 0.5/2)
+    assert welch_t([1, 2, 3], [-0.5, 0.5]) == pytest.approx(2 / math.sqrt(1 / 3 + 0.25))
+    assert welch_t([0, 0, 0, 10], [0, 0]) == pytest.approx(2.5 / math.sqrt(25 / 4))
+    assert welch_t([5, 6, 7, 8, 9, 10], [0, 0.001, 0, 0.001]) == T_CLIP  # clipped
+    assert welch_t([0, 0.001, 0, 0.001], [5, 6, 7, 8]) == -T_CLIP
+    assert welch_t([1, 1], [0, 0]) == T_CLIP and welch_t([0, 0], [1, 1]) == -T_CLIP  # zero variance
+    assert welch_t([1, 1], [1, 1]) == 0.0
+    assert welch_t([1], [0, 2]) == 0.0  # one value: no variance, no evidence
+    assert math.isnan(welch_t([1e200, -1e200], [0, 1]))  # overflow is the caller's fault
+
+
+def test_unique_t_faults_on_non_finite():
+    ok = ([4.0, 4.1, 3.9], [3.0, 3.2, 2.9])
+    assert unique_t(LossMeasurement.of(*ok, [4.0, 4.1, 3.9], [4.0, 4.0, 3.95])) > 0
+    for bad in (float("nan"), float("inf")):
+        assert unique_t(LossMeasurement.of(*ok, [4.0, 4.1, 3.9], [4.0, bad, 3.9])) == -T_CLIP
+        assert unique_t(LossMeasurement.of([4.0, bad, 3.9], ok[1], [4.0] * 3, [3.9] * 3)) == -T_CLIP
+    assert unique_t(LossMeasurement.of(*ok, [4.0, 1e308, 3.9], [-1e308, 4.0, 3.9])) == -T_CLIP
+    assert per_sequence_gains([2.0, 0.0], [1.0, 1.0]) is None and per_sequence_gains([2.0], [1.0, 1.0]) is None
+    assert per_sequence_gains([2.0, 4.0], [1.0, 5.0]) == [0.5, -0.25]
+
+
+def test_sequence_losses_match_the_mean_lm_loss():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16)
+    model = LlamaForCausalLM(cfg)
+    batches = [torch.randint(0, 64, (3, 12)) for _ in range(2)]
+    per_seq = sequence_losses(model, batches)
+    assert per_seq.shape == (6,) and per_seq.dtype == torch.float64
+    with torch.no_grad():
+        means = [float(model(input_ids=b, labels=b).loss) for b in batches]
+    assert float(per_seq.mean()) == pytest.approx(sum(means) / 2, rel=1e-5)

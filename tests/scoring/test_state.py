@@ -17,8 +17,9 @@ from scoring.state import MinerRecord, ScoreBook, ScoreBookError
 def sample_book() -> ScoreBook:
     book = ScoreBook(last_window=7)
     rec = book.record(3, "hk3", window=2)
-    rec.mu, rec.sigma, rec.loss_ema, rec.unique_ema = 27.5, 6.1, 0.02, 0.4
-    rec.unique_pos, rec.unique_n, rec.sync, rec.last_reason = 2.5, 3.1, 1.0, "copy"
+    rec.mu, rec.sigma, rec.loss_ema, rec.evidence_sum = 27.5, 6.1, 0.02, 4.2
+    rec.evidence_weight, rec.evidence_window, rec.last_t = 1.49, 6, 3.0
+    rec.sync, rec.last_reason = 1.0, "copy"
     rec.last_evaluated_window, rec.windows_evaluated = 6, 4
     book.record(1, "hk1", window=7)
     return book
@@ -49,6 +50,38 @@ def test_missing_file_is_empty_and_bad_files_are_named(tmp_path: Path):
     )
     with pytest.raises(ScoreBookError, match="unknown"):
         ScoreBook.load(bad)
+
+
+# A version-1 book as validators wrote it before the t statistic (sign indicator + Wilson bound).
+OLD_BOOK = {
+    "last_window": 7,
+    "miners": [
+        {"first_window": 2, "hotkey": "5EkTjg", "last_evaluated_window": 7, "last_loss_score": 0.0153,
+         "last_reason": None, "last_seen_window": 7, "loss_ema": 0.016, "mu": 20.001, "sigma": 7.49,
+         "sync": 1.0, "uid": 2, "unique_ema": 0.88, "unique_n": 4.68, "unique_pos": 4.68,
+         "windows_evaluated": 6, "windows_rejected": 0},
+        {"first_window": 3, "hotkey": "5FRoE9", "uid": 3, "unique_ema": -0.2, "unique_n": 2.0, "unique_pos": 0.5},
+    ],
+    "version": 1,
+}
+
+
+def test_old_format_book_loads_with_fresh_evidence(tmp_path: Path):
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps(OLD_BOOK, indent=1))
+    book = ScoreBook.load(path)
+    assert book.last_window == 7 and sorted(book.records) == [2, 3]
+    rec = book.records[2]
+    assert (rec.mu, rec.sigma, rec.loss_ema, rec.sync) == (20.001, 7.49, 0.016, 1.0)  # kept
+    assert (rec.windows_evaluated, rec.last_evaluated_window, rec.hotkey) == (6, 7, "5EkTjg")
+    assert (rec.evidence_sum, rec.evidence_weight, rec.evidence_window, rec.evidence_z) == (0.0, 0.0, None, 0.0)
+    assert type(rec) is MinerRecord and book.records[3] == MinerRecord(uid=3, hotkey="5FRoE9", first_window=3)
+    book.save(path)  # written back in today's format
+    assert json.loads(path.read_text())["version"] == 2 and ScoreBook.load(path).records == book.records
+    damaged = {**OLD_BOOK, "miners": [{**OLD_BOOK["miners"][1], "unique_n": "NaN"}]}
+    path.write_text(json.dumps(damaged))
+    with pytest.raises(ScoreBookError, match="unique_n"):
+        ScoreBook.load(path)
 
 
 def test_new_hotkey_on_uid_starts_fresh_and_reconcile_drops_stale():

@@ -12,7 +12,6 @@ from scoring.weights import (
     payment_gate,
     rank_strength,
     slot_weights,
-    wilson_lower_bound,
 )
 
 REF = WeightPolicy(
@@ -53,9 +52,8 @@ def test_few_miners_and_edge_cases():
 
 
 def good_record(**kw) -> MinerRecord:
-    base = dict(
-        uid=1, hotkey="h", first_window=0, loss_ema=0.01, unique_ema=0.8, unique_pos=5.0, unique_n=5.0
-    )
+    # one window of t = 3: Z = 3 > 2.33
+    base = dict(uid=1, hotkey="h", first_window=0, loss_ema=0.01, evidence_sum=3.0, evidence_weight=1.0)
     base.update(sync=1.0, last_evaluated_window=10)
     base.update(kw)
     return MinerRecord(**base)
@@ -69,9 +67,10 @@ def good_record(**kw) -> MinerRecord:
         ({"last_evaluated_window": 7}, "not evaluated recently"),
         ({"sync": 0.2}, "out of sync"),
         ({"loss_ema": 0.0}, "no improvement on unseen data"),
-        ({"unique_ema": -0.1}, "unique-data EMA not positive"),
-        ({"unique_pos": 1.0, "unique_n": 1.0}, "not enough unique-data evidence yet"),
-        ({"unique_pos": 5.0, "unique_n": 10.0}, "not enough unique-data evidence yet"),
+        ({"evidence_weight": 0.0}, "not enough unique-data evidence yet"),
+        ({"evidence_sum": 2.33}, "not enough unique-data evidence yet"),  # Z must exceed the threshold
+        ({"evidence_sum": -3.0}, "not enough unique-data evidence yet"),
+        ({"evidence_sum": 4.0, "evidence_weight": 2.0}, None),  # Z = 2.83
     ],
 )
 def test_payment_gate(change, reason):
@@ -80,10 +79,10 @@ def test_payment_gate(change, reason):
     assert (final_score(rec, 10, GatePolicy()) > 0) == (reason is None)
 
 
-def test_wilson_bound():
-    assert wilson_lower_bound(0, 0, 1.645) == 0.0
-    assert wilson_lower_bound(3, 3, 1.645) == pytest.approx(3 / (3 + 1.645**2))
-    assert wilson_lower_bound(50, 100, 1.645) < 0.5 < wilson_lower_bound(70, 100, 1.645)
+def test_final_score_orders_by_rating_times_sync():
+    strong, weak = good_record(mu=40.0), good_record(mu=10.0)
+    assert final_score(strong, 10, GatePolicy()) > final_score(weak, 10, GatePolicy()) > 0
+    assert final_score(good_record(sync=0.6), 10, GatePolicy()) < final_score(good_record(), 10, GatePolicy())
 
 
 def test_rank_strength_positive_and_increasing():
