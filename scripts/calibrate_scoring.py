@@ -1,0 +1,269 @@
+"""Measure the payment rule on the project's own model, data, trainer and codec.
+
+A small network in one process, per seed: honest miners train their assigned data for H inner
+steps from the shared θ_w (real trainer, error feedback, real codec); free-riders upload
+something else; the honest aggregate is applied every window, as the network would. A validator
+measures every upload with the real stage 2 (``scoring.lossscore.measure_update`` on per-sequence
+losses; random pool from its secret, leaving out every miner's assignment) and folds the result
+into a real score book (``scoring.gauntlet.score_window``). Per window: each miner's statistic t,
+its combined Z and whether it was paid. Free-rider kinds:
+
+- ``wrong_data``: honest training, on data it was not assigned;
+- ``prev_aggregate``: re-uploads the last applied aggregate (nothing in window 0);
+- ``late_mean_copy``: uploads the mean of this window's honest uploads;
+- ``turncoat``: honest for the first half of the windows, then ``prev_aggregate``.
+
+``sweep`` replays the measured t and LossScores under other thresholds and decays (the same
+gates, no new forward pass), which is how ``evidence_threshold`` and ``evidence_decay`` were
+chosen (docs/scoring.md).
+
+    .venv/bin/python scripts/calibrate_scoring.py --json                 # default: 4 seeds x 6 windows
+    .venv/bin/python scripts/calibrate_scoring.py --json --seeds 8 --windows 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from compression import ErrorFeedbackCompressor, SparseUpdate, aggregate, decode_message, outer_step  # noqa: E402
+from neurons.corpus import DEFAULT_MAX_CHARS, ensure_embedded_data  # noqa: E402
+from neurons.data import Assignments, assigned_batches, random_batches  # noqa: E402
+from neurons.model import build_model, param_shapes  # noqa: E402
+from neurons.shards import TokenShards  # noqa: E402
+from neurons.train import InnerTrainer  # noqa: E402
+from protocol.acceptance import Stage1Result  # noqa: E402
+from protocol.hparams import Hparams, load_hparams  # noqa: E402
+from scoring.gauntlet import WindowEvidence, fold_t, score_window  # noqa: E402
+from scoring.lossscore import measure_update, sequence_losses  # noqa: E402
+from scoring.state import MinerRecord, ScoreBook  # noqa: E402
+from scoring.weights import GatePolicy, payment_gate  # noqa: E402
+
+FREE_RIDERS = ("wrong_data", "prev_aggregate", "late_mean_copy", "turncoat")
+WRONG_DATA_UID = 200  # trains the assignment of a uid nobody holds: real data, not its own
+SWEEP_THRESHOLDS = (1.645, 2.0, 2.33, 2.58, 3.0)
+SWEEP_DECAYS = (0.5, 0.7, 0.9)
+
+
+@dataclass
+class Network:
+    """One seed's model, miners and validator state."""
+
+    hp: Hparams
+    shards: TokenShards
+    seed: int
+    kinds: dict[int, str]  # uid -> kind
+    model: torch.nn.Module = field(init=False)
+    trainers: dict[int, InnerTrainer] = field(init=False)
+    compressors: dict[int, ErrorFeedbackCompressor] = field(init=False)
+    last_aggregate: dict[str, torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        hp = self.hp
+        self.model = build_model(hp.model, hp.seed + self.seed)
+        self.shapes = param_shapes(self.model)
+        trains = [u for u, k in self.kinds.items() if k in ("honest", "wrong_data", "turncoat")]
+        self.trainers = {u: InnerTrainer(build_model(hp.model, hp.seed), hp.training, "cpu") for u in trains}
+        self.compressors = {u: self.compressor() for u in trains}
+        self.secret = f"calibrate-scoring-secret-{self.seed}".encode()
+
+    @property
+    def data_seed(self) -> int:
+        return self.hp.seed + 1000 * self.seed
+
+    def compressor(self) -> ErrorFeedbackCompressor:
+        c = self.hp.codec
+        return ErrorFeedbackCompressor(self.shapes, chunk_size=c.chunk_size, topk_per_chunk=c.topk_per_chunk, beta=c.ef_beta)
+
+    def batches(self, uid: int, w: int, n: int) -> list[torch.Tensor]:
+        t = self.hp.training
+        return assigned_batches(self.shards, self.data_seed, uid, w, n, t.batch_size, t.seq_len)
+
+    def train(self, uid: int, w: int, data_uid: int) -> SparseUpdate:
+        """The honest miner's window: H inner steps from θ_w, error feedback, the real codec."""
+        trainer, t = self.trainers[uid], self.hp.training
+        trainer.model.load_state_dict(self.model.state_dict())
+        trainer.global_step = w * t.inner_steps
+        start = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.train_window(self.batches(data_uid, w, t.inner_steps))
+        drift = {n: start[n] - p.detach() for n, p in trainer.model.named_parameters()}
+        return decode_message(self.compressors[uid].compress(drift))
+
+    def as_payload(self, dense: dict[str, torch.Tensor]) -> SparseUpdate:
+        """A dense update sent through the codec, as a free-rider would have to send it."""
+        return decode_message(self.compressor().compress(dense))
+
+    def uploads(self, w: int, switch: int) -> tuple[dict[int, SparseUpdate], list[SparseUpdate]]:
+        """Every miner's upload of window ``w`` and the honest ones (what gets aggregated)."""
+        out: dict[int, SparseUpdate] = {}
+        for uid, kind in self.kinds.items():
+            if kind == "honest" or (kind == "turncoat" and w < switch):
+                out[uid] = self.train(uid, w, uid)
+            elif kind == "wrong_data":
+                out[uid] = self.train(uid, w, WRONG_DATA_UID)
+        honest = [out[u] for u, k in self.kinds.items() if k == "honest"]
+        for uid, kind in self.kinds.items():
+            if kind == "late_mean_copy":
+                out[uid] = self.as_payload(aggregate(honest, self.shapes))
+            elif kind in ("prev_aggregate", "turncoat") and uid not in out and self.last_aggregate is not None:
+                out[uid] = self.as_payload(self.last_aggregate)
+        return out, honest
+
+    def measure(self, w: int, uploads: dict[int, SparseUpdate]) -> dict:
+        """The validator's stage 2, exactly as ``Validator.stage2`` runs it."""
+        hp, t = self.hp, self.hp.training
+        given = Assignments(self.data_seed, tuple(self.kinds), t.inner_steps * t.batch_size)
+        n = hp.scoring.eval_batches
+        rand = random_batches(self.shards, self.secret, w, n, t.batch_size, t.seq_len, exclude=given)
+        before = sequence_losses(self.model, rand)
+        return {
+            uid: measure_update(self.model, up, hp.outer.outer_lr, self.batches(uid, w, n), rand, sequence_losses, before)
+            for uid, up in sorted(uploads.items())
+        }
+
+    def step(self, honest: list[SparseUpdate]) -> None:
+        self.last_aggregate = aggregate(honest, self.shapes)
+        outer_step(self.model, self.last_aggregate, lr=self.hp.outer.outer_lr)
+
+
+def run_seed(hp: Hparams, shards: TokenShards, seed: int, windows: int, kinds: dict[int, str]) -> list[dict]:
+    net, book, rows = Network(hp, shards, seed, kinds), ScoreBook(), []
+    for w in range(windows):
+        uploads, honest = net.uploads(w, switch=windows // 2)
+        measured = net.measure(w, uploads)
+        hotkeys = {u: f"hk{u}" for u in kinds}
+        evidence = WindowEvidence(w, hotkeys, [Stage1Result.accept(u) for u in measured], measured,
+                                  dict.fromkeys(measured, 1.0))
+        result = score_window(book, evidence, hp.scoring, hp.outer, burn_uid=None, seed=f"calibrate:{seed}")
+        net.step(honest)
+        miners = {
+            str(u): {"kind": kinds[u], "t": round(result.t_stats[u], 3), "z": round(book.records[u].evidence_z, 3),
+                     "loss_score": round(result.loss_scores[u], 6), "paid": result.scores.get(u, 0.0) > 0}
+            for u in sorted(measured)
+        }
+        rows.append({"seed": seed, "window": w, "miners": miners})
+    return rows
+
+
+def kind_at(row: dict, miner: dict, windows: int) -> str:
+    """A turncoat counts as honest before its switch and as a free-rider after it."""
+    if miner["kind"] == "turncoat":
+        return "honest" if row["window"] < windows // 2 else "turncoat"
+    return miner["kind"]
+
+
+def pct(flags: list[bool]) -> float | None:
+    return round(100.0 * sum(flags) / len(flags), 2) if flags else None
+
+
+def summarize(rows: list[dict], windows: int) -> dict:
+    """The headline numbers: honest unpaid %, free-rider paid % per kind, windows to first pay."""
+    paid: dict[str, list[bool]] = {}
+    first: dict[tuple[int, str], int | None] = {}
+    for row in rows:
+        for uid, m in row["miners"].items():
+            kind = kind_at(row, m, windows)
+            paid.setdefault(kind, []).append(m["paid"])
+            if m["kind"] == "honest":
+                key = (row["seed"], uid)
+                if first.get(key) is None:
+                    first[key] = row["window"] + 1 if m["paid"] else None
+    firsts = [v for v in first.values() if v is not None]
+    honest = paid.pop("honest", [])
+    return {
+        "honest_unpaid_pct": pct([not p for p in honest]),
+        "honest_miner_windows": len(honest),
+        "free_rider_paid_pct": {k: pct(v) for k, v in sorted(paid.items())},
+        "free_rider_miner_windows": {k: len(v) for k, v in sorted(paid.items())},
+        "windows_to_first_pay": {"mean": round(statistics.mean(firsts), 2) if firsts else None,
+                                 "max": max(firsts, default=None), "never_paid": len(first) - len(firsts)},
+        "turncoat_paid_windows_after_switch": turncoat_tail(rows, windows),
+    }
+
+
+def turncoat_tail(rows: list[dict], windows: int) -> float | None:
+    """Mean number of windows a miner that turned free-rider kept being paid."""
+    per_seed: dict[int, int] = {}
+    for row in rows:
+        for m in row["miners"].values():
+            if m["kind"] == "turncoat" and row["window"] >= windows // 2:
+                per_seed[row["seed"]] = per_seed.get(row["seed"], 0) + int(m["paid"])
+    return round(statistics.mean(per_seed.values()), 2) if per_seed else None
+
+
+def replay(rows: list[dict], windows: int, threshold: float, decay: float, alpha: float) -> dict:
+    """Payment decisions from the measured t and LossScores under another threshold / decay."""
+    records: dict[tuple[int, str], MinerRecord] = {}
+    flags: dict[str, list[bool]] = {}
+    gate = GatePolicy(evidence_threshold=threshold)
+    for row in rows:
+        for uid, m in row["miners"].items():
+            rec = records.setdefault((row["seed"], uid), MinerRecord(uid=int(uid), hotkey="h", first_window=0, sync=1.0))
+            rec.loss_ema = (1 - alpha) * rec.loss_ema + alpha * m["loss_score"]
+            fold_t(rec, row["window"], m["t"], decay)
+            rec.last_evaluated_window = row["window"]
+            flags.setdefault(kind_at(row, m, windows), []).append(payment_gate(rec, row["window"], gate) is None)
+    honest = flags.pop("honest", [])
+    return {"threshold": threshold, "decay": decay, "honest_unpaid_pct": pct([not p for p in honest]),
+            "free_rider_paid_pct": {k: pct(v) for k, v in sorted(flags.items())}}
+
+
+def calibrate(hp: Hparams, shards: TokenShards, seeds: int, windows: int, kinds: dict[int, str]) -> dict:
+    rows = [row for s in range(seeds) for row in run_seed(hp, shards, s, windows, kinds)]
+    alpha = hp.scoring.loss_ema_alpha
+    out = {"hparams": hp.name, "seeds": seeds, "windows": windows, "kinds": {str(u): k for u, k in kinds.items()},
+           "evidence_threshold": hp.scoring.evidence_threshold, "evidence_decay": hp.scoring.evidence_decay}
+    out.update(summarize(rows, windows))
+    out["sweep"] = [replay(rows, windows, th, d, alpha) for d in SWEEP_DECAYS for th in SWEEP_THRESHOLDS]
+    out["per_window"] = rows
+    return out
+
+
+def parse_kinds(honest: int, riders: str) -> dict[int, str]:
+    names = [k for k in riders.split(",") if k]
+    unknown = set(names) - set(FREE_RIDERS)
+    if unknown:
+        raise SystemExit(f"unknown free-rider kind(s): {sorted(unknown)}; known: {', '.join(FREE_RIDERS)}")
+    return {u: "honest" for u in range(1, honest + 1)} | {honest + 1 + i: k for i, k in enumerate(names)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hparams", default="tiny")
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--windows", type=int, default=6)
+    parser.add_argument("--honest", type=int, default=3)
+    parser.add_argument("--free-riders", default=",".join(FREE_RIDERS), help="comma-separated kinds")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-dir", type=Path, default=Path(".tessera/data-cache"), help="embedded corpus cache")
+    parser.add_argument("--corpus-chars", type=int, default=DEFAULT_MAX_CHARS, help="embedded corpus size (tests)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    hp = load_hparams(args.hparams)
+    shards = TokenShards(ensure_embedded_data(args.data_dir, hp.model.vocab_size, args.corpus_chars))
+    result = calibrate(hp, shards, args.seeds, args.windows, parse_kinds(args.honest, args.free_riders))
+    result["seconds"] = round(time.time() - started, 1)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for row in result.pop("per_window"):
+        print(row["seed"], row["window"], {u: (m["kind"][:6], m["t"], m["z"], m["paid"]) for u, m in row["miners"].items()})
+    for line in result.pop("sweep"):
+        print(line)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
