@@ -13,7 +13,18 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from neurons.behaviours.kinds import HONEST, KINDS
 
 
 class ConfigError(ValueError):
@@ -54,6 +65,19 @@ class NodeConfig(BaseModel):
     # Extra wait after an upload slot closes before gathering, to absorb clock skew between the
     # chain's timestamps and the storage server's LastModified.
     gather_grace_seconds: float = Field(default=0.5, ge=0)
+    # What a miner does each window (neurons.behaviours): anything but honest is an attack, for
+    # proving Gauntlet on a local network; it is refused wherever real stake is at play.
+    behaviour: str = HONEST
+
+    @field_validator("behaviour")
+    @classmethod
+    def _behaviour_allowed(cls, value: str, info: ValidationInfo) -> str:
+        if value not in KINDS:
+            raise ValueError(f"unknown behaviour {value!r}; one of {', '.join(KINDS)}")
+        # role and devchain are declared earlier, so they are validated (or missing) by now
+        if value != HONEST and (info.data.get("devchain") is None or info.data.get("role") != "miner"):
+            raise ValueError(f"{value} is for miners on a local network (--devchain) only; a real chain runs honest miners")
+        return value
 
     @model_validator(mode="after")
     def _one_chain(self) -> NodeConfig:
@@ -80,6 +104,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "--device": ("device", "torch device"),
     "--threads": ("threads", "torch CPU threads"),
     "--max-windows": ("max_windows", "stop after this many windows"),
+    "--behaviour": ("behaviour", f"miners on a --devchain only: {', '.join(KINDS)} (default {HONEST})"),
 }
 _SECRET_ENV = {
     "bucket.write_key_id": "TESSERA_BUCKET_WRITE_KEY_ID",

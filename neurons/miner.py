@@ -3,29 +3,45 @@
 Window w, top to bottom (DESIGN.md "One window, step by step"):
   train H inner steps from θ_w → Δ = θ_w − θ_local → error feedback + compress → signed payload
   → upload when w+1 begins (inside the slot) → gather G(w) → outer step → θ_{w+1} → fingerprint.
+
+On a local network ``--behaviour KIND`` swaps in a strategy (``neurons.behaviours``) that the
+window asks where an attacker would differ: whether and on what to train, what to publish and
+when, whether to apply the outer step. ``honest`` (the default) is the window above.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import torch
 
-from compression import ErrorFeedbackCompressor, PayloadManifest, encode_payload
+from compression import (
+    CompressedMessage,
+    ErrorFeedbackCompressor,
+    PayloadManifest,
+    SparseUpdate,
+    encode_payload,
+)
+from neurons.behaviours.context import WindowContext, read_peer_uploads
+from neurons.behaviours.kinds import BYTE_LEVEL_KINDS
+from neurons.behaviours.strategies import Behaviour, make_behaviour
 from neurons.data import assigned_batches
 from neurons.events import WindowRecord
 from neurons.fingerprint import model_fingerprint
+from neurons.gather import WindowGather
 from neurons.node import (
     Node,
     advance,
     configure_role,
+    gather,
     open_shards,
     prune_own_objects,
     publish_fingerprint,
+    run_node,
     run_windows,
     start_window,
+    wait_for_slot_close,
 )
 from neurons.state import save_node_state
 from neurons.train import InnerTrainer
@@ -35,11 +51,14 @@ from storage import ObjectExists, StorageError
 log = logging.getLogger(__name__)
 
 SKIP_DECAY = 0.75  # per skipped window, the measured training time is trusted this much less
+# A behaviour that reads peers' uploads keeps trying until this long before its put must end.
+PEER_POLL_SECONDS = 0.5
 
 
 class Miner:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, behaviour: Behaviour | None = None) -> None:
         self.node = node
+        self.behaviour = behaviour or make_behaviour(node.config.behaviour)
         hp = node.hparams
         self.shards = open_shards(node)
         self.trainer = InnerTrainer(node.model, hp.training, node.config.device)
@@ -65,9 +84,10 @@ class Miner:
 
     def one_window(self) -> None:
         node, w = self.node, self.node.window
-        payload, loss = self.train_and_compress(w) if self.has_time_to_train(w) else (None, None)
-        uploaded = self.upload(w, payload) if payload is not None else 0
-        gathered = advance(node)
+        trains = self.behaviour.trains(w) and self.has_time_to_train(w)
+        message, loss = self.train_and_compress(w) if trains else (None, None)
+        uploaded = self.publish(w, message)
+        gathered = self.follow()
         if gathered is None:
             return
         fp = model_fingerprint(node.model)
@@ -80,6 +100,20 @@ class Miner:
             WindowRecord(node.name, "miner", node.uid, w, fp, gathered.accepted, loss=loss, uploaded_bytes=uploaded)
         )
         log.info("%s window %d: loss %s, uploaded %d B, gathered %s -> %s", node.name, w, loss, uploaded, gathered.accepted, fp)
+
+    def follow(self) -> WindowGather | None:
+        """Gather the window and (unless the behaviour skips it) apply the outer step; None if stopped."""
+        node = self.node
+        if self.behaviour.applies_outer_step:
+            gathered = advance(node)
+        elif wait_for_slot_close(node, node.window):
+            gathered = gather(node)
+            node.window = gathered.window + 1  # on to the next window from the same, now stale, θ
+        else:
+            gathered = None
+        if gathered is not None:
+            self.behaviour.observe(gathered, node.shapes)
+        return gathered
 
     def has_time_to_train(self, w: int) -> bool:
         """Whether training window w now can finish by the middle of its upload slot."""
@@ -102,12 +136,14 @@ class Miner:
         self.train_seconds = needed * SKIP_DECAY
         return False
 
-    def train_and_compress(self, w: int) -> tuple[bytes, float]:
+    def train_and_compress(self, w: int) -> tuple[CompressedMessage, float]:
         node, hp = self.node, self.node.hparams
         started = time.time()
         base = {n: p.detach().clone() for n, p in node.model.named_parameters()}
+        data_uid, data_window = self.behaviour.assignment(node.uid, w)
         batches = assigned_batches(
-            self.shards, hp.seed, node.uid, w, hp.training.inner_steps, hp.training.batch_size, hp.training.seq_len
+            self.shards, hp.seed, data_uid, data_window, hp.training.inner_steps, hp.training.batch_size,
+            hp.training.seq_len,
         )
         # One network-wide schedule: a miner that joins late is at the same point of warm-up/cosine.
         self.trainer.global_step = w * hp.training.inner_steps
@@ -118,25 +154,49 @@ class Miner:
                 delta[name] = base[name] - p
                 p.copy_(base[name])  # back to θ_w: the outer step is applied to the shared model
         message = self.compressor.compress(delta)
+        self.train_seconds = time.time() - started
+        return message, stats.loss_last
+
+    def signed(self, w: int, message: CompressedMessage) -> bytes:
+        """Window w's payload of ``message``: our uid and hotkey, the θ_w we hold, our signature."""
+        node, hp = self.node, self.node.hparams
         manifest = PayloadManifest.for_message(
             message, run_id=hp.run_id, window=w, uid=node.uid, hotkey=node.signer.hotkey,
-            global_step=self.trainer.global_step, base_fingerprint=model_fingerprint(node.model),
+            global_step=(w + 1) * hp.training.inner_steps, base_fingerprint=model_fingerprint(node.model),
         )
-        payload = encode_payload(message, manifest, sign=node.signer.sign)
-        self.train_seconds = time.time() - started
-        return payload, stats.loss_last
+        return encode_payload(message, manifest, sign=node.signer.sign)
 
-    def upload(self, w: int, payload: bytes) -> int:
-        """Upload once window w+1 has begun; retry inside the slot; never overwrite."""
+    def publish(self, w: int, message: CompressedMessage | None) -> int:
+        """Build the behaviour's payload for window w at its upload time and put it; bytes put."""
         node = self.node
-        slot_start, slot_end = node.clock.upload_slot(w)
-        # Storage LastModified has whole-second resolution: start at the first whole second
-        # inside the slot, so a truncated timestamp can never fall before the slot opens.
-        if not node.sleep_until(math.ceil(slot_start) + 0.05):
+        start, end = self.behaviour.upload_times(*node.clock.upload_slot(w))
+        if not node.sleep_until(start):
+            return 0
+        ctx = WindowContext(
+            window=w, uid=node.uid, shapes=dict(node.shapes), codec=self.compressor.params, honest=message,
+            sign=lambda msg: self.signed(w, msg), peer_updates=lambda: self.poll_peers(w, end),
+        )
+        payload = self.behaviour.payload(ctx)
+        return self.upload(w, payload, start, end) if payload is not None else 0
+
+    def poll_peers(self, w: int, end: float) -> dict[int, SparseUpdate]:
+        """Other miners' accepted uploads of window w, read until at least one is there or time is up."""
+        while True:
+            found = read_peer_uploads(self.node, w)
+            if found or time.time() > end - 2 * PEER_POLL_SECONDS or self.node.stop.wait(PEER_POLL_SECONDS):
+                return found
+
+    def upload(self, w: int, payload: bytes, start: float | None = None, end: float | None = None) -> int:
+        """Put the payload from ``start`` (default: the honest time in window w's slot), retrying
+        until ``end`` (default: the slot's end); never overwrite."""
+        node = self.node
+        if start is None or end is None:
+            start, end = Behaviour().upload_times(*node.clock.upload_slot(w))
+        if not node.sleep_until(start):
             return 0
         key = payload_key(node.hparams.run_id, w, node.uid)
         delay = 0.25
-        while time.time() < slot_end and not node.stop.is_set():
+        while time.time() < end and not node.stop.is_set():
             try:
                 node.store.put(key, payload)
                 return len(payload)
@@ -150,8 +210,27 @@ class Miner:
         return 0
 
 
+def run(args) -> int:
+    """``tessera miner``: the honest window with the configured behaviour, or a byte-level adversary."""
+    from neurons.config import ConfigError, node_config_from_args
+
+    try:
+        config = node_config_from_args("miner", args)
+    except ConfigError as exc:
+        print(f"tessera miner: {exc}")
+        return 2
+    if config.behaviour in BYTE_LEVEL_KINDS:
+        # These never train or follow θ; they serve crafted bytes or a crafted endpoint. The config
+        # refused them off the devchain, so the local subnet's code is only imported there.
+        from neurons.localnet.adversary import serve
+
+        return serve(config, config.behaviour)
+    return run_node("miner", args, Miner)
+
+
 def configure(parser) -> None:
     configure_role(parser, "miner", Miner)
+    parser.set_defaults(func=run)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,19 @@
-"""A hostile miner for the local subnet: registered like any miner, never trains honestly.
+"""The byte-level hostile miners of the local subnet: registered like any miner, never train.
 
-``python -m neurons.localnet.adversary --kind KIND <the node flags of tessera miner>``, started by
-``tessera localnet --adversary KIND``. It commits a bucket, then serves one hostile object for
-every window, on the honest miner's schedule (upload when w+1 begins, inside the slot, from the
-same ``WindowClock``), so only the acceptance path can keep it out:
+``tessera miner --behaviour huge_values|malformed|slow_endpoint`` (devchain only; what
+``tessera localnet --adversaries`` starts) runs this instead of the miner's window, as does
+``python -m neurons.localnet.adversary --kind KIND <node flags>``. It commits a bucket, then
+serves one hostile object for every window, on the honest miner's schedule (upload when w+1
+begins, inside the slot, from the same ``WindowClock``), so only the acceptance path can keep it
+out:
 
-- ``values``: a correctly signed payload of the model's exact shapes whose value tables reach
-  1e4 … 3.4e38, claiming the network's current θ digest (read from honest buckets) so that it
-  is "in sync" too;
-- ``garbage``: an undecodable or unacceptable payload, one class per window
-  (``hostile_payloads.GARBAGE_CLASSES``);
-- ``server``: commits the endpoint of its own hostile HTTP server on 127.0.0.1
-  (``hostile_server``) instead of a real bucket; every request to it is answered badly.
+- ``huge_values`` (formerly ``values``): a correctly signed payload of the model's exact shapes
+  whose value tables reach 1e4 … 3.4e38, claiming the network's current θ digest (read from
+  honest buckets) so that it is "in sync" too;
+- ``malformed`` (formerly ``garbage``): an undecodable or unacceptable payload, one class per
+  window (``hostile_payloads.GARBAGE_CLASSES``);
+- ``slow_endpoint`` (formerly ``server``): commits the endpoint of its own hostile HTTP server on
+  127.0.0.1 (``hostile_server``) instead of a real bucket; every request to it is answered badly.
 
 What it served is appended to ``<state dir>/served.jsonl``, one line per window. It writes no
 ``events.jsonl`` and publishes no fingerprint: the launcher counts only honest nodes.
@@ -29,6 +31,7 @@ import threading
 import time
 from collections import Counter
 
+from neurons.behaviours.kinds import BYTE_LEVEL_KINDS
 from neurons.config import ConfigError, NodeConfig, add_node_arguments, node_config_from_args
 from neurons.localnet.hostile_payloads import Identity, garbage, garbage_class, huge_values, random_message
 from neurons.localnet.hostile_server import HostileS3Server
@@ -41,7 +44,8 @@ from storage.endpoints import EndpointPolicy
 
 log = logging.getLogger("adversary")
 
-KINDS = ("values", "garbage", "server")
+KINDS = BYTE_LEVEL_KINDS
+LEGACY_NAMES = {"values": "huge_values", "garbage": "malformed", "server": "slow_endpoint"}
 _FINGERPRINT_BYTES = 64 << 10
 # Build the window's object this long before the slot opens, so that building (a compression,
 # reading honest fingerprints) never eats into the slot on a loaded machine.
@@ -79,12 +83,12 @@ class Adversary:
             w += 1
 
     def prepare(self, w: int) -> tuple[bytes | None, dict]:
-        """Window w's hostile payload (None for ``server``: its endpoint is the attack) and its class."""
-        if self.kind == "server":
+        """Window w's hostile payload (None for ``slow_endpoint``: its endpoint is the attack) and its class."""
+        if self.kind == "slow_endpoint":
             return None, {"class": "hostile_server"}
         hp = self.node.hparams
         msg = random_message(self.node.shapes, hp.codec.chunk_size, hp.codec.topk_per_chunk, seed=w)
-        if self.kind == "values":
+        if self.kind == "huge_values":
             return huge_values(msg, self.who, w, self._network_digest(w)), {"class": "huge_values"}
         cls = garbage_class(w, self.node.uid)
         return garbage(cls, msg, self.who, w, hp.codec.max_payload_bytes), {"class": cls}
@@ -150,30 +154,39 @@ def _with_endpoint(config: NodeConfig, endpoint_url: str) -> NodeConfig:
     return config.model_copy(update={"bucket": config.bucket.model_copy(update={"endpoint_url": endpoint_url})})
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        config = node_config_from_args("miner", args)
-    except ConfigError as exc:
-        print(f"adversary: {exc}", file=sys.stderr)
+def serve(config: NodeConfig, kind: str, stall_seconds: float = 60.0) -> int:
+    """Run adversary ``kind`` (a name of ``KINDS`` or its legacy alias) until SIGINT/SIGTERM."""
+    kind = LEGACY_NAMES.get(kind, kind)
+    if config.devchain is None:
+        print(f"adversary: {kind} is for a local network (--devchain) only", file=sys.stderr)
         return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    server = HostileS3Server(stall_seconds=args.stall_seconds).start() if args.kind == "server" else None
+    server = HostileS3Server(stall_seconds=stall_seconds).start() if kind == "slow_endpoint" else None
     try:
         if server is not None:
             config = _with_endpoint(config, server.endpoint_url)  # the commitment names our server
-        Adversary(build_node(config, stop), args.kind, server).run()
+        Adversary(build_node(config, stop), kind, server).run()
     finally:
         if server is not None:
             server.close()
     return 0
 
 
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = node_config_from_args("miner", args)
+    except ConfigError as exc:
+        print(f"adversary: {exc}", file=sys.stderr)
+        return 2
+    return serve(config, args.kind, args.stall_seconds)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m neurons.localnet.adversary", description=__doc__.split("\n")[0])
-    parser.add_argument("--kind", choices=KINDS, required=True)
-    parser.add_argument("--stall-seconds", type=float, default=60.0, help="server: longest drip or hang")
+    parser.add_argument("--kind", choices=[*KINDS, *LEGACY_NAMES], required=True)
+    parser.add_argument("--stall-seconds", type=float, default=60.0, help="slow_endpoint: longest drip or hang")
     add_node_arguments(parser)
     return parser
 

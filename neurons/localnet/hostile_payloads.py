@@ -1,7 +1,8 @@
 """Hostile payloads for the local subnet's adversary: what a peer can put in its own bucket.
 
 Every builder starts from a *real* payload (a random pseudo-gradient through the real error
-feedback compressor and the real wire codec, signed by the adversary's own registered hotkey),
+feedback compressor and the real wire codec, ``neurons.behaviours.messages``, signed by the
+adversary's own registered hotkey),
 so each hostile object differs from an honest one in exactly the way it names:
 
 - ``huge_values``: the per-tensor value tables scaled to large finite magnitudes (1e4 up to
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from compression import CompressedMessage, ErrorFeedbackCompressor, PayloadManifest, encode_payload
+from compression import CompressedMessage, PayloadManifest, encode_payload
+from neurons.behaviours.messages import random_message, value_table, with_value_table
+
+__all__ = ["GARBAGE_CLASSES", "Identity", "garbage", "garbage_class", "huge_values", "random_message", "signed_payload"]
 
 Sign = Callable[[bytes], bytes]
 
@@ -29,7 +33,6 @@ Sign = Callable[[bytes], bytes]
 VALUE_MAGNITUDES = (1e4, 1e8, 1e16, 1e24, 1e32, 3.4e38)
 GARBAGE_CLASSES = ("truncated", "surrogate_name", "deep_json", "wrong_signature", "wrong_window", "oversized")
 
-_TABLE = slice(2, 18)  # a blob's value table: 4 little-endian float32 after the uint16 Golomb parameter
 # Deep enough to exhaust any recursive JSON parser (CPython's default limit is 1000), small
 # enough (2 bytes a level) to stay under a payload header's size cap.
 _DEEP_JSON_LEVELS = 20_000
@@ -43,15 +46,6 @@ class Identity:
     uid: int
     hotkey: str
     sign: Sign
-
-
-def random_message(
-    shapes: Mapping[str, tuple[int, ...]], chunk_size: int, topk_per_chunk: int, seed: int
-) -> CompressedMessage:
-    """A real compressed message of the model's shapes, from a random pseudo-gradient."""
-    gen = torch.Generator().manual_seed(seed)
-    delta = {name: torch.randn(shape, generator=gen) * 1e-3 for name, shape in shapes.items()}
-    return ErrorFeedbackCompressor(shapes, chunk_size=chunk_size, topk_per_chunk=topk_per_chunk).compress(delta)
 
 
 def signed_payload(
@@ -75,15 +69,11 @@ def with_huge_values(msg: CompressedMessage, magnitude: float) -> CompressedMess
 
 
 def _scaled_blob(blob: torch.Tensor, magnitude: float) -> torch.Tensor:
-    raw = bytearray(blob.numpy().tobytes())
-    table = struct.unpack("<4f", raw[_TABLE])
+    table = value_table(blob)
     peak = max(abs(v) for v in table)
     if peak == 0.0:
-        scaled = (magnitude, magnitude, -magnitude, -magnitude)
-    else:
-        scaled = tuple(v * (magnitude / peak) for v in table)
-    raw[_TABLE] = struct.pack("<4f", *scaled)
-    return torch.frombuffer(raw, dtype=torch.uint8).clone()
+        return with_value_table(blob, (magnitude, magnitude, -magnitude, -magnitude))
+    return with_value_table(blob, [v * (magnitude / peak) for v in table])
 
 
 def huge_values(msg: CompressedMessage, who: Identity, window: int, base_fingerprint: str) -> bytes:

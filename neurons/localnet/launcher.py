@@ -7,9 +7,12 @@ processes exactly as an operator would start them; this launcher only watches th
 and the chain, draws the live table, stops everyone at the end (or on Ctrl-C) and writes the
 JSON summary.
 
-``--adversary KIND`` (repeatable, or a comma list) adds one more registered miner per KIND that
-never trains honestly but serves a hostile object every window (``neurons.localnet.adversary``),
-each its own process like the honest nodes; the summary lists them apart from the miners.
+``--adversaries KIND[,KIND…]`` (repeatable; ``--adversary`` is the old name) adds one more
+registered miner per listed KIND, each its own ``tessera miner --behaviour KIND`` process like the
+honest nodes (``neurons.behaviours``: free-riders, copiers, saboteurs; the byte-level kinds run
+``neurons.localnet.adversary``). The summary lists them apart from the miners and records, per
+window, the honest and adversarial shares of the miners' weight and each adversary's weight and
+rejection reason.
 """
 
 from __future__ import annotations
@@ -29,11 +32,19 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
+from neurons.behaviours.kinds import ADVERSARIAL_KINDS
 from neurons.corpus import ensure_embedded_data
 from neurons.events import read_records
-from neurons.localnet.adversary import KINDS
+from neurons.localnet.adversary import LEGACY_NAMES
 from neurons.localnet.seaweedfs import READ_ONLY, READ_WRITE, Identity, SeaweedServer
-from neurons.localnet.view import NodeLog, first_window_all_up, live_table, scored_windows, window_summary
+from neurons.localnet.view import (
+    NodeLog,
+    attack_shares,
+    first_window_all_up,
+    live_table,
+    scored_windows,
+    window_summary,
+)
 from neurons.model import build_model
 from protocol.devchain import DevChain
 from protocol.hparams import load_hparams
@@ -54,7 +65,7 @@ class NodeSpec:
     reader: Identity
     start_window: int = 0  # for late joiners: start once the chain reaches this window
     process: subprocess.Popen | None = None
-    kind: str = ""  # adversaries only: what it serves (neurons.localnet.adversary.KINDS)
+    kind: str = ""  # adversaries only: its behaviour (neurons.behaviours.kinds.ADVERSARIAL_KINDS)
 
     @property
     def state_dir_name(self) -> str:
@@ -97,7 +108,7 @@ def plan_network(
 
 def node_command(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, data_dir: Path) -> list[str]:
     if spec.role == "adversary":
-        program = ["-m", "neurons.localnet.adversary", "--kind", spec.kind]
+        program = ["-m", "neurons.cli", "miner", "--behaviour", spec.kind]
     else:
         program = ["-m", "neurons.cli", spec.role]
     return [
@@ -157,14 +168,20 @@ def build_summary(specs: list[NodeSpec], workdir: Path, chain: DevChain, hparams
     params = sum(p.numel() for p in build_model(hp.model, hp.seed).parameters())
     logs = node_logs(specs, workdir)
     on_time = on_time_miners(specs)
+    miners = [s.uid for s in specs if s.role == "miner"]
+    adversaries = {s.uid: s.kind for s in specs if s.role == "adversary"}
+    summaries = []
+    for w in scored_windows(logs, on_time)[:windows]:
+        summary = window_summary(w, logs, chain)
+        summaries.append(summary | attack_shares(summary, miners, adversaries, hp.scoring.burn_uid))
     return {
         "run_id": hp.run_id,
-        "miners": [s.uid for s in specs if s.role == "miner"],
+        "miners": miners,
         "validators": [s.uid for s in specs if s.role == "validator"],
-        "adversaries": {str(s.uid): s.kind for s in specs if s.role == "adversary"},
+        "adversaries": {str(uid): kind for uid, kind in adversaries.items()},
         "dense_fp32_bytes": 4 * params,
         "first_window_all_up": first_window_all_up(logs, on_time),
-        "windows": [window_summary(w, logs, chain) for w in scored_windows(logs, on_time)[:windows]],
+        "windows": summaries,
     }
 
 
@@ -203,13 +220,13 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or f".tessera/localnet-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     hp = load_hparams(args.hparams)
-    hostile = f", adversaries {','.join(args.adversary)}" if args.adversary else ""
+    hostile = f", adversaries {','.join(args.adversaries)}" if args.adversaries else ""
     console.print(
         f"[bold]tessera localnet[/] {args.miners} miners, {args.validators} validators{hostile}, run {hp.run_id}"
     )
     console.print(f"work dir {workdir}")
     data_dir = ensure_embedded_data(workdir.parent / "data-cache", hp.model.vocab_size)
-    chain, specs = plan_network(workdir, args.miners, args.validators, args.block_time, args.adversary)
+    chain, specs = plan_network(workdir, args.miners, args.validators, args.block_time, args.adversaries)
     first = chain.block() // hp.window.blocks_per_window
     for s in [s for s in specs if s.role == "miner"][args.miners - args.late_miners :]:
         s.start_window = first + args.late_by
@@ -254,15 +271,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default=None, help="default .tessera/localnet-<time>")
     parser.add_argument("--json-out", default=None, help="summary JSON path (default <workdir>/summary.json)")
     parser.add_argument(
-        "--adversary", type=_adversary_kinds, action="extend", default=[], metavar="KIND[,KIND]",
-        help=f"add one hostile miner per KIND ({', '.join(KINDS)}); repeatable",
+        "--adversaries", "--adversary", dest="adversaries", type=_adversary_kinds, action="extend", default=[],
+        metavar="KIND[,KIND]", help=f"add one adversarial miner per KIND ({', '.join(ADVERSARIAL_KINDS)}); repeatable",
     )
     parser.set_defaults(func=run)
 
 
 def _adversary_kinds(text: str) -> list[str]:
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS]
+    """A comma list of behaviours; the byte-level kinds' old names (values, garbage, server) still work."""
+    kinds = [LEGACY_NAMES.get(k.strip(), k.strip()) for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in ADVERSARIAL_KINDS]
     if unknown or not kinds:
-        raise argparse.ArgumentTypeError(f"unknown adversary kind {unknown or text!r}; one of {', '.join(KINDS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown adversary kind {unknown or text!r}; one of {', '.join(ADVERSARIAL_KINDS)}"
+        )
     return kinds

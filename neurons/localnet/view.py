@@ -7,7 +7,7 @@ same things an operator can read, so the launcher needs no back channel into the
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rich.table import Table
@@ -86,6 +86,31 @@ def window_summary(window: int, logs: list[NodeLog], chain: Chain | None) -> dic
         "gathered": lead.get("gathered", []),
         "stage_seconds": lead.get("stage_seconds", {}),
         "fingerprints": {name: r["fingerprint"] for name, r in by_node.items() if r is not None},
+    }
+
+
+def attack_shares(
+    window: dict, honest: Sequence[int], adversaries: Mapping[int, str], burn_uid: int | None
+) -> dict:
+    """Who holds the miners' weight in one ``window_summary``: honest vs adversarial share of the
+    weight the validators set (the burned share left out), and per adversary its weight and why it
+    was rejected (None: it passed stage 1 that window)."""
+    weights = {uid: w for uid, w in window["weights"].items() if uid != burn_uid}
+    honest_weight = sum(weights.get(uid, 0.0) for uid in honest)
+    adversary_weight = sum(weights.get(uid, 0.0) for uid in adversaries)
+    total = honest_weight + adversary_weight
+    return {
+        "honest_weight_share": honest_weight / total if total else 0.0,
+        "adversary_weight_share": adversary_weight / total if total else 0.0,
+        "adversaries": {
+            uid: {
+                "kind": kind,
+                "weight": weights.get(uid, 0.0),
+                "share": weights.get(uid, 0.0) / total if total else 0.0,
+                "rejected": window["rejected"].get(uid),
+            }
+            for uid, kind in adversaries.items()
+        },
     }
 
 

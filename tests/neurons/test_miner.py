@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from compression import decode_payload
+from neurons.behaviours.strategies import Zeros
+from neurons.cli import main
 from neurons.config import BucketConfig, NodeConfig
 from neurons.miner import Miner
 from neurons.node import assemble_node
@@ -193,3 +196,44 @@ def test_a_miner_whose_windows_start_late_every_time_still_trains(tmp_path, hpar
         skipped += 1
         assert skipped < 10, "a miner that never got a measurement never trains"
     assert 1 <= skipped <= 3
+
+
+# --- --behaviour ------------------------------------------------------------------------------------
+
+
+def _miner_argv(tmp_path: Path, *chain: str) -> list[str]:
+    return ["miner", "--netuid", "1", "--bucket.endpoint", "http://127.0.0.1:9", "--bucket.name", "unused",
+            "--bucket.read-key-id", "r", "--state-dir", str(tmp_path / "state"), *chain]
+
+
+@pytest.fixture
+def bucket_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("TESSERA_BUCKET_WRITE_KEY_ID", "TESSERA_BUCKET_WRITE_SECRET", "TESSERA_BUCKET_READ_SECRET"):
+        monkeypatch.setenv(var, "x")
+
+
+@pytest.mark.parametrize("kind", ["copy", "huge_values"])
+def test_a_behaviour_is_refused_on_a_real_chain_before_any_work(tmp_path, capsys, bucket_secrets, kind):
+    argv = _miner_argv(tmp_path, "--subtensor.network", "finney", "--behaviour", kind)
+    assert main(argv) == 2
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1 and "--behaviour" in out and "local network" in out, out
+    assert not (tmp_path / "state").exists()  # refused before the node was built
+
+
+def test_an_unknown_behaviour_is_refused_with_the_list(tmp_path, capsys, bucket_secrets):
+    assert main(_miner_argv(tmp_path, "--devchain", str(tmp_path / "chain.db"), "--behaviour", "nice")) == 2
+    assert "sign_flip" in capsys.readouterr().out
+
+
+def test_the_miner_asks_its_behaviour_what_to_publish(tmp_path, hparams, corpus_dir):
+    store = FlakyStore(tmp_path / "s", failures=0)
+    slot_start = math.floor(time.time()) - 1.0
+    miner = make_miner(tmp_path, hparams, corpus_dir, genesis_with_slot_start(hparams, slot_start), store, 30.0)
+    miner.behaviour = Zeros()
+    assert not miner.behaviour.trains(W)
+    assert miner.publish(W, None) > 0
+    payload = store.get(own_key(miner), 1 << 20)
+    decoded = decode_payload(payload, miner.node.shapes, 1 << 20)
+    assert decoded.manifest.uid == miner.node.uid and decoded.manifest.window == W
+    assert all(float(t.values.abs().max()) == 0.0 for t in decoded.update.values())

@@ -1,7 +1,8 @@
 """End to end: a local subnet with one hostile peer per kind keeps every honest node up, in step
 and training (issue 7: "Nothing a peer sends can crash, stall or poison a node").
 
-Two honest miners and one validator, plus ``--adversary values,garbage,server``: a signed payload
+Two honest miners and one validator, plus ``--adversaries huge_values,malformed,slow_endpoint``
+(the byte-level behaviours, once ``--adversary values,garbage,server``): a signed payload
 with huge finite values, a different undecodable payload every window, and an endpoint that
 drips, hangs, redirects and lies. Real processes, a devchain file, a real S3 server on loopback;
 about two minutes on two cores.
@@ -21,14 +22,14 @@ from tests.neurons.localnet.test_localnet import _log_tails
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
-KINDS = ["values", "garbage", "server"]
+KINDS = ["huge_values", "malformed", "slow_endpoint"]
 WINDOWS = 3
 
 
 def _run_localnet(tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path / "summary.json"
     cmd = [sys.executable, "-m", "neurons.cli", "localnet", "--miners", "2", "--validators", "1",
-           "--windows", str(WINDOWS), "--adversary", ",".join(KINDS),
+           "--windows", str(WINDOWS), "--adversaries", ",".join(KINDS),
            "--workdir", str(tmp_path / "net"), "--json-out", str(out)]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=420), out
 
@@ -67,5 +68,5 @@ def test_hostile_peers_cannot_crash_stall_or_poison_honest_nodes(tmp_path: Path)
     assert windows[-1]["loss"] < windows[0]["loss"], windows
     # and the attack was real: payloads landed in their slots, the hostile server was asked
     served = _served(net)
-    assert all(r["uploaded"] for kind in ("values", "garbage") for r in served[kind]), served
-    assert sum(sum(r["requests"].values()) for r in served["server"]) > 0, served
+    assert all(r["uploaded"] for kind in ("huge_values", "malformed") for r in served[kind]), served
+    assert sum(sum(r["requests"].values()) for r in served["slow_endpoint"]) > 0, served

@@ -95,11 +95,14 @@ def test_hostile_server_rotates_and_every_stall_ends_by_itself() -> None:
 
 
 def test_adversaries_register_after_miners_with_their_kind(tmp_path: Path) -> None:
-    assert _adversary_kinds("values, garbage") == ["values", "garbage"]
+    assert _adversary_kinds("huge_values, copy") == ["huge_values", "copy"]
+    assert _adversary_kinds("values,garbage,server") == ["huge_values", "malformed", "slow_endpoint"]  # old names
     with pytest.raises(argparse.ArgumentTypeError):
         _adversary_kinds("values,nonsense")
-    chain, specs = plan_network(tmp_path, miners=1, validators=1, block_time=1.0, adversaries=["server", "values"])
+    with pytest.raises(argparse.ArgumentTypeError):
+        _adversary_kinds("honest")  # an honest miner is --miners, not an adversary
+    chain, specs = plan_network(tmp_path, miners=1, validators=1, block_time=1.0, adversaries=["slow_endpoint", "copy"])
     roles = [(s.role, s.kind) for s in specs]
-    assert roles == [("validator", ""), ("miner", ""), ("adversary", "server"), ("adversary", "values")]
+    assert roles == [("validator", ""), ("miner", ""), ("adversary", "slow_endpoint"), ("adversary", "copy")]
     assert [s.uid for s in specs] == [1, 2, 3, 4]  # uid 0 is the owner
     assert len({s.bucket for s in specs}) == len(specs)
