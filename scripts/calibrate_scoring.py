@@ -187,7 +187,20 @@ def summarize(rows: list[dict], windows: int) -> dict:
         "windows_to_first_pay": {"mean": round(statistics.mean(firsts), 2) if firsts else None,
                                  "max": max(firsts, default=None), "never_paid": len(first) - len(firsts)},
         "turncoat_paid_windows_after_switch": turncoat_tail(rows, windows),
+        "t_by_kind": t_by_kind(rows, windows),
     }
+
+
+def t_by_kind(rows: list[dict], windows: int) -> dict[str, dict[str, float]]:
+    """Mean and spread of the per-window t per kind; honest window 0 apart (its edge is largest)."""
+    ts: dict[str, list[float]] = {}
+    for row in rows:
+        for m in row["miners"].values():
+            kind = kind_at(row, m, windows)
+            key = f"{kind}_window0" if kind == "honest" and row["window"] == 0 else kind
+            ts.setdefault(key, []).append(m["t"])
+    return {k: {"mean": round(statistics.mean(v), 2), "sd": round(statistics.stdev(v), 2) if len(v) > 1 else None,
+                "n": len(v)} for k, v in sorted(ts.items())}
 
 
 def turncoat_tail(rows: list[dict], windows: int) -> float | None:
