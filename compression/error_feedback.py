@@ -60,6 +60,11 @@ class ErrorFeedbackCompressor:
         # Copies: the buffers are views of one flat tensor, and safetensors refuses shared storage.
         return {_PREFIX + name: e.clone() for name, e in self.error.items()}
 
+    def reset(self) -> None:
+        """Forget the residual: every error buffer back to zero."""
+        for t in self.error.values():
+            t.zero_()
+
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         expected = {_PREFIX + n for n in self.shapes}
         if set(state) != expected:

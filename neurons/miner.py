@@ -74,13 +74,24 @@ class Miner:
     def run(self) -> None:
         node = self.node
         start_window(node)
-        ef = {k.removeprefix("ef."): v for k, v in node.extra_state.items() if k.startswith("ef.")}
-        if ef:
-            self.compressor.load_state_dict(ef)
-        self.trainer.load_state_tensors(
-            {k.removeprefix("opt."): v for k, v in node.extra_state.items() if k.startswith("opt.")}
-        )
+        self.restore_extra_state(node.extra_state)
         run_windows(node, self.one_window)
+
+    def restore_extra_state(self, extra: dict[str, torch.Tensor]) -> None:
+        """Error feedback and AdamW moments from local state. θ was checked when it was loaded;
+        a damaged extra section (names or shapes off) must not stop the miner on every restart:
+        it starts those buffers fresh instead, which costs one window's residual and moments."""
+        ef = {k.removeprefix("ef."): v for k, v in extra.items() if k.startswith("ef.")}
+        opt = {k.removeprefix("opt."): v for k, v in extra.items() if k.startswith("opt.")}
+        try:
+            if ef:
+                self.compressor.load_state_dict(ef)
+            self.trainer.load_state_tensors(opt)
+        except (KeyError, ValueError) as exc:
+            log.error("%s local state's error feedback / optimizer section is damaged (%s); starting them fresh",
+                      self.node.name, exc)
+            self.compressor.reset()
+            self.trainer.reset_optimizer()
 
     def one_window(self) -> None:
         node, w = self.node, self.node.window

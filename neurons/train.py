@@ -81,6 +81,10 @@ class InnerTrainer:
                 out[f"{name}.{key}"] = value.detach().reshape(()) if key == "step" else value.detach()
         return out
 
+    def reset_optimizer(self) -> None:
+        """Fresh AdamW moments for every parameter (as a new trainer would have)."""
+        self.optimizer.state.clear()
+
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_tensors` returned; a parameter missing from ``state`` keeps
         fresh moments (e.g. state saved before any training)."""

@@ -42,7 +42,7 @@ from protocol.keys import checkpoint_key
 from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update
 from scoring.gauntlet import AlreadyScoredError, WindowEvidence, WindowResult, score_window
 from scoring.lossscore import LossMeasurement, measure_update, sequence_losses
-from scoring.state import ScoreBook
+from scoring.state import ScoreBook, ScoreBookError
 from scoring.sync import sync_score
 from storage import ObjectExists, StorageError
 from storage.atomic import atomic_write
@@ -65,7 +65,7 @@ class Validator:
         hp = node.hparams
         self.shards = open_shards(node)
         self.book_path = node.config.state_dir / "scores.json"
-        self.book = ScoreBook.load(self.book_path)
+        self.book = _load_book(self.book_path)
         self.copies = CopyMemory(hp.scoring.copy_memory_windows)
         self.copy_policy = CopyPolicy(overlap=hp.scoring.copy_overlap_threshold)
         self.secret = _validator_secret(node.config.state_dir / "validator.secret")
@@ -188,6 +188,19 @@ class Validator:
             pass
         except StorageError as exc:
             log.warning("%s could not publish checkpoint %d: %s", node.name, w, exc)
+
+
+def _load_book(path) -> ScoreBook:
+    """The score book, or an empty one when the file is damaged: the damaged file is moved aside
+    as ``<name>.corrupt`` (nothing is lost; an operator can inspect or restore it) instead of
+    stopping the validator on every start. Miners' records rebuild from their next windows."""
+    try:
+        return ScoreBook.load(path)
+    except ScoreBookError as exc:
+        aside = path.with_name(path.name + ".corrupt")
+        log.error("score book %s is damaged (%s); moved to %s, starting an empty book", path, exc, aside)
+        os.replace(path, aside)
+        return ScoreBook()
 
 
 SECRET_BYTES = 32

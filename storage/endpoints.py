@@ -178,9 +178,21 @@ def _carried_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+# Special-purpose ranges Python's ``is_global`` still calls global (IANA special-purpose
+# registries): deprecated IPv6 site-local (still routed inside some networks), the IETF protocol
+# assignments block, the 6to4 relay anycast, and the documentation prefixes of both families.
+_SPECIAL_PURPOSE = tuple(
+    ipaddress.ip_network(net)
+    for net in ("fec0::/10", "192.0.0.0/24", "192.88.99.0/24", "3fff::/20", "2001:db8::/32",
+                "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15")
+)
+
+
 def _classify(ip: IPAddress, policy: EndpointPolicy) -> str | None:
     if any(ip in net for net in _ALWAYS_REFUSED):
         return "link-local or metadata"
+    if any(ip in net for net in _SPECIAL_PURPOSE):
+        return "special-purpose"
     if ip.is_multicast:
         return "multicast"
     if ip.is_loopback:

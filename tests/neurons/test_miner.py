@@ -237,3 +237,21 @@ def test_the_miner_asks_its_behaviour_what_to_publish(tmp_path, hparams, corpus_
     decoded = decode_payload(payload, miner.node.shapes, 1 << 20)
     assert decoded.manifest.uid == miner.node.uid and decoded.manifest.window == W
     assert all(float(t.values.abs().max()) == 0.0 for t in decoded.update.values())
+
+
+@pytest.mark.parametrize("damage", ["renamed", "reshaped"])
+def test_a_damaged_extra_state_section_starts_those_buffers_fresh(tmp_path, hparams, corpus_dir, damage, caplog):
+    import torch
+
+    miner = make_miner(tmp_path, hparams, corpus_dir, genesis_at(hparams, 0.1), LocalStore(tmp_path / "s"))
+    extra = {f"ef.{k}": v + 1.0 for k, v in miner.compressor.state_dict().items()}
+    name = next(iter(extra))
+    if damage == "renamed":  # one flipped bit in a name: a header that still parses
+        extra[name.replace("error/", "errox/")] = extra.pop(name)
+    else:
+        extra[name] = torch.zeros(3)
+    with caplog.at_level(logging.ERROR):
+        miner.restore_extra_state(extra)
+    assert "damaged" in caplog.text
+    assert all(float(v.abs().sum()) == 0.0 for v in miner.compressor.state_dict().values())
+    assert not miner.trainer.optimizer.state

@@ -24,6 +24,11 @@ LOCAL = EndpointPolicy(allow_loopback=True)
 PRIVATE = EndpointPolicy(allow_private=True)
 
 REFUSED_ALWAYS = [
+    "fec0::1",  # deprecated site-local, still routed inside some networks
+    "192.0.0.8",  # IETF protocol assignments
+    "192.88.99.1",  # 6to4 relay anycast
+    "3fff::1",  # documentation (RFC 9637)
+    "198.18.0.1",  # benchmarking
     "169.254.169.254",  # AWS/GCP/Azure metadata
     "169.254.0.1",
     "fd00:ec2::254",  # AWS IPv6 metadata
