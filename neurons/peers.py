@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from protocol.chain import Chain, Metagraph
@@ -27,6 +28,11 @@ log = logging.getLogger(__name__)
 # A commitment no store could be opened for is tried again only every this many refreshes:
 # opening resolves the endpoint, and many refused peers must not cost DNS time every window.
 RETRY_REFUSED_EVERY = 10
+# Opening stores (DNS included) runs concurrently and a refresh waits at most this long for it:
+# a peer whose name server stalls is absent (MISSING) until its store is ready, and never
+# delays the window for everyone else. Honest endpoints open in milliseconds.
+OPEN_BUDGET_SECONDS = 2.0
+OPEN_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class PeerDirectory:
         self._peers: dict[int, Peer] = {}
         self._refused: dict[int, str] = {}  # uid -> the commitment already warned about
         self._failed: dict[str, int] = {}  # commitment -> the refresh in which opening it failed
+        self._opening: dict[str, Future] = {}  # commitment -> its store being opened
+        self._pool: ThreadPoolExecutor | None = None
         self._round = 0
 
     @classmethod
@@ -83,31 +91,51 @@ class PeerDirectory:
         return read_only_store(commitment, self.policy)
 
     def refresh(self, metagraph: Metagraph) -> None:
-        """Re-read every commitment; uids without a usable one are simply absent."""
+        """Re-read every commitment; uids without a usable (or not yet opened) one are absent."""
         raw = self._chain.commitments()
         self._round += 1
+        wanted = {n.uid: raw.get(n.uid) for n in metagraph.neurons if raw.get(n.uid)}
+        opened = self._open_new({text: uid for uid, text in wanted.items()})
         peers: dict[int, Peer] = {}
         stores: dict[str, ObjectStore] = {}
-        failed: dict[str, int] = {}
         for neuron in metagraph.neurons:
-            text = raw.get(neuron.uid)
-            if not text:
-                continue
-            store = stores.get(text) or self._stores.get(text)
+            text = wanted.get(neuron.uid)
+            store = (stores.get(text) or self._stores.get(text) or opened.get(text)) if text else None
             if store is None:
-                failed_in = self._failed.get(text)
-                if failed_in is not None and self._round - failed_in < RETRY_REFUSED_EVERY:
-                    failed[text] = failed_in
-                    continue
-                store = self._open(neuron.uid, text)
-                if store is None:
-                    failed[text] = self._round
-                    continue
+                continue
             stores[text] = store
             self._refused.pop(neuron.uid, None)
             peers[neuron.uid] = Peer(neuron.uid, neuron.hotkey, store)
         # only current commitments are kept, so peers that keep re-committing cannot grow these
-        self._stores, self._failed, self._peers = stores, failed, peers
+        current = set(wanted.values())
+        self._failed = {text: r for text, r in self._failed.items() if text in current}
+        self._stores, self._peers = stores, peers
+
+    def _open_new(self, owners: dict[str, int]) -> dict[str, ObjectStore | None]:
+        """Open the stores of commitments not yet open, concurrently, waiting at most
+        OPEN_BUDGET_SECONDS; returns what finished (None: failed). Unfinished ones stay pending."""
+        for text, uid in owners.items():
+            if text in self._stores or text in self._opening:
+                continue
+            failed_in = self._failed.get(text)
+            if failed_in is not None and self._round - failed_in < RETRY_REFUSED_EVERY:
+                continue
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=OPEN_WORKERS, thread_name_prefix="peer-open")
+            self._opening[text] = self._pool.submit(self._open, uid, text)
+        if self._opening:
+            wait(list(self._opening.values()), timeout=OPEN_BUDGET_SECONDS)
+        done = {text: f for text, f in self._opening.items() if f.done()}
+        for text in done:
+            del self._opening[text]
+        results = {text: f.result() for text, f in done.items()}
+        for text, store in results.items():
+            if store is None:
+                self._failed[text] = self._round
+        for text in list(self._opening):
+            if text not in owners:  # re-committed or deregistered while opening: not waited for again
+                self._opening.pop(text).cancel()
+        return results
 
     def _open(self, uid: int, text: str) -> ObjectStore | None:
         """The store for one peer's commitment, or None (warned once per uid and commitment)."""

@@ -248,3 +248,33 @@ def test_hostile_commitments_never_break_refresh(texts):
     peers.refresh(metagraph(4))
     peers.refresh(metagraph(4))
     assert all(p.uid in texts and isinstance(p.store, S3Store) for p in peers)
+
+
+def test_a_peer_whose_store_opens_slowly_costs_only_itself(monkeypatch, tmp_path):
+    """A name server that stalls (simulated: opening blocks) delays no refresh past its budget;
+    the slow peer is absent until its store is ready, the others are there at once."""
+    import threading
+    import time
+
+    import neurons.peers as peers_module
+
+    monkeypatch.setattr(peers_module, "OPEN_BUDGET_SECONDS", 0.3)
+    release = threading.Event()
+
+    def make_store(c: BucketCommitment):
+        if c.bucket.startswith("slow"):
+            release.wait(10)
+        return LocalStore(tmp_path / c.bucket)
+
+    chain = FakeChain({0: good("fast-zero"), 1: good("slow-one"), 2: good("slow-two"), 3: good("fast-three")})
+    peers = PeerDirectory(chain, make_store)
+    started = time.monotonic()
+    peers.refresh(metagraph(4))
+    assert time.monotonic() - started < 1.0  # two stalls of 10 s, one budget of 0.3 s, concurrently
+    assert [p.uid for p in peers] == [0, 3]
+    started = time.monotonic()
+    peers.refresh(metagraph(4))  # still pending: not waited for twice
+    assert time.monotonic() - started < 1.0 and [p.uid for p in peers] == [0, 3]
+    release.set()
+    peers.refresh(metagraph(4))
+    assert [p.uid for p in peers] == [0, 1, 2, 3]
