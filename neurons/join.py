@@ -57,6 +57,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -65,7 +66,7 @@ from neurons.model import build_model
 from protocol.chain import Metagraph
 from protocol.fingerprint_record import MAX_RECORD_BYTES, FingerprintRecord, FingerprintRecordError
 from protocol.keys import ObjectKeyError, checkpoint_key, checkpoint_prefix, fingerprint_key, window_of_key
-from storage import ObjectNotFound, StorageError
+from storage import ObjectNotFound, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,6 +110,7 @@ class Electorate:
 # hangs delays a join by at most this much per object. Checkpoints are big (fp32 θ): their
 # deadline grows with the cap at a slow-but-usable rate.
 SMALL_READ_SECONDS = 30.0
+MAX_PARALLEL_READS = 16
 CHECKPOINT_MIN_BYTES_PER_S = 5 << 20
 
 
@@ -121,16 +123,24 @@ def checkpoint_cap(node) -> int:
     return 4 * sum(math.prod(s) for s in node.shapes.values()) + (1 << 20)
 
 
-def from_validator(uid: int, what: str, read: Callable[[], T]) -> T | None:
+def from_validator(uid: int, what: str, read: Callable[[], T], unreachable: set[int] | None = None) -> T | None:
     """``read()``, or None when it fails: containment at the boundary of one validator's objects.
 
     Every object a joiner reads from a validator (fingerprint records, listings, checkpoints) is
     read through here, so one validator's hostile or broken object only makes *its* vote or
-    checkpoint not count; the join itself never fails because of it."""
+    checkpoint not count; the join itself never fails because of it. A validator whose server
+    timed out or could not be reached goes into ``unreachable`` and is not asked again during the
+    join: each hanging validator costs one deadline, not one per object."""
+    if unreachable is not None and uid in unreachable:
+        return None
     try:
         return read()
     except ObjectNotFound:
         return None  # not published (yet) or pruned: no vote, nothing to report
+    except StorageUnavailable as exc:  # includes StorageTimeout
+        if unreachable is not None:
+            unreachable.add(uid)
+        log.warning("%s of validator %d unreachable, not asked again in this join: %s", what, uid, exc)
     except _EXPECTED as exc:
         log.warning("%s of validator %d unusable: %s: %s", what, uid, type(exc).__name__, exc)
     except Exception as exc:  # noqa: BLE001 -- the boundary guard: name the exception, skip the peer
@@ -138,7 +148,15 @@ def from_validator(uid: int, what: str, read: Callable[[], T]) -> T | None:
     return None
 
 
-def _published_fingerprint(node, uid: int, window: int) -> str | None:
+def _each_validator(uids: list[int], read: Callable[[int], T]) -> dict[int, T]:
+    """``read(uid)`` for every validator at once: the slowest one, not their sum, bounds the wait."""
+    if not uids:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_READS, len(uids))) as pool:
+        return dict(zip(uids, pool.map(read, uids), strict=True))
+
+
+def _published_fingerprint(node, uid: int, window: int, unreachable: set[int] | None = None) -> str | None:
     """The fingerprint validator ``uid`` published for ``window``; None if none (or not readable)."""
     peer = node.peers.get(uid)
     if peer is None:
@@ -146,7 +164,8 @@ def _published_fingerprint(node, uid: int, window: int) -> str | None:
     key = fingerprint_key(node.hparams.run_id, window, uid)
     record = from_validator(uid, f"fingerprint record {window}",
                             lambda: FingerprintRecord.parse(
-                                peer.store.get(key, max_bytes=MAX_RECORD_BYTES, deadline=_deadline(SMALL_READ_SECONDS))))
+                                peer.store.get(key, max_bytes=MAX_RECORD_BYTES, deadline=_deadline(SMALL_READ_SECONDS))),
+                            unreachable)
     if record is None:
         return None
     if (record.uid, record.window) != (uid, window):
@@ -157,11 +176,11 @@ def _published_fingerprint(node, uid: int, window: int) -> str | None:
     return record.fingerprint
 
 
-def majority_fingerprint(node, electorate: Electorate, window: int) -> str | None:
+def majority_fingerprint(node, electorate: Electorate, window: int, unreachable: set[int] | None = None) -> str | None:
     """The fingerprint of θ_{window+1} published by more than half of the electorate's stake."""
     stake_behind: dict[str, float] = defaultdict(float)
-    for uid in electorate.uids:
-        fingerprint = _published_fingerprint(node, uid, window)
+    published = _each_validator(electorate.uids, lambda uid: _published_fingerprint(node, uid, window, unreachable))
+    for uid, fingerprint in published.items():
         if fingerprint is not None:
             stake_behind[fingerprint] += electorate.stakes[uid]
     if not stake_behind:
@@ -174,15 +193,15 @@ def majority_fingerprint(node, electorate: Electorate, window: int) -> str | Non
     return None
 
 
-def _checkpoint_candidates(node, validators: list[int], now: int) -> list[tuple[int, int]]:
+def _checkpoint_candidates(node, validators: list[int], now: int, unreachable: set[int] | None = None) -> list[tuple[int, int]]:
     """(window, uid) of the checkpoints the validators list, newest first, at most
     MAX_CHECKPOINTS_PER_VALIDATOR each: a listing of a million keys costs its validator, not the join."""
     found = []
-    for uid in validators:
-        peer = node.peers.get(uid)
-        if peer is None:
-            continue
-        windows = from_validator(uid, "checkpoint listing", lambda peer=peer: _listed_windows(node, peer)) or []
+    present = [uid for uid in validators if node.peers.get(uid) is not None]
+    listed = _each_validator(present, lambda uid: from_validator(
+        uid, "checkpoint listing", lambda: _listed_windows(node, node.peers.get(uid)), unreachable))
+    for uid, windows in listed.items():
+        windows = windows or []
         future = [w for w in windows if w >= now]
         if future:
             # θ_{w+1} cannot exist before window w+1 begins: whatever is published for it is forged.
@@ -202,10 +221,13 @@ def _listed_windows(node, peer) -> list[int]:
     return windows
 
 
-def _try_checkpoint(node, uid: int, window: int, expected: str) -> bool:
+def _try_checkpoint(node, uid: int, window: int, expected: str, unreachable: set[int] | None = None) -> bool:
     """Load validator ``uid``'s checkpoint of ``window`` into the model if it holds ``expected``;
     on False the model is untouched (load_checkpoint checks everything before copying)."""
-    return from_validator(uid, f"checkpoint {window}", lambda: _load_checkpoint(node, uid, window, expected)) is not None
+    def load():
+        return _load_checkpoint(node, uid, window, expected)
+
+    return from_validator(uid, f"checkpoint {window}", load, unreachable) is not None
 
 
 def _load_checkpoint(node, uid: int, window: int, expected: str):
@@ -224,12 +246,15 @@ def join_from_checkpoint(node) -> int:
     # A checkpoint named for window w holds θ_{w+1}, which validators fingerprinted for w.
     now = node.clock.current_window()
     confirmed: dict[int, str | None] = {}  # one vote count per window, however many copies it has
-    candidates = _checkpoint_candidates(node, electorate.uids, now)
+    unreachable: set[int] = set()  # validators whose servers timed out: asked once per join
+    candidates = _checkpoint_candidates(node, electorate.uids, now, unreachable)
     for window, uid in candidates:
+        if uid in unreachable:
+            continue
         if window not in confirmed:
-            confirmed[window] = majority_fingerprint(node, electorate, window)
+            confirmed[window] = majority_fingerprint(node, electorate, window, unreachable)
         expected = confirmed[window]
-        if expected is not None and _try_checkpoint(node, uid, window, expected):
+        if expected is not None and _try_checkpoint(node, uid, window, expected, unreachable):
             log.info("%s joined from validator %d's checkpoint of window %d", node.name, uid, window)
             return window + 1
     fresh = build_model(node.hparams.model, node.hparams.seed).to(node.config.device)

@@ -540,3 +540,45 @@ def test_a_huge_checkpoint_listing_costs_only_a_bounded_number_of_tries(net, mon
     assert join_from_checkpoint(node) == 101
     assert fingerprint_of(node) == fp
     assert len(looked_up) <= 2 * join.MAX_CHECKPOINTS_PER_VALIDATOR
+
+
+class HangingStore(LocalStore):
+    """A validator bucket that lists many recent checkpoints but whose every read runs into the
+    deadline (simulated: a StorageTimeout after a short wait), as a dripping server would."""
+
+    def __init__(self, root, windows: list[int]) -> None:
+        super().__init__(root)
+        self.windows = windows
+        self.reads = 0
+
+    def list(self, prefix: str = "", *, deadline: float | None = None):
+        import datetime as dt
+
+        from storage import ObjectInfo
+
+        now = dt.datetime.now(dt.UTC)
+        return [ObjectInfo(checkpoint_key(hparams().run_id, w), 10, now) for w in self.windows]
+
+    def get(self, key: str, max_bytes: int, *, deadline: float | None = None) -> bytes:
+        from storage.errors import StorageTimeout
+
+        self.reads += 1
+        time.sleep(0.05)
+        raise StorageTimeout(f"get {key}: deadline passed")
+
+
+def test_a_hanging_validator_costs_one_deadline_per_join_not_one_per_object(net):
+    for who in (1, 2, 3, 4):
+        net.join(who, stake=10.0 if who < 3 else 1.0)
+    for who in (1, 2):
+        fp = net.publish_checkpoint(who, 80, theta(1))
+    # they list ten windows newer than the honest checkpoint: each is a candidate to confirm first
+    hanging = {who: HangingStore(net.root / f"hang-{who}", list(range(90, 100))) for who in (3, 4)}
+    for who, store in hanging.items():
+        net.stores[f"bucket-{who}"] = store
+    node = net.joiner()
+
+    assert join_from_checkpoint(node) == 81
+    assert fingerprint_of(node) == fp
+    # each hanging validator is asked once (its first fingerprint record), then left out
+    assert [s.reads for s in hanging.values()] == [1, 1]
