@@ -26,16 +26,22 @@ def _lower_median(values: torch.Tensor) -> torch.Tensor:
     return values.sort().values[(values.numel() - 1) // 2]
 
 
-def _clip_factors(parts: Sequence[SparseTensor]) -> torch.Tensor:
-    """Per peer min(1, lower_median_norm / norm) in float64 (a zero norm keeps factor 1)."""
+def _clip_factors(parts: Sequence[SparseTensor], max_norm: float | None = None) -> torch.Tensor:
+    """Per peer min(1, clip / norm) in float64 with clip = the lower median norm, capped at
+    ``max_norm`` when given (a zero norm keeps factor 1). The cap does not depend on who else is
+    in the set: where hostile peers are half of it, the median is theirs, the cap still holds."""
     norms = torch.stack([p.values.to(torch.float64).norm() for p in parts])
     med = _lower_median(norms)
+    if max_norm is not None:
+        med = med.clamp(max=max_norm)
     return torch.where(norms > med, med / norms.clamp(min=1e-300), torch.ones_like(norms))
 
 
-def _aggregate_param(parts: Sequence[SparseTensor], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+def _aggregate_param(
+    parts: Sequence[SparseTensor], shape: tuple[int, ...], device: torch.device, max_norm: float | None = None
+) -> torch.Tensor:
     numel = math.prod(shape)
-    factors = _clip_factors(parts).to(device)
+    factors = _clip_factors(parts, max_norm).to(device)
     lengths = torch.tensor([p.values.numel() for p in parts], device=device)
     idx = torch.cat([p.indices.to(device) for p in parts])
     clipped = torch.cat([p.values.to(device=device, dtype=torch.float64) for p in parts]) * factors.repeat_interleave(lengths)
@@ -56,8 +62,10 @@ def aggregate(
     updates: Sequence[SparseUpdate],
     shapes: Mapping[str, tuple[int, ...]],
     device: torch.device | str | None = None,
+    max_norms: Mapping[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Dense float32 update per parameter: clip each peer to the median norm, mean where peers overlap.
+    """Dense float32 update per parameter: clip each peer to the (lower) median norm, capped at
+    ``max_norms[name]`` when given, then the mean where peers overlap.
 
     Peers missing a parameter simply do not contribute to it; with no peers the update is zero.
     """
@@ -74,7 +82,7 @@ def aggregate(
         if not parts:
             out[name] = torch.zeros(shape, dtype=torch.float32, device=dev)
             continue
-        out[name] = _aggregate_param(parts, shape, dev)
+        out[name] = _aggregate_param(parts, shape, dev, max_norms.get(name) if max_norms else None)
     return out
 
 

@@ -8,6 +8,7 @@ used live (right after the upload slot closes) and when a joining node replays p
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -16,11 +17,13 @@ import torch
 from compression import CodecParams, aggregate, outer_step
 from neurons.fetch import FetchedPayload, fetch_many
 from neurons.peers import PeerDirectory
-from protocol.acceptance import AcceptanceRule, ValueBounds
+from protocol.acceptance import AcceptanceRule, ValueBounds, parameter_norms
 from protocol.chain import Chain, Metagraph
 from protocol.clock import WindowClock
 from protocol.gather_set import GatherSet, select_gather_set
 from protocol.hparams import Hparams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,9 +105,48 @@ def gather_window(
     return WindowGather(window, gather_set, accepted, fetched)
 
 
-def apply_gather(model: torch.nn.Module, gathered: WindowGather, shapes, outer_lr: float) -> None:
-    """θ_{w+1} = θ_w − lr · aggregate(G(w)); a window with no accepted payload changes nothing."""
+@dataclass(frozen=True)
+class UpdateLimits:
+    """What the outer step may do to θ, whoever is in the gather set (``BoundsConfig``)."""
+
+    clip_ratio: float  # each peer's update capped at clip_ratio x ||θ_p|| + floor
+    floor: float
+    max_abs_param: float  # an outer step that would leave |θ| above this (or non-finite) is not taken
+
+    @classmethod
+    def from_hparams(cls, hparams: Hparams) -> UpdateLimits:
+        b = hparams.bounds
+        return cls(clip_ratio=b.clip_update_ratio, floor=hparams.max_abs_value, max_abs_param=b.max_abs_param)
+
+
+def apply_gather(
+    model: torch.nn.Module, gathered: WindowGather, shapes, outer_lr: float, limits: UpdateLimits | None = None
+) -> bool:
+    """θ_{w+1} = θ_w − lr · aggregate(G(w)); a window with no accepted payload changes nothing.
+
+    With ``limits``, each peer is also clipped to a share of ||θ_p|| (so hostile peers that are
+    half the set still move θ by no more than that), and a step that would make θ non-finite or
+    larger than ``max_abs_param`` is not taken at all. Both depend only on θ_w and the payloads,
+    so every node decides the same. Returns whether θ changed."""
     if not gathered.accepted:
-        return
-    dense = aggregate(gathered.updates, shapes)
+        return False
+    max_norms = None
+    if limits is not None:
+        max_norms = {n: limits.clip_ratio * norm + limits.floor for n, norm in parameter_norms(model).items()}
+    dense = aggregate(gathered.updates, shapes, max_norms=max_norms)
+    if limits is not None and not _step_stays_bounded(model, dense, outer_lr, limits.max_abs_param):
+        log.error("window %d: the outer step would leave θ non-finite or beyond |θ| <= %g; not applied",
+                  gathered.window, limits.max_abs_param)
+        return False
     outer_step(model, dense, lr=outer_lr)
+    return True
+
+
+def _step_stays_bounded(model: torch.nn.Module, dense, lr: float, max_abs: float) -> bool:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in dense:
+                after = p.detach().float() - lr * dense[name].to(p.device)
+                if not bool(torch.isfinite(after).all()) or float(after.abs().max()) > max_abs:
+                    return False
+    return True

@@ -21,7 +21,7 @@ from neurons.config import NodeConfig
 from neurons.corpus import ensure_embedded_data
 from neurons.events import EventLog, WindowRecord
 from neurons.fingerprint import model_fingerprint
-from neurons.gather import WindowGather, apply_gather, gather_window
+from neurons.gather import UpdateLimits, WindowGather, apply_gather, gather_window
 from neurons.model import build_model, param_shapes
 from neurons.peers import PeerDirectory
 from neurons.shards import TokenShards
@@ -166,7 +166,7 @@ def gather(node: Node, also_fetch: Iterable[int] = ()) -> WindowGather:
 
 def apply(node: Node, gathered: WindowGather) -> None:
     """The outer step: θ_w → θ_{w+1}."""
-    apply_gather(node.model, gathered, node.shapes, node.hparams.outer.outer_lr)
+    apply_gather(node.model, gathered, node.shapes, node.hparams.outer.outer_lr, UpdateLimits.from_hparams(node.hparams))
     node.window = gathered.window + 1
 
 

@@ -116,7 +116,13 @@ class BoundsConfig(_Strict):
     max_update_ratio: float = Field(
         gt=0, default=1.0, description="per parameter, ||update|| <= ratio x ||θ|| + one value bound"
     )
-    max_abs_param: float = Field(gt=0, default=1.0e3, description="largest |θ| in a checkpoint or local state")
+    clip_update_ratio: float = Field(
+        gt=0, default=0.4,
+        description="aggregation caps each peer's update at ratio x ||θ|| + one value bound, per parameter",
+    )
+    max_abs_param: float = Field(
+        gt=0, default=1.0e3, description="largest |θ| in a checkpoint, local state or after an outer step"
+    )
 
 
 class Hparams(_Strict):

@@ -39,6 +39,16 @@ def test_with_two_peers_the_larger_update_is_clipped_to_the_smaller():
     assert out[2].item() == pytest.approx(0.4)
 
 
+def test_a_norm_cap_holds_whoever_is_in_the_set():
+    honest = {"w": sp([0], [0.1])}
+    hostile = [{"w": sp([1, 2], [30.0, 40.0])}, {"w": sp([3, 4], [-30.0, 40.0])}]  # norms 50: the median is theirs
+    out = aggregate([honest, *hostile], {"w": SHAPE}, max_norms={"w": 1.0})["w"].reshape(-1)
+    assert out[0].item() == pytest.approx(0.1)  # under the cap: untouched
+    assert float(out[1:5].norm()) == pytest.approx(2**0.5)  # each hostile update cut to norm 1
+    uncapped = aggregate([honest, *hostile], {"w": SHAPE})["w"].reshape(-1)
+    assert float(uncapped[1:5].norm()) == pytest.approx(50 * 2**0.5)
+
+
 def test_missing_parameters_and_no_peers():
     out = aggregate([{"w": sp([1], [2.0])}, {}], {"w": SHAPE, "b": (3,)})
     assert out["w"].reshape(-1)[1].item() == 2.0

@@ -15,7 +15,14 @@ import pytest
 import torch
 
 from compression import aggregate
-from neurons.gather import WindowGather, acceptance_rule, apply_gather, gather_window, miner_uids
+from neurons.gather import (
+    UpdateLimits,
+    WindowGather,
+    acceptance_rule,
+    apply_gather,
+    gather_window,
+    miner_uids,
+)
 from neurons.peers import PeerDirectory
 from protocol.acceptance import RejectReason
 from protocol.clock import WindowClock
@@ -276,6 +283,25 @@ def test_apply_gather_is_the_outer_step_on_the_aggregate_in_any_order(devchain, 
         assert torch.equal(outcomes[0][name], theta0[name] - 0.5 * dense[name])
         assert all(torch.equal(o[name], outcomes[0][name]) for o in outcomes[1:])
     assert any(not torch.equal(outcomes[0][n], theta0[n]) for n in theta0)  # the step did move θ
+
+
+def test_a_step_that_would_leave_theta_out_of_bounds_is_not_taken(devchain, tmp_path, make_payload, stamp,
+                                                                  tiny_shapes, tiny_model):
+    net = make_net(devchain, tmp_path)
+    for who in (1, 2):
+        net.join(who)
+    w = net.next_window()
+    for who in (1, 2):
+        net.upload(who, w, honest(net, make_payload, who, w), stamp)
+    gathered = net.gather(w, tiny_shapes)
+    model = tiny_model(7)  # |θ| about 3 (randn)
+    theta0 = _params(model)
+    tight = UpdateLimits(clip_ratio=1.0, floor=1.0, max_abs_param=0.5)
+    assert not apply_gather(model, gathered, tiny_shapes, outer_lr=1.0, limits=tight)
+    assert all(torch.equal(p, theta0[n]) for n, p in _params(model).items())
+    loose = UpdateLimits(clip_ratio=1.0, floor=1.0, max_abs_param=1e3)
+    assert apply_gather(model, gathered, tiny_shapes, outer_lr=1.0, limits=loose)
+    assert any(not torch.equal(p, theta0[n]) for n, p in _params(model).items())
 
 
 def test_a_window_with_nothing_accepted_leaves_the_model_alone(devchain, tmp_path, tiny_shapes, tiny_model):
