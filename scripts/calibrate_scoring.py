@@ -51,7 +51,7 @@ from scoring.weights import GatePolicy, payment_gate  # noqa: E402
 FREE_RIDERS = ("wrong_data", "prev_aggregate", "late_mean_copy", "turncoat")
 WRONG_DATA_UID = 200  # trains the assignment of a uid nobody holds: real data, not its own
 SWEEP_THRESHOLDS = (1.645, 2.0, 2.33, 2.58, 3.0)
-SWEEP_DECAYS = (0.5, 0.7, 0.9)
+SWEEP_DECAYS = (0.5, 0.7, 0.8, 0.9)
 
 
 @dataclass

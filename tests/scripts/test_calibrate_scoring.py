@@ -31,7 +31,7 @@ def test_tiny_run_prints_the_calibration_json(tmp_path: Path):
     assert result["free_rider_miner_windows"] == {"late_mean_copy": 2, "prev_aggregate": 1}  # nothing to re-send in window 0
     assert set(result["windows_to_first_pay"]) == {"mean", "max", "never_paid"}
     assert set(result["t_by_kind"]) == {"honest", "honest_window0", "late_mean_copy", "prev_aggregate"}
-    assert len(result["sweep"]) == 15 and {"threshold", "decay", "honest_unpaid_pct"} <= set(result["sweep"][0])
+    assert len(result["sweep"]) == 20 and {"threshold", "decay", "honest_unpaid_pct"} <= set(result["sweep"][0])
     rows = result["per_window"]
     assert [(r["seed"], r["window"]) for r in rows] == [(0, 0), (0, 1)]
     first = rows[0]["miners"]["1"]
