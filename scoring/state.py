@@ -134,8 +134,12 @@ class _RecordV1(MinerRecord):
 
     def migrated(self) -> MinerRecord:
         """Rating, loss EMA, sync and counts kept; unique-data evidence starts fresh."""
-        kept = {f: getattr(self, f) for f in MinerRecord.__dataclass_fields__}
+        kept = {f: getattr(self, f) for f in MinerRecord.__dataclass_fields__ if f not in _EVIDENCE_FIELDS}
         return MinerRecord(**kept)
+
+
+# what the t statistic adds to a record; a version-1 file has no business carrying it
+_EVIDENCE_FIELDS = {"evidence_sum", "evidence_weight", "evidence_window", "last_t"}
 
 
 class _BookFileV1(_BookFile):
