@@ -91,8 +91,8 @@ def run_localnet(run: RunSpec, settings: Settings) -> dict:
         try:
             proc.wait(timeout=run_timeout(run, settings))
         except subprocess.TimeoutExpired:
-            # Ctrl-C, not a kill: the launcher then stops its nodes and still writes the summary
-            proc.send_signal(signal.SIGINT)
+            # SIGTERM, not a kill: the launcher then stops its nodes and still writes the summary
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:

@@ -215,7 +215,19 @@ def watch(specs, workdir, chain, args, endpoint, data_dir, console) -> str:
             time.sleep(1.0)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_cleanly_on_signals() -> None:
+    """Ctrl-C and SIGTERM both stop every node and still write the summary. SIGINT is re-armed:
+    a launcher started from a script in the background inherits it ignored."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def run(args: argparse.Namespace) -> int:
+    _stop_cleanly_on_signals()
     console = Console()
     workdir = Path(args.workdir or f".tessera/localnet-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -236,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             outcome = watch(specs, workdir, chain, args, s3.endpoint_url, data_dir, console)
         except KeyboardInterrupt:
-            outcome = "interrupted (Ctrl-C)"
+            outcome = "interrupted (Ctrl-C or SIGTERM)"
         finally:
             stop_nodes(specs)
     summary = build_summary(specs, workdir, chain, args.hparams, args.windows)
