@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from neurons.checkpoint import CheckpointManifest, checkpoint_bytes
 from neurons.data import Assignments, assigned_batches, heldout_batches, random_batches
@@ -42,6 +42,7 @@ from protocol.keys import checkpoint_key
 from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update
 from scoring.gauntlet import AlreadyScoredError, WindowEvidence, WindowResult, score_window
 from scoring.lossscore import LossMeasurement, measure_update, sequence_losses
+from scoring.outliers import norm_outliers, scaled_to, typical_norm, update_norm
 from scoring.state import ScoreBook, ScoreBookError
 from scoring.sync import sync_score
 from storage import ObjectExists, StorageError
@@ -57,6 +58,8 @@ MAX_LAG_WINDOWS = 3
 class Stage1:
     results: dict[int, Stage1Result]
     sync: dict[int, float]
+    norms: dict[int, float] = field(default_factory=dict)  # update norm of every in-sync candidate
+    typical_norm: float | None = None  # their median (None with too few to say)
 
 
 class Validator:
@@ -97,7 +100,7 @@ class Validator:
         base = model_fingerprint(node.model)
         stage1 = self.stage1(w, {uid: gathered.fetched[uid] for uid in miners}, base)
         times["filter"], tick = time.time() - tick, time.time()
-        measurements = self.stage2(w, gathered.fetched, stage1.results, miners)
+        measurements = self.stage2(w, gathered.fetched, stage1, miners)
         times["loss"], tick = time.time() - tick, time.time()
         apply(node, gathered)
         heldout = evaluate(node.model, self.heldout)
@@ -137,19 +140,25 @@ class Validator:
             sync[uid] = sync_score(f.decoded.manifest.base_fingerprint, base_fingerprint)
             if sync[uid] < self.node.hparams.scoring.min_sync_score:
                 results[uid] = Stage1Result.reject(uid, RejectReason.OUT_OF_SYNC, "trained from another θ")
+        norms = {u: update_norm(fetched[u].decoded.update) for u, r in results.items() if r.passed}
+        for uid, detail in norm_outliers(norms).items():  # boosting, not contribution (scoring.outliers)
+            results[uid] = Stage1Result.reject(uid, RejectReason.OUT_OF_BOUNDS, detail)
         candidates = [fetched[u] for u, r in results.items() if r.passed]
         sketches = {f.uid: sketch_update(f.decoded.update) for f in candidates}
         uploads = [Upload(f.uid, f.last_modified or 0.0, sketches[f.uid]) for f in candidates]
         for uid, finding in find_copies(w, uploads, self.copies, self.copy_policy).items():
             results[uid] = Stage1Result.reject(uid, RejectReason.COPY, finding.detail)
         self.copies.remember(w, {u: s for u, s in sketches.items() if results[u].passed})
-        return Stage1(results, sync)
+        return Stage1(results, sync, norms, typical_norm(norms))
 
     def stage2(
-        self, w: int, fetched: dict[int, FetchedPayload], results: dict[int, Stage1Result], miners: list[int]
+        self, w: int, fetched: dict[int, FetchedPayload], stage1: Stage1, miners: list[int]
     ) -> dict[int, LossMeasurement]:
         """Every candidate that passed stage 1, measured alone on θ_w (then reverted), with
-        per-sequence losses on its assigned data and on random data no registered miner was given."""
+        per-sequence losses on its assigned data and on random data no registered miner was given.
+        Each update is measured at most at the window's median norm, as the aggregate's clip would
+        apply it: a larger step buys no larger LossScore (``scoring.outliers``)."""
+        results = stage1.results
         node, hp = self.node, self.node.hparams
         t, n = hp.training, hp.scoring.eval_batches
         given = Assignments(hp.seed, tuple(miners), t.inner_steps * t.batch_size)
@@ -158,9 +167,8 @@ class Validator:
         out = {}
         for uid in sorted(u for u, r in results.items() if r.passed):
             own = assigned_batches(self.shards, hp.seed, uid, w, n, t.batch_size, t.seq_len)
-            out[uid] = measure_update(
-                node.model, fetched[uid].decoded.update, hp.outer.outer_lr, own, rand, sequence_losses, before_rand
-            )
+            update = scaled_to(fetched[uid].decoded.update, stage1.norms[uid], stage1.typical_norm)
+            out[uid] = measure_update(node.model, update, hp.outer.outer_lr, own, rand, sequence_losses, before_rand)
         return out
 
     def maybe_set_weights(self, w: int, weights: dict[int, float]) -> int | None:
