@@ -156,7 +156,9 @@ def _each_validator(uids: list[int], read: Callable[[int], T]) -> dict[int, T]:
         return dict(zip(uids, pool.map(read, uids), strict=True))
 
 
-def _published_fingerprint(node, uid: int, window: int, unreachable: set[int] | None = None) -> str | None:
+def _published_fingerprint(
+    node, uid: int, window: int, unreachable: set[int] | None = None, seconds: float = SMALL_READ_SECONDS
+) -> str | None:
     """The fingerprint validator ``uid`` published for ``window``; None if none (or not readable)."""
     peer = node.peers.get(uid)
     if peer is None:
@@ -164,7 +166,7 @@ def _published_fingerprint(node, uid: int, window: int, unreachable: set[int] | 
     key = fingerprint_key(node.hparams.run_id, window, uid)
     record = from_validator(uid, f"fingerprint record {window}",
                             lambda: FingerprintRecord.parse(
-                                peer.store.get(key, max_bytes=MAX_RECORD_BYTES, deadline=_deadline(SMALL_READ_SECONDS))),
+                                peer.store.get(key, max_bytes=MAX_RECORD_BYTES, deadline=_deadline(seconds))),
                             unreachable)
     if record is None:
         return None
@@ -176,10 +178,15 @@ def _published_fingerprint(node, uid: int, window: int, unreachable: set[int] | 
     return record.fingerprint
 
 
-def majority_fingerprint(node, electorate: Electorate, window: int, unreachable: set[int] | None = None) -> str | None:
-    """The fingerprint of θ_{window+1} published by more than half of the electorate's stake."""
+def majority_fingerprint(
+    node, electorate: Electorate, window: int, unreachable: set[int] | None = None, seconds: float = SMALL_READ_SECONDS
+) -> str | None:
+    """The fingerprint of θ_{window+1} published by more than half of the electorate's stake
+    (each validator's record read within ``seconds``)."""
     stake_behind: dict[str, float] = defaultdict(float)
-    published = _each_validator(electorate.uids, lambda uid: _published_fingerprint(node, uid, window, unreachable))
+    published = _each_validator(
+        electorate.uids, lambda uid: _published_fingerprint(node, uid, window, unreachable, seconds)
+    )
     for uid, fingerprint in published.items():
         if fingerprint is not None:
             stake_behind[fingerprint] += electorate.stakes[uid]

@@ -29,10 +29,12 @@ from neurons.behaviours.strategies import Behaviour, make_behaviour
 from neurons.data import assigned_batches
 from neurons.events import WindowRecord
 from neurons.fingerprint import model_fingerprint
-from neurons.gather import WindowGather
+from neurons.gather import WindowGather, fetch_budget
+from neurons.join import Electorate, join_from_checkpoint, majority_fingerprint
 from neurons.node import (
     Node,
     advance,
+    catch_up,
     configure_role,
     gather,
     open_shards,
@@ -50,6 +52,8 @@ from storage import ObjectExists, StorageError
 
 log = logging.getLogger(__name__)
 
+# Validators publish θ_{w+1}'s fingerprint after judging window w, one window behind the miners.
+RESYNC_LAG = 2
 SKIP_DECAY = 0.75  # per skipped window, the measured training time is trusted this much less
 # A behaviour that reads peers' uploads keeps trying until this long before its put must end.
 PEER_POLL_SECONDS = 0.5
@@ -70,12 +74,43 @@ class Miner:
         # in time. Before the first measurement assume half a window: a miner that comes up late
         # in a window waits for the next one instead of training into a slot it would miss.
         self.train_seconds: float | None = None
+        # θ_{w+1}'s fingerprint per window w, to compare with what validators published
+        self.fingerprints: dict[int, str] = {}
 
     def run(self) -> None:
         node = self.node
         start_window(node)
         self.restore_extra_state(node.extra_state)
-        run_windows(node, self.one_window)
+        run_windows(node, self.one_window, self.ready)
+
+    def ready(self) -> bool:
+        """Back in step if we fell out of it, then replay whatever closed meanwhile."""
+        self.rejoin_if_out_of_step()
+        catch_up(self.node)
+        return not self.node.stop.is_set()
+
+    def rejoin_if_out_of_step(self) -> None:
+        """If validators holding a stake majority published another θ than ours for a recent
+        window, load the newest confirmed checkpoint and replay from there.
+
+        A node can fall out of step through no one's fault: one payload that it could not fetch
+        by the deadline (a loaded machine) while the others did. Its own θ then differs from the
+        network's for good, its payloads fail every validator's sync check and it is never paid
+        again. Validators judge window w during w+1, so the window checked is RESYNC_LAG back."""
+        node, w = self.node, self.node.window - RESYNC_LAG
+        own = self.fingerprints.get(w)
+        if own is None or not self.behaviour.applies_outer_step:
+            return
+        for old in [k for k in self.fingerprints if k < w]:
+            del self.fingerprints[old]
+        electorate = Electorate.from_metagraph(node.chain.metagraph(), joiner=node.uid)
+        network = majority_fingerprint(node, electorate, w, seconds=fetch_budget(node.chain, node.hparams))
+        if network is None or network == own:
+            return
+        log.warning("%s is out of step since window %d (θ %s, validators %s); rejoining from a checkpoint",
+                    node.name, w, own[:12], network[:12])
+        self.fingerprints.clear()
+        node.window = join_from_checkpoint(node)
 
     def restore_extra_state(self, extra: dict[str, torch.Tensor]) -> None:
         """Error feedback and AdamW moments from local state. θ was checked when it was loaded;
@@ -102,6 +137,7 @@ class Miner:
         if gathered is None:
             return
         fp = model_fingerprint(node.model)
+        self.fingerprints[w] = fp
         publish_fingerprint(node, w, fp, gathered.accepted)
         extra = {f"ef.{k}": v for k, v in self.compressor.state_dict().items()}
         extra.update({f"opt.{k}": v for k, v in self.trainer.state_tensors().items()})

@@ -255,3 +255,19 @@ def test_a_damaged_extra_state_section_starts_those_buffers_fresh(tmp_path, hpar
     assert "damaged" in caplog.text
     assert all(float(v.abs().sum()) == 0.0 for v in miner.compressor.state_dict().values())
     assert not miner.trainer.optimizer.state
+
+
+@pytest.mark.parametrize(("network", "rejoins"), [("bb" * 16, True), ("aa" * 16, False), (None, False)])
+def test_a_miner_out_of_step_with_the_validators_rejoins(tmp_path, hparams, corpus_dir, monkeypatch, network, rejoins):
+    import neurons.miner as miner_module
+
+    miner = make_miner(tmp_path, hparams, corpus_dir, genesis_at(hparams, 0.1), LocalStore(tmp_path / "s"))
+    miner.node.window = W
+    miner.fingerprints[W - miner_module.RESYNC_LAG] = "aa" * 16  # ours for that window
+    asked = []
+    monkeypatch.setattr(miner_module, "majority_fingerprint", lambda node, el, w, seconds: asked.append(w) or network)
+    monkeypatch.setattr(miner_module, "join_from_checkpoint", lambda node: 3)
+    miner.rejoin_if_out_of_step()
+    assert asked == [W - miner_module.RESYNC_LAG]
+    assert (miner.node.window == 3) is rejoins
+    assert (miner.fingerprints == {}) is rejoins
