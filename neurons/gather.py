@@ -32,6 +32,8 @@ class WindowGather:
     gather_set: GatherSet
     accepted: list[int]
     fetched: dict[int, FetchedPayload]
+    # ||θ_w|| per parameter as the payloads were judged; the outer step's caps reuse it
+    param_norms: Mapping[str, float] | None = None
 
     @property
     def updates(self):
@@ -102,7 +104,7 @@ def gather_window(
     fetched = fetch_many(peers, order + extra, rule, shapes, fetch_budget(chain, hparams))
     # Gather members first, then reserves in their fixed order fill any gap.
     accepted = [uid for uid in order if fetched[uid].ok][: hparams.outer.gather_peers]
-    return WindowGather(window, gather_set, accepted, fetched)
+    return WindowGather(window, gather_set, accepted, fetched, param_norms)
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,8 @@ def apply_gather(
         return False
     max_norms = None
     if limits is not None:
-        max_norms = {n: limits.clip_ratio * norm + limits.floor for n, norm in parameter_norms(model).items()}
+        norms = gathered.param_norms or parameter_norms(model)  # θ_w: measured once per window when gathered
+        max_norms = {n: limits.clip_ratio * norm + limits.floor for n, norm in norms.items()}
     dense = aggregate(gathered.updates, shapes, max_norms=max_norms)
     if limits is not None and not _step_stays_bounded(model, dense, outer_lr, limits.max_abs_param):
         log.error("window %d: the outer step would leave θ non-finite or beyond |θ| <= %g; not applied",
