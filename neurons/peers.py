@@ -113,7 +113,9 @@ class PeerDirectory:
 
     def _open_new(self, owners: dict[str, int]) -> dict[str, ObjectStore | None]:
         """Open the stores of commitments not yet open, concurrently, waiting at most
-        OPEN_BUDGET_SECONDS; returns what finished (None: failed). Unfinished ones stay pending."""
+        OPEN_BUDGET_SECONDS for the ones started now; returns what finished (None: failed).
+        Unfinished ones stay pending and are picked up, without waiting, by a later refresh."""
+        started = []
         for text, uid in owners.items():
             if text in self._stores or text in self._opening:
                 continue
@@ -123,8 +125,9 @@ class PeerDirectory:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=OPEN_WORKERS, thread_name_prefix="peer-open")
             self._opening[text] = self._pool.submit(self._open, uid, text)
-        if self._opening:
-            wait(list(self._opening.values()), timeout=OPEN_BUDGET_SECONDS)
+            started.append(self._opening[text])
+        if started:
+            wait(started, timeout=OPEN_BUDGET_SECONDS)
         done = {text: f for text, f in self._opening.items() if f.done()}
         for text in done:
             del self._opening[text]

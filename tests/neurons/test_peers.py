@@ -270,11 +270,14 @@ def test_a_peer_whose_store_opens_slowly_costs_only_itself(monkeypatch, tmp_path
     peers = PeerDirectory(chain, make_store)
     started = time.monotonic()
     peers.refresh(metagraph(4))
-    assert time.monotonic() - started < 1.0  # two stalls of 10 s, one budget of 0.3 s, concurrently
+    assert time.monotonic() - started < 5.0  # two stalls of 10 s, one budget of 0.3 s, concurrently
     assert [p.uid for p in peers] == [0, 3]
     started = time.monotonic()
-    peers.refresh(metagraph(4))  # still pending: not waited for twice
-    assert time.monotonic() - started < 1.0 and [p.uid for p in peers] == [0, 3]
+    peers.refresh(metagraph(4))  # still pending: not waited for again
+    assert time.monotonic() - started < 0.3 and [p.uid for p in peers] == [0, 3]
     release.set()
-    peers.refresh(metagraph(4))
+    deadline = time.monotonic() + 5.0
+    while [p.uid for p in peers] != [0, 1, 2, 3] and time.monotonic() < deadline:
+        time.sleep(0.05)
+        peers.refresh(metagraph(4))  # a store that finished opening is picked up
     assert [p.uid for p in peers] == [0, 1, 2, 3]
