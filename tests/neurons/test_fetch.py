@@ -367,4 +367,4 @@ def test_one_honest_and_three_stalling_peers_close_on_time(tmp_path, upload, mak
     assert got[1].ok
     for uid in modes:
         assert_rejected(got[uid], RejectReason.MISSING)
-    assert elapsed < budget + 1.5, elapsed  # the stalls would last 30 s each
+    assert elapsed < budget + 4.0, elapsed  # the stalls would last 30 s each; room for a loaded machine

@@ -22,7 +22,7 @@ from storage.s3 import S3Store
 from tests.storage.hostile_server import GOOD_DATE, HEADER_MODES, HostileServer
 
 DEADLINE = 2.0
-SLACK = 1.0  # scheduling on two shared cores; the drip itself is 0.5 s per byte
+SLACK = 2.0  # scheduling on two shared cores (the stalls last 8 s); the drip itself is 0.5 s per byte
 LOCAL = EndpointPolicy(allow_loopback=True)
 
 
