@@ -197,6 +197,12 @@ def _check_signature(digest: bytes, sig_hex: str, verify: Verify | None) -> None
         raise SignatureError("bad signature")
 
 
+def read_manifest(data: bytes, n_params: int) -> PayloadManifest:
+    """What a payload says about itself (its header only: nothing decoded, signature unchecked);
+    PayloadError if the header or manifest is malformed."""
+    return _read_manifest(_parse_header(data, n_params).metadata)[0]
+
+
 def decode_payload(
     data: bytes,
     expected_shapes: Mapping[str, tuple[int, ...]],

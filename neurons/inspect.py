@@ -18,7 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from compression import PayloadError, PayloadManifest, decode_payload
+from compression import PayloadError, PayloadManifest
+from compression.wire import read_manifest
 from neurons.gather import acceptance_rule_for
 from neurons.model import build_model, param_shapes
 from protocol.acceptance import RejectReason, judge_payload, parameter_norms
@@ -59,7 +60,7 @@ def inspect_payload(data: bytes, hparams, uid: int | None = None, window: int | 
     """The verdict on ``data`` as a JSON-ready dict (see the module docstring)."""
     model = build_model(hparams.model, hparams.seed)
     shapes = param_shapes(model)
-    claimed = _claimed_manifest(data, shapes, hparams.codec.max_payload_bytes)
+    claimed = _claimed_manifest(data, len(shapes))
     uid = uid if uid is not None else (claimed.uid if claimed else 0)
     window = window if window is not None else (claimed.window if claimed else 0)
     hotkey = hotkey if hotkey is not None else (claimed.hotkey if claimed else "")
@@ -74,11 +75,10 @@ def inspect_payload(data: bytes, hparams, uid: int | None = None, window: int | 
     return verdict
 
 
-def _claimed_manifest(data: bytes, shapes, max_bytes: int) -> PayloadManifest | None:
-    """What the payload says about itself, read without checking its signature (None if unreadable)."""
+def _claimed_manifest(data: bytes, n_params: int) -> PayloadManifest | None:
+    """What the payload says about itself, from its header alone (None if unreadable; the
+    verdict then says why, through the same guarded path every node runs)."""
     try:
-        return decode_payload(data, shapes, max_bytes).manifest
+        return read_manifest(data, n_params)
     except PayloadError:
-        return None
-    except Exception:  # noqa: BLE001 - only a peek: the verdict itself goes through the guarded path
         return None

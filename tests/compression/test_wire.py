@@ -18,6 +18,7 @@ from compression import (
     decode_payload,
     encode_payload,
 )
+from compression.wire import read_manifest
 
 SHAPES = {"layer.w": (64, 128), "layer.b": (96,), "odd": (30, 50)}
 KEY = b"test-key"
@@ -244,3 +245,19 @@ def test_body_flips_with_a_valid_signature(payload, edits):
 def test_random_bytes_are_rejected(data):
     with pytest.raises(PayloadError):
         decode_payload(data, SHAPES, CAP)
+
+
+def test_read_manifest_is_what_decoding_finds(payload):
+    _, _, data = payload
+    assert read_manifest(data, len(SHAPES)) == decode_payload(data, SHAPES, CAP, verify).manifest
+
+
+@FAST
+@given(st.binary(max_size=2048), st.integers(0, 4096))
+def test_read_manifest_of_any_bytes_is_a_manifest_or_payload_error(payload, junk, cut):
+    _, _, data = payload
+    for candidate in (junk, data[:cut], junk + data[cut:]):
+        try:
+            assert isinstance(read_manifest(candidate, len(SHAPES)), PayloadManifest)
+        except PayloadError:
+            pass
