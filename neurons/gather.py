@@ -17,6 +17,7 @@ import torch
 from compression import CodecParams, aggregate, outer_step
 from neurons.fetch import FetchedPayload, fetch_many
 from neurons.peers import PeerDirectory
+from protocol import roles
 from protocol.acceptance import AcceptanceRule, ValueBounds, parameter_norms
 from protocol.chain import Chain, Metagraph
 from protocol.clock import WindowClock
@@ -40,9 +41,10 @@ class WindowGather:
         return [self.fetched[uid].decoded.update for uid in self.accepted]
 
 
-def miner_uids(metagraph: Metagraph, owner_uid: int | None) -> list[int]:
-    """Miners are the neurons without a validator permit, other than the subnet owner's uid."""
-    return sorted(n.uid for n in metagraph.neurons if not n.validator_permit and n.uid != owner_uid)
+def miner_uids(metagraph: Metagraph, hparams: Hparams) -> list[int]:
+    """The miners by the network's rule (``protocol.roles``: not by permits); the subnet owner's
+    uid is ``scoring.burn_uid``."""
+    return roles.miner_uids(metagraph, hparams, hparams.scoring.burn_uid)
 
 
 # Each peer's fetch (HEAD + GET + retries) must end within this share of a window, and never in
@@ -96,7 +98,8 @@ def gather_window(
     at_start = chain.metagraph(clock.first_block(window))
     peers.refresh(chain.metagraph())
     gather_set = select_gather_set(
-        at_start, hparams.outer.gather_peers, hparams.outer.reserve_peers, candidates=miner_uids(at_start, hparams.scoring.burn_uid)
+        at_start, hparams.outer.gather_peers, hparams.outer.reserve_peers, candidates=miner_uids(at_start, hparams),
+        validator_min_stake=hparams.roles.validator_min_stake,
     )
     order = list(gather_set.gather) + list(gather_set.reserves)
     extra = [uid for uid in also_fetch if uid not in order]

@@ -94,7 +94,7 @@ class Validator:
         times: dict[str, float] = {}
         tick = time.time()
         metagraph = node.chain.metagraph(node.clock.first_block(w))
-        miners = miner_uids(metagraph, hp.scoring.burn_uid)
+        miners = [uid for uid in miner_uids(metagraph, hp) if uid != node.uid]  # not itself before its first weights
         gathered = gather(node, also_fetch=miners)
         times["fetch"], tick = time.time() - tick, time.time()
         base = model_fingerprint(node.model)

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from protocol.chain import Metagraph
+from protocol.roles import is_validator
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,10 @@ class GatherSet:
     reserves: list[int]
 
 
-def consensus_weights(metagraph: Metagraph) -> dict[int, float]:
-    """Σ_v stake_v · w_v[uid] / Σ_v stake_v over validators (permit, stake > 0, some weights)."""
-    voters = [n for n in metagraph.neurons if n.validator_permit and n.stake > 0 and n.weights]
+def consensus_weights(metagraph: Metagraph, validator_min_stake: float = 0.0) -> dict[int, float]:
+    """Σ_v stake_v · w_v[uid] / Σ_v stake_v over validators by ``protocol.roles`` (weights set,
+    a permit, stake > 0 and >= ``validator_min_stake``)."""
+    voters = [n for n in metagraph.neurons if is_validator(n, validator_min_stake)]
     total = sum(n.stake for n in voters)
     out: dict[int, float] = {}
     if total <= 0:
@@ -41,7 +43,11 @@ def consensus_weights(metagraph: Metagraph) -> dict[int, float]:
 
 
 def select_gather_set(
-    metagraph: Metagraph, gather_peers: int, reserve_peers: int, candidates: Iterable[int]
+    metagraph: Metagraph,
+    gather_peers: int,
+    reserve_peers: int,
+    candidates: Iterable[int],
+    validator_min_stake: float = 0.0,
 ) -> GatherSet:
     """Rank ``candidates`` (registered miners the caller considers) by consensus weight, ties by
     uid, and split them into tiers; only miners weighed above zero are in either tier.
@@ -54,7 +60,7 @@ def select_gather_set(
     """
     registered = set(metagraph.uids)
     pool = sorted({u for u in candidates if u in registered})
-    weight = consensus_weights(metagraph)
+    weight = consensus_weights(metagraph, validator_min_stake)
     weighted = [u for u in pool if weight.get(u, 0.0) > 0]
     if not weighted:
         return GatherSet(gather=pool, reserves=[])

@@ -125,6 +125,14 @@ class BoundsConfig(_Strict):
     )
 
 
+class RolesConfig(_Strict):
+    """Who counts as a validator (``protocol.roles``); miners are defined by setting no weights."""
+
+    validator_min_stake: float = Field(
+        ge=0, default=1.0, description="stake a permit holder needs for its weights to steer the gather set"
+    )
+
+
 class Hparams(_Strict):
     name: str
     seed: int = 0
@@ -136,6 +144,7 @@ class Hparams(_Strict):
     scoring: ScoringConfig
     checkpoint: CheckpointConfig
     bounds: BoundsConfig = BoundsConfig()
+    roles: RolesConfig = RolesConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Hparams:

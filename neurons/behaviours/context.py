@@ -38,7 +38,7 @@ def read_peer_uploads(node: Node, window: int) -> dict[int, SparseUpdate]:
     """Every other miner's payload of ``window`` that any node would accept right now, by uid."""
     metagraph = node.chain.metagraph()
     node.peers.refresh(metagraph)
-    others = [uid for uid in miner_uids(metagraph, node.hparams.scoring.burn_uid) if uid != node.uid]
+    others = [uid for uid in miner_uids(metagraph, node.hparams) if uid != node.uid]
     rule = acceptance_rule(node.hparams, node.clock, window, parameter_norms(node.model))
     fetched = fetch_many(node.peers, others, rule, node.shapes, PEER_READ_SECONDS)
     return {uid: f.decoded.update for uid, f in fetched.items() if f.ok and f.decoded is not None}

@@ -202,10 +202,13 @@ def test_reserves_fill_in_for_failed_gather_members_in_a_fixed_order(devchain, t
 def test_miners_are_neither_validators_nor_the_owner(devchain, tmp_path):
     net = make_net(devchain, tmp_path)
     v = net.join(1, stake=10.0, bucket="")
-    m = [net.join(who) for who in (2, 3)]
-    assert miner_uids(devchain.metagraph(), owner_uid=0) == m
-    assert miner_uids(devchain.metagraph(), owner_uid=None) == sorted([0, *m])
-    assert v not in miner_uids(devchain.metagraph(), owner_uid=0)
+    m = [net.join(who, stake=5.0) for who in (2, 3)]  # paid miners: stake, and permits on this chain
+    devchain.set_weights(signer(1), {m[0]: 1.0})  # a validator is one whose weights count
+    hp = net.hparams
+    assert miner_uids(devchain.metagraph(), hp) == m
+    owned_by_m0 = hp.model_copy(update={"scoring": hp.scoring.model_copy(update={"burn_uid": m[0]})})
+    assert miner_uids(devchain.metagraph(), owned_by_m0) == [0, m[1]]  # uid 0 is no longer the owner
+    assert v not in miner_uids(devchain.metagraph(), owned_by_m0)
 
 
 def test_acceptance_rule_follows_the_chain_clock_and_hparams(devchain, tmp_path):
