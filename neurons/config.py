@@ -68,6 +68,9 @@ class NodeConfig(BaseModel):
     # What a miner does each window (neurons.behaviours): anything but honest is an attack, for
     # proving Gauntlet on a local network; it is refused wherever real stake is at play.
     behaviour: str = HONEST
+    # Prometheus endpoint (neurons.metrics): off unless a port is given; loopback unless told otherwise
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_address: str = Field(default="127.0.0.1", min_length=1)
 
     @field_validator("behaviour")
     @classmethod
@@ -105,6 +108,8 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "--threads": ("threads", "torch CPU threads"),
     "--max-windows": ("max_windows", "stop after this many windows"),
     "--behaviour": ("behaviour", f"miners on a --devchain only: {', '.join(KINDS)} (default {HONEST})"),
+    "--metrics.port": ("metrics_port", "serve Prometheus metrics on this port (default: off)"),
+    "--metrics.address": ("metrics_address", "address the metrics endpoint binds (default 127.0.0.1)"),
 }
 _SECRET_ENV = {
     "bucket.write_key_id": "TESSERA_BUCKET_WRITE_KEY_ID",

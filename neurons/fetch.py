@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from compression import DecodedPayload
+from neurons import metrics
 from neurons.peers import Peer, PeerDirectory
 from protocol.acceptance import (
     AcceptanceRule,
@@ -76,10 +77,13 @@ def _fetch(peer: Peer, rule: AcceptanceRule, shapes, deadline: float | None) -> 
     if problem is not None:
         return _reject(uid, problem.reason, problem.detail, **seen)
     try:
-        data = peer.store.get(key, max_bytes=rule.max_bytes, deadline=deadline)
+        with metrics.timed("fetch"):
+            data = peer.store.get(key, max_bytes=rule.max_bytes, deadline=deadline)
     except StorageError as exc:
         return _reject(uid, RejectReason.MISSING, f"download failed: {exc}", **seen)
-    verdict = judge_payload(data, uid, peer.hotkey, rule, shapes)
+    metrics.payload_bytes("downloaded", len(data))
+    with metrics.timed("decode"):
+        verdict = judge_payload(data, uid, peer.hotkey, rule, shapes)
     return FetchedPayload(uid, verdict.result, decoded=verdict.decoded, downloaded=len(data), **seen)
 
 

@@ -23,6 +23,7 @@ from compression import (
     SparseUpdate,
     encode_payload,
 )
+from neurons import metrics
 from neurons.behaviours.context import WindowContext, read_peer_uploads
 from neurons.behaviours.kinds import BYTE_LEVEL_KINDS
 from neurons.behaviours.strategies import Behaviour, make_behaviour
@@ -136,6 +137,8 @@ class Miner:
         gathered = self.follow()
         if gathered is None:
             return
+        metrics.loss("train", loss)
+        metrics.peers((f.ok, str(f.result.reason)) for f in gathered.fetched.values())
         fp = model_fingerprint(node.model)
         self.fingerprints[w] = fp
         publish_fingerprint(node, w, fp, gathered.accepted)
@@ -245,7 +248,9 @@ class Miner:
         delay = 0.25
         while time.time() < end and not node.stop.is_set():
             try:
-                node.store.put(key, payload)
+                with metrics.timed("upload"):
+                    node.store.put(key, payload)
+                metrics.payload_bytes("uploaded", len(payload))
                 return len(payload)
             except ObjectExists:
                 return 0  # uploaded before a restart: payloads are immutable

@@ -17,6 +17,7 @@ from pathlib import Path
 import bittensor
 import torch
 
+from neurons import metrics
 from neurons.config import NodeConfig
 from neurons.corpus import ensure_embedded_data
 from neurons.events import EventLog, WindowRecord
@@ -166,7 +167,9 @@ def gather(node: Node, also_fetch: Iterable[int] = ()) -> WindowGather:
 
 def apply(node: Node, gathered: WindowGather) -> None:
     """The outer step: θ_w → θ_{w+1}."""
-    apply_gather(node.model, gathered, node.shapes, node.hparams.outer.outer_lr, UpdateLimits.from_hparams(node.hparams))
+    with metrics.timed("apply"):
+        limits = UpdateLimits.from_hparams(node.hparams)
+        apply_gather(node.model, gathered, node.shapes, node.hparams.outer.outer_lr, limits)
     node.window = gathered.window + 1
 
 
@@ -215,8 +218,12 @@ def run_windows(node: Node, one_window: Callable[[], None], ready: Callable[[], 
         try:
             if not ready():
                 break
+            working_on = node.window
+            metrics.window(working_on)
             one_window()
+            metrics.window_done(working_on)
         except (ChainError, StorageError) as exc:
+            metrics.window_failed()
             log.warning("%s window %d failed (%s: %s); retrying in %.0f s",
                         node.name, node.window, type(exc).__name__, exc, WINDOW_RETRY_SECONDS)
             node.stop.wait(WINDOW_RETRY_SECONDS)
@@ -246,6 +253,7 @@ def publish_fingerprint(node: Node, window: int, fingerprint: str, accepted: lis
 def run_node(role: str, args, runner) -> int:
     """Validate settings, build the node, run ``runner(node).run()`` until done or signalled."""
     import signal
+    import sys
 
     from neurons.config import ConfigError, node_config_from_args
 
@@ -254,10 +262,17 @@ def run_node(role: str, args, runner) -> int:
     except ConfigError as exc:
         print(f"tessera {role}: {exc}")
         return 2
+    if config.metrics_port is not None:
+        try:
+            metrics.serve(config.metrics_port, config.metrics_address)
+        except metrics.MetricsError as exc:
+            print(f"tessera {role}: {exc}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     node = build_node(config, stop)
+    metrics.node_info(role, node.uid, node.hparams.run_id)
     runner(node).run()
     log.info("%s stopped at window %d", node.name, node.window)
     return 0

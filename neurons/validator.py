@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from neurons import metrics
 from neurons.checkpoint import CheckpointManifest, checkpoint_bytes
 from neurons.data import Assignments, assigned_batches, heldout_batches, random_batches
 from neurons.events import WindowRecord
@@ -102,8 +103,11 @@ class Validator:
         times["filter"], tick = time.time() - tick, time.time()
         measurements = self.stage2(w, gathered.fetched, stage1, miners)
         times["loss"], tick = time.time() - tick, time.time()
+        metrics.observe("evaluate", times["loss"])
+        metrics.peers((r.passed, str(r.reason)) for r in stage1.results.values())
         apply(node, gathered)
         heldout = evaluate(node.model, self.heldout)
+        metrics.loss("heldout", heldout)
         try:
             hotkeys = {n.uid: n.hotkey for n in metagraph.neurons}
             evidence = WindowEvidence(w, hotkeys, list(stage1.results.values()), measurements, stage1.sync)
@@ -179,7 +183,9 @@ class Validator:
             node.chain.set_weights(node.signer, weights)
         except ChainError as exc:
             log.error("%s set_weights failed for window %d: %s", node.name, w, exc)
+            metrics.weights_set(False)
             return None
+        metrics.weights_set(True)
         return node.chain.block()
 
     def maybe_checkpoint(self, w: int, fingerprint: str) -> None:
