@@ -3,9 +3,9 @@
 The text is the Python standard library's own: the pydoc topic pages (English reference prose)
 and a capped, pseudo-shuffled selection of its ``.py`` sources (code, comments, docstrings).
 Nothing is downloaded and nothing is copied into the repository. The same Python build gives the
-same bytes, so every node on one machine builds identical shards; nodes on different machines
-must share the shards directory (compare ``TokenShards.digest``) because two Python builds can
-ship slightly different sources.
+same bytes, so every node on one machine builds identical shards; two Python builds can ship
+slightly different sources, so nodes on different machines read the run's *published* copy
+(``neurons.dataset``; the local subnet publishes this corpus to its own bucket), pinned by digest.
 """
 
 from __future__ import annotations
@@ -21,12 +21,17 @@ from pathlib import Path
 from neurons.shards import INDEX_FILE, ShardWriter, TokenShards
 from neurons.tokenizer import train_bpe
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: the header names its tokenizer (embedded_tokenizer_name)
 DEFAULT_MAX_CHARS = 4_000_000  # ~1.3 M tokens at vocab 2048; builds in a few seconds on 2 cores
 MAX_FILE_CHARS = 200_000  # skip generated tables and giant modules; they teach little
 # Directories that are tests, vendored packages or mostly machine-generated tables.
 _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
                         "encodings", "pydoc_data", "lib2to3", "ensurepip", "config-3"})
+
+
+def embedded_tokenizer_name(vocab_size: int) -> str:
+    """The name the embedded corpus's header gives its tokenizer (hparams ``model.tokenizer``)."""
+    return f"tessera-stdlib-bpe-{vocab_size}"
 
 
 def stdlib_documents(max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
@@ -80,7 +85,7 @@ def _build(out_dir: Path, vocab_size: int, max_chars: int, source: str) -> None:
     writer = ShardWriter(out_dir, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id)
     for ids in tokenizer.encode_batch(docs):
         writer.add_document(ids)
-    writer.finish(tokenizer_sha256=tokenizer.sha256, source=source)
+    writer.finish(tokenizer_sha256=tokenizer.sha256, source=source, tokenizer=embedded_tokenizer_name(vocab_size))
     tokenizer.tokenizer.save(str(out_dir / "tokenizer.json"))
 
 

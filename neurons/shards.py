@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 FORMAT_NAME = "tessera-shards"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 DEFAULT_SHARD_TOKENS = 1 << 27  # 128 Mi tokens: 256 MiB per uint16 shard, easy to move around
+# Bounds on a header read from anywhere (a published index is fetched from a bucket): 65 536
+# shards of 2^27 tokens is 8 Ti tokens, far past any run; a header that large is ~10 MiB.
+MAX_SHARDS = 1 << 16
+MAX_SHARD_TOKENS = 1 << 40
+MAX_INDEX_BYTES = 16 << 20
 
 TokenDtype = Literal["uint16", "uint32"]
 
@@ -31,32 +37,64 @@ class ShardError(ValueError):
 
 
 class ShardEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    n_tokens: int = Field(ge=0)
-    n_docs: int = Field(ge=0)
+    # no leading dot and no slash: a name becomes a file name in a cache and an object key
+    name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+    n_tokens: int = Field(ge=0, le=MAX_SHARD_TOKENS)
+    n_docs: int = Field(ge=0, le=MAX_SHARD_TOKENS)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hash of the .bin file's bytes")
+
+    def nbytes(self, dtype: str) -> int:
+        """Size of the ``.bin`` file: what a download is checked against before it starts."""
+        return self.n_tokens * np.dtype(dtype).itemsize
 
 
 class ShardIndex(BaseModel):
     """The header in ``index.json``; its canonical hash is the data digest nodes compare."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     format: Literal["tessera-shards"] = FORMAT_NAME
     version: Literal[1] = FORMAT_VERSION
     dtype: TokenDtype
-    vocab_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0, le=1 << 32)
     eos_id: int = Field(ge=0)
     tokenizer_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    source: str = Field(default="", description="free text: where the text came from")
-    shards: list[ShardEntry]
+    tokenizer: str = Field(
+        default="", max_length=200, description="the tokenizer's public name, e.g. mistralai/Mistral-7B-v0.3"
+    )
+    source: str = Field(default="", max_length=2000, description="free text: where the text came from")
+    shards: list[ShardEntry] = Field(min_length=1, max_length=MAX_SHARDS)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ShardIndex:
+        if self.eos_id >= self.vocab_size:
+            raise ValueError(f"eos_id {self.eos_id} outside vocabulary of size {self.vocab_size}")
+        if self.vocab_size > 1 << 16 and self.dtype == "uint16":
+            raise ValueError(f"dtype uint16 cannot hold a vocabulary of {self.vocab_size}")
+        if len({entry.name for entry in self.shards}) != len(self.shards):
+            raise ValueError("shard names repeat")
+        return self
+
+    def canonical_bytes(self) -> bytes:
+        """The header as sorted, compact JSON: the bytes published, and what the digest hashes."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
 
     @property
     def digest(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """The run's data digest: SHA-256 of ``canonical_bytes()`` (it holds every shard's hash)."""
+        return hashlib.sha256(self.canonical_bytes()).hexdigest()
+
+    @classmethod
+    def parse(cls, raw: bytes | str, where: str) -> ShardIndex:
+        """A header from untrusted bytes: size-capped, strict, or ``ShardError`` naming ``where``."""
+        if len(raw) > MAX_INDEX_BYTES:
+            raise ShardError(f"{where}: header of {len(raw)} bytes exceeds the {MAX_INDEX_BYTES}-byte cap")
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ShardError(f"{where} is not a valid shards header: {exc}") from exc
 
 
 def dtype_for_vocab(vocab_size: int) -> TokenDtype:
@@ -104,7 +142,7 @@ class ShardWriter:
         if self._n_tokens >= self.shard_tokens:
             self._close_current()
 
-    def finish(self, tokenizer_sha256: str, source: str = "") -> ShardIndex:
+    def finish(self, tokenizer_sha256: str, source: str = "", tokenizer: str = "") -> ShardIndex:
         """Close the last shard and write ``index.json``; returns the header."""
         self._close_current()
         if not self._entries:
@@ -114,6 +152,7 @@ class ShardWriter:
             vocab_size=self.vocab_size,
             eos_id=self.eos_id,
             tokenizer_sha256=tokenizer_sha256,
+            tokenizer=tokenizer,
             source=source,
             shards=self._entries,
         )
@@ -141,13 +180,24 @@ class ShardWriter:
 
 
 class TokenShards:
-    """Read-only, memory-mapped view of a shards directory."""
+    """Read-only, memory-mapped view of a shards directory.
 
-    def __init__(self, directory: Path | str):
+    Shards are mapped on first use (``tokens``); a local directory maps and size-checks every
+    file on open, so a damaged directory fails at start. A subclass that is given its header
+    (``neurons.dataset.RemoteShards``) overrides ``_load_tokens`` to fetch a shard only when a
+    sample from it is first asked for.
+    """
+
+    def __init__(self, directory: Path | str, index: ShardIndex | None = None):
         self.directory = Path(directory)
-        self.index = _read_index(self.directory)
-        self._tokens = [self._map(entry, ".bin", self.index.dtype, entry.n_tokens) for entry in self.index.shards]
-        self._offsets = [self._map(entry, ".idx", "uint64", entry.n_docs + 1) for entry in self.index.shards]
+        self.index = index if index is not None else _read_index(self.directory)
+        self._tokens: list[np.ndarray | None] = [None] * len(self.index.shards)
+        self._offsets: list[np.ndarray | None] = [None] * len(self.index.shards)
+        self._lock = threading.Lock()  # one load per shard even when threads ask at once
+        if index is None:
+            for i in range(len(self)):
+                self.tokens(i)
+                self._doc_offsets(i)
 
     @property
     def vocab_size(self) -> int:
@@ -171,16 +221,38 @@ class TokenShards:
         return sum(entry.n_docs for entry in self.index.shards)
 
     def __len__(self) -> int:
-        return len(self._tokens)
+        return len(self.index.shards)
 
     def tokens(self, shard: int) -> np.ndarray:
         """The token stream of one shard (a read-only memory map; slice it, don't copy it whole)."""
-        return self._tokens[shard]
+        mapped = self._tokens[shard]
+        if mapped is None:
+            with self._lock:
+                mapped = self._tokens[shard]
+                if mapped is None:
+                    mapped = self._tokens[shard] = self._load_tokens(shard)
+        return mapped
+
+    def loaded(self) -> list[str]:
+        """Names of the shards mapped so far (for a lazy reader: the ones fetched)."""
+        return [entry.name for entry, mapped in zip(self.index.shards, self._tokens, strict=True) if mapped is not None]
 
     def document(self, shard: int, doc: int) -> np.ndarray:
         """One document's token ids, without its trailing end-of-text token."""
-        start, end = int(self._offsets[shard][doc]), int(self._offsets[shard][doc + 1])
-        return np.asarray(self._tokens[shard][start : end - 1])
+        offsets = self._doc_offsets(shard)
+        start, end = int(offsets[doc]), int(offsets[doc + 1])
+        return np.asarray(self.tokens(shard)[start : end - 1])
+
+    def _load_tokens(self, shard: int) -> np.ndarray:
+        entry = self.index.shards[shard]
+        return self._map(entry, ".bin", self.index.dtype, entry.n_tokens)
+
+    def _doc_offsets(self, shard: int) -> np.ndarray:
+        offsets = self._offsets[shard]
+        if offsets is None:
+            entry = self.index.shards[shard]
+            offsets = self._offsets[shard] = self._map(entry, ".idx", "uint64", entry.n_docs + 1)
+        return offsets
 
     def require_vocab(self, model_vocab_size: int) -> None:
         """Refuse shards whose token ids could fall outside the model's embedding table."""
@@ -191,10 +263,10 @@ class TokenShards:
 
     def verify(self) -> None:
         """Re-hash every shard file against the header (reads all data; for audits and tests)."""
-        for entry, tokens, offsets in zip(self.index.shards, self._tokens, self._offsets, strict=True):
-            if hashlib.sha256(tokens.tobytes()).hexdigest() != entry.sha256:
+        for i, entry in enumerate(self.index.shards):
+            if hashlib.sha256(self.tokens(i).tobytes()).hexdigest() != entry.sha256:
                 raise ShardError(f"shard {entry.name} content does not match its hash in {INDEX_FILE}")
-            starts = offsets.astype(np.int64)
+            starts = self._doc_offsets(i).astype(np.int64)
             if int(starts[0]) != 0 or int(starts[-1]) != entry.n_tokens or np.any(np.diff(starts) <= 0):
                 raise ShardError(f"shard {entry.name} document offsets do not rise from 0 to n_tokens")
 
@@ -215,10 +287,8 @@ class TokenShards:
 def _read_index(directory: Path) -> ShardIndex:
     path = directory / INDEX_FILE
     try:
-        raw = path.read_text()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_INDEX_BYTES + 1)
     except FileNotFoundError as exc:
         raise ShardError(f"no shards at {directory}: {INDEX_FILE} not found") from exc
-    try:
-        return ShardIndex.model_validate_json(raw)
-    except ValidationError as exc:
-        raise ShardError(f"{path} is not a valid shards header: {exc}") from exc
+    return ShardIndex.parse(raw, str(path))

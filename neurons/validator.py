@@ -22,6 +22,7 @@ from neurons.events import WindowRecord
 from neurons.fetch import FetchedPayload
 from neurons.fingerprint import model_fingerprint
 from neurons.gather import miner_uids
+from neurons.weights_schedule import WeightsOutcome, WeightsSchedule
 from neurons.node import (
     Node,
     apply,
@@ -38,7 +39,6 @@ from neurons.node import (
 from neurons.state import save_node_state
 from neurons.train import evaluate
 from protocol.acceptance import RejectReason, Stage1Result
-from protocol.chain import ChainError
 from protocol.keys import checkpoint_key
 from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update
 from scoring.gauntlet import AlreadyScoredError, WindowEvidence, WindowResult, score_window
@@ -75,6 +75,10 @@ class Validator:
         self.secret = _validator_secret(node.config.state_dir / "validator.secret")
         t = hp.training
         self.heldout = heldout_batches(self.shards, HELDOUT_BATCHES, t.batch_size, t.seq_len)
+        self.weights = WeightsSchedule(
+            node.chain, node.signer, node.uid, version_key=hp.scoring.weights_version_key,
+            windows_per_weights=hp.scoring.windows_per_weights, name=node.name,
+        )
 
     def run(self) -> None:
         start_window(self.node)
@@ -117,7 +121,7 @@ class Validator:
             log.info("%s window %d was scored before a restart", node.name, w)
             result = WindowResult(w, {}, {}, {}, {})
         self.book.save(self.book_path)
-        weights_block = self.maybe_set_weights(w, result.weights)
+        weights_set = self.maybe_set_weights(w, result.weights)
         times["score"] = time.time() - tick
         fp = model_fingerprint(node.model)
         publish_fingerprint(node, w, fp, gathered.accepted)
@@ -128,7 +132,8 @@ class Validator:
             WindowRecord(
                 node.name, "validator", node.uid, w, fp, gathered.accepted, loss=heldout, heldout_loss=heldout,
                 payload_bytes={u: f.downloaded for u, f in gathered.fetched.items() if f.downloaded and u in miners},
-                scores=result.scores, weights=result.weights, stage_seconds=times, weights_block=weights_block,
+                scores=result.scores, weights=result.weights, stage_seconds=times, weights_block=weights_set.block,
+                weights_note=weights_set.note,
                 rejected={u: str(r.reason) for u, r in stage1.results.items() if not r.passed},
             )
         )
@@ -175,18 +180,12 @@ class Validator:
             out[uid] = measure_update(node.model, update, hp.outer.outer_lr, own, rand, sequence_losses, before_rand)
         return out
 
-    def maybe_set_weights(self, w: int, weights: dict[int, float]) -> int | None:
-        node = self.node
-        if (w + 1) % node.hparams.scoring.windows_per_weights or not weights:
-            return None
-        try:
-            node.chain.set_weights(node.signer, weights)
-        except ChainError as exc:
-            log.error("%s set_weights failed for window %d: %s", node.name, w, exc)
-            metrics.weights_set(False)
-            return None
-        metrics.weights_set(True)
-        return node.chain.block()
+    def maybe_set_weights(self, w: int, weights: dict[int, float]) -> WeightsOutcome:
+        """Hand the window's weights to the schedule, which sets them when the chain allows."""
+        outcome = self.weights.step(w, weights)
+        if outcome.status in ("set", "refused", "failed"):
+            metrics.weights_set(outcome.status == "set")
+        return outcome
 
     def maybe_checkpoint(self, w: int, fingerprint: str) -> None:
         """Every ``interval_windows`` windows, publish θ_{w+1} for joining nodes."""

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import boto3
+from botocore import UNSIGNED
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -84,6 +85,7 @@ class S3Store(ObjectStore):
         policy: EndpointPolicy | None = None,
         resolve: Resolver = socket.getaddrinfo,
         sleep: Callable[[float], None] = time.sleep,
+        anonymous: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -103,7 +105,8 @@ class S3Store(ObjectStore):
         if policy is not None and endpoint_url is not None:
             check_endpoint(endpoint_url, policy, resolve)  # refused before any client exists
         config = Config(
-            signature_version="s3v4",
+            # anonymous: unsigned requests, for a public bucket (the run's published dataset)
+            signature_version=UNSIGNED if anonymous else "s3v4",
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retries={"mode": "standard", "total_max_attempts": 1},
