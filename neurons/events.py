@@ -43,6 +43,7 @@ class WindowRecord:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     uploaded_bytes: int = 0
     weights_block: int | None = None  # block at which this window's weights were set on chain
+    weights_note: str = ""  # what happened to weights this window (neurons.weights_schedule), "" if none due
     replayed: bool = False
 
 

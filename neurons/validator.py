@@ -22,7 +22,6 @@ from neurons.events import WindowRecord
 from neurons.fetch import FetchedPayload
 from neurons.fingerprint import model_fingerprint
 from neurons.gather import miner_uids
-from neurons.weights_schedule import WeightsOutcome, WeightsSchedule
 from neurons.node import (
     Node,
     apply,
@@ -38,6 +37,7 @@ from neurons.node import (
 )
 from neurons.state import save_node_state
 from neurons.train import evaluate
+from neurons.weights_schedule import WeightsOutcome, WeightsSchedule
 from protocol.acceptance import RejectReason, Stage1Result
 from protocol.keys import checkpoint_key
 from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update

@@ -20,6 +20,58 @@ class NotRegisteredError(ChainError):
     """The hotkey has no uid on the subnet."""
 
 
+class RateLimitedError(ChainError):
+    """The chain refused a write because the same call was made too recently.
+
+    ``retry_at`` is the first block at which it would be accepted, when the backend knows it."""
+
+    def __init__(self, message: str, retry_at: int | None = None):
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
+class WeightsRefusedError(ChainError):
+    """The chain refused a weight vector or its version key (repeating the same call would fail
+    again): version key older than the subnet's, fewer weights than ``MinAllowedWeights``, a weight
+    above ``MaxWeightsLimit``, unknown uids, no validator permit."""
+
+
+class OldStateError(ChainError):
+    """State at an old block could not be read: the node has pruned it and no archive node
+    (``--subtensor.archive-endpoint``) answered for it."""
+
+
+U16_MAX = 65535
+
+
+@dataclass(frozen=True)
+class WeightsPolicy:
+    """The subnet's rules for one validator's next ``set_weights``, read at ``block``.
+
+    ``last_update`` is the block this uid last set (or committed) weights, None if never;
+    ``max_weight_share`` is ``MaxWeightsLimit / 65535``: no weight may exceed that share of the
+    row's sum; ``version_key`` is the subnet's ``WeightsVersionKey`` (ours must be >= it);
+    ``subnet_size`` bounds how many weights a row can have (the chain asks for
+    ``min(min_allowed_weights, subnet_size)``)."""
+
+    block: int
+    rate_limit: int
+    last_update: int | None
+    min_allowed_weights: int
+    max_weight_share: float
+    version_key: int
+    commit_reveal: bool
+    subnet_size: int
+
+    @property
+    def next_allowed_block(self) -> int:
+        """First head block at which a weight set passes the rate limit (the SDK's preflight
+        rule, ``head - last_update >= rate_limit``)."""
+        if self.last_update is None or self.rate_limit <= 0:
+            return self.block
+        return max(self.block, self.last_update + self.rate_limit)
+
+
 @dataclass(frozen=True)
 class NeuronInfo:
     uid: int
@@ -86,8 +138,13 @@ class Chain(ABC):
         """Publish ``data`` as this hotkey's commitment on the subnet."""
 
     @abstractmethod
-    def set_weights(self, signer: Signer, weights: dict[int, float]) -> None:
-        """Set this validator's weights (normalized by the chain/backend)."""
+    def set_weights(self, signer: Signer, weights: dict[int, float], version_key: int = 0) -> None:
+        """Set this validator's weights (normalized by the chain/backend), under ``version_key``.
+        Refusals raise ``RateLimitedError`` or ``WeightsRefusedError``."""
+
+    @abstractmethod
+    def weights_policy(self, uid: int) -> WeightsPolicy:
+        """The subnet's weight-setting rules and ``uid``'s last update, at the head."""
 
     @abstractmethod
     def is_registered(self, hotkey: str) -> bool:

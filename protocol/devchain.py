@@ -27,8 +27,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from protocol.chain import Chain, ChainError, Metagraph, NeuronInfo, NotRegisteredError
+from protocol.chain import (
+    U16_MAX,
+    Chain,
+    ChainError,
+    Metagraph,
+    NeuronInfo,
+    NotRegisteredError,
+    WeightsPolicy,
+    WeightsRefusedError,
+)
 from protocol.consensus import normalize_weights, stake_weighted_incentive
+from protocol.devchain_clock import SlotSchedule
+from protocol.devchain_rules import DevChainRules, check_rate, check_row, check_version_key
 from protocol.signing import Signer, verify_signature
 
 _SCHEMA = """
@@ -45,6 +56,8 @@ CREATE TABLE IF NOT EXISTS commitments (
 CREATE TABLE IF NOT EXISTS weights (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, uid INTEGER NOT NULL, block INTEGER NOT NULL,
     row TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS weight_sets (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, uid INTEGER NOT NULL, block INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS stakes_uid ON stakes (uid, block);
 CREATE INDEX IF NOT EXISTS commitments_uid ON commitments (uid, block);
 CREATE INDEX IF NOT EXISTS weights_uid ON weights (uid, block);
@@ -78,6 +91,8 @@ class DevChain(Chain):
             self.max_validators = int(meta["max_validators"])
         except KeyError as exc:
             raise ChainError(f"{self.path} is not a tessera devchain (missing {exc})") from exc
+        self.rules = DevChainRules.from_meta(meta)
+        self.slots = _slot_schedule(meta, self.genesis, self._block_time)
         if netuid is not None and netuid != self.netuid:
             raise ChainError(f"devchain {self.path} serves netuid {self.netuid}, not {netuid}")
         self.wait_for_inclusion = True
@@ -92,8 +107,13 @@ class DevChain(Chain):
         max_uids: int = 256,
         max_validators: int = 64,
         genesis: float | None = None,
+        rules: DevChainRules | None = None,
+        start_block: int = 0,
+        missed_slots: float = 0.0,
+        jitter: float = 0.0,
+        seed: int = 0,
     ) -> DevChain:
-        """Make a new network file (refuses to overwrite one)."""
+        """Make a new network file (refuses to overwrite one); ``rules``: ``protocol.devchain_rules``."""
         path = Path(path)
         if path.exists():
             raise ChainError(f"{path} already exists; remove it to start a new devchain")
@@ -103,7 +123,13 @@ class DevChain(Chain):
         meta = {
             "netuid": netuid, "block_time": block_time, "max_uids": max_uids,
             "max_validators": max_validators, "genesis": time.time() if genesis is None else genesis,
+            **(rules or DevChainRules()).to_meta(),
+            "start_block": start_block, "missed_slots": missed_slots, "jitter": jitter, "slot_seed": seed,
         }
+        try:  # refuse a schedule no process could open, before the file exists
+            SlotSchedule(0.0, block_time, start_block, missed_slots, jitter, seed)
+        except ValueError as exc:
+            raise ChainError(f"devchain block schedule: {exc}") from exc
         db = sqlite3.connect(path, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")  # persistent: every later connection uses WAL
@@ -148,25 +174,26 @@ class DevChain(Chain):
     # --- clock ---------------------------------------------------------------------------------
 
     def block(self) -> int:
-        return max(0, math.floor((time.time() - self.genesis) / self._block_time))
+        return self.slots.block_at(time.time())
 
     def block_timestamp(self, block: int) -> float:
-        return self.genesis + block * self._block_time
+        """A produced block's own timestamp; a future block's expected time (``devchain_clock``)."""
+        return self.slots.timestamp(block, time.time())
 
     def block_time(self) -> float:
         return self._block_time
 
     def _included(self, block: int) -> None:
         """Wait until the block a write was included in has begun (as a real client would)."""
-        if self.wait_for_inclusion:
+        # A missed slot makes the block later than expected: wait until it really exists.
+        while self.wait_for_inclusion and self.block() < block:
             delay = self.block_timestamp(block) - time.time()
-            if delay > 0:
-                threading.Event().wait(delay)
+            threading.Event().wait(max(delay, self._block_time / 20))
 
     # --- reads ---------------------------------------------------------------------------------
 
     def metagraph(self, block: int | None = None) -> Metagraph:
-        block = self.block() if block is None else block
+        block = self.block() if block is None else self._existing(block)
         with self._read() as db:
             neurons = db.execute(
                 "SELECT uid, hotkey, coldkey FROM neurons WHERE block <= ? ORDER BY uid", (block,)
@@ -196,10 +223,19 @@ class DevChain(Chain):
         return set(staked[: self.max_validators])
 
     def commitments(self, block: int | None = None) -> dict[int, str]:
-        block = self.block() if block is None else block
+        block = self.block() if block is None else self._existing(block)
         with self._read() as db:
             rows = db.execute(_AS_OF.format(col="data", table="commitments"), (block,)).fetchall()
         return dict(rows)
+
+    def _existing(self, block: int) -> int:
+        """``block`` if the subnet existed then (it is registered at the start block), as the SDK
+        refuses to read a subnet's state from before it existed."""
+        if block < self.slots.start_block:
+            raise ChainError(
+                f"netuid {self.netuid} does not exist at block {block} (registered at block {self.slots.start_block})"
+            )
+        return block
 
     def is_registered(self, hotkey: str) -> bool:
         return self.uid_of(hotkey) is not None
@@ -262,25 +298,65 @@ class DevChain(Chain):
         included = self.block() + 1
         with self._write() as db:
             uid = self._uid_for_write(db, hotkey, "commit")
+            last = db.execute("SELECT MAX(block) FROM commitments WHERE uid = ?", (uid,)).fetchone()[0]
+            check_rate("commit", self.rules.commit_rate_limit, last, included - 1)
             db.execute("INSERT INTO commitments (uid, block, data) VALUES (?, ?, ?)", (uid, included, data))
         self._included(included)
 
-    def set_weights(self, signer: Signer, weights: dict[int, float]) -> None:
+    def set_weights(self, signer: Signer, weights: dict[int, float], version_key: int = 0) -> None:
+        """Refused like subtensor refuses it (``protocol.devchain_rules``); with commit-reveal on,
+        the row is committed now and takes effect ``commit_reveal_blocks`` later, and the rate
+        limit counts from the commit."""
         if any(not math.isfinite(w) or w < 0 for w in weights.values()):
-            raise ChainError("set_weights: weights must be finite and non-negative")
+            raise WeightsRefusedError("set_weights: weights must be finite and non-negative")
         row = normalize_weights(weights)
         if not row:
-            raise ChainError("set_weights: all weights are zero")
-        hotkey = self._authenticate(signer, "set_weights", {"weights": {str(k): v for k, v in row.items()}})
+            raise WeightsRefusedError("set_weights: all weights are zero")
+        args = {"weights": {str(k): v for k, v in row.items()}, "version_key": version_key}
+        hotkey = self._authenticate(signer, "set_weights", args)
         included = self.block() + 1
+        check_version_key(self.rules, version_key)
         with self._write() as db:
             uid = self._uid_for_write(db, hotkey, "set_weights")
-            known = {r[0] for r in db.execute("SELECT uid FROM neurons")}
+            known = {r[0] for r in db.execute("SELECT uid FROM neurons WHERE block <= ?", (included,))}
             unknown = sorted(set(row) - known)
             if unknown:
-                raise ChainError(f"set_weights: unknown uids {unknown}")
+                raise WeightsRefusedError(f"set_weights: unknown uids {unknown}")
             stakes = dict(db.execute(_AS_OF.format(col="amount", table="stakes"), (included,)).fetchall())
             if uid not in self._permits(stakes):
-                raise ChainError(f"set_weights: uid {uid} has no validator permit (stake {stakes.get(uid, 0.0)})")
-            db.execute("INSERT INTO weights (uid, block, row) VALUES (?, ?, ?)", (uid, included, json.dumps(row)))
+                raise WeightsRefusedError(f"set_weights: uid {uid} has no validator permit (stake {stakes.get(uid, 0.0)})")
+            check_rate("set_weights", self.rules.weights_rate_limit, _last_weights(db, uid, included), included - 1)
+            check_row(self.rules, uid, row, len(known))
+            effective = included + self.rules.commit_reveal_blocks
+            db.execute("INSERT INTO weights (uid, block, row) VALUES (?, ?, ?)", (uid, effective, json.dumps(row)))
+            db.execute("INSERT INTO weight_sets (uid, block) VALUES (?, ?)", (uid, included))
         self._included(included)
+
+    def weights_policy(self, uid: int) -> WeightsPolicy:
+        block = self.block()
+        with self._read() as db:
+            last = _last_weights(db, uid, block)
+            size = db.execute("SELECT COUNT(*) FROM neurons WHERE block <= ?", (block,)).fetchone()[0]
+        r = self.rules
+        return WeightsPolicy(
+            block=block, rate_limit=r.weights_rate_limit, last_update=last, min_allowed_weights=r.min_allowed_weights,
+            max_weight_share=r.max_weights_limit / U16_MAX, version_key=r.version_key,
+            commit_reveal=r.commit_reveal_blocks > 0, subnet_size=int(size),
+        )
+
+
+def _last_weights(db: sqlite3.Connection, uid: int, block: int) -> int | None:
+    """The block of ``uid``'s newest weight set (or commit) included at or before ``block``."""
+    return db.execute("SELECT MAX(block) FROM weight_sets WHERE uid = ? AND block <= ?", (uid, block)).fetchone()[0]
+
+
+def _slot_schedule(meta: dict[str, str], genesis: float, block_time: float) -> SlotSchedule:
+    """The file's block production; a file made before these options runs from block 0, no misses."""
+    try:
+        return SlotSchedule(
+            genesis, block_time, start_block=int(meta.get("start_block", 0)),
+            missed_slots=float(meta.get("missed_slots", 0.0)), jitter=float(meta.get("jitter", 0.0)),
+            seed=int(meta.get("slot_seed", 0)),
+        )
+    except ValueError as exc:
+        raise ChainError(f"devchain block schedule is invalid: {exc}") from exc

@@ -79,7 +79,12 @@ class ScoringConfig(_Strict):
     loss_ema_alpha: float = Field(gt=0, le=1, default=0.3, description="EMA weight of a new LossScore")
     copy_overlap_threshold: float = Field(gt=0, le=1, default=0.9)
     eval_batches: int = Field(gt=0, default=2, description="batches per loss measurement")
-    windows_per_weights: int = Field(gt=0, default=1)
+    windows_per_weights: int = Field(
+        gt=0, default=1, description="wish; the chain's WeightsSetRateLimit decides (neurons.weights_schedule)"
+    )
+    weights_version_key: int = Field(
+        ge=0, default=0, description="passed on set_weights; the chain refuses one older than its WeightsVersionKey"
+    )
     burn_fraction: float = Field(ge=0, le=1, default=0.5)
     burn_uid: int | None = Field(ge=0, default=0, description="receives the burned share (subnet owner)")
     gather_tier_share: float = Field(ge=0, le=1, default=0.75)

@@ -38,7 +38,10 @@ class WallClockChain(Chain):
     def commit(self, signer, data):
         raise NotImplementedError
 
-    def set_weights(self, signer, weights):
+    def set_weights(self, signer, weights, version_key=0):
+        raise NotImplementedError
+
+    def weights_policy(self, uid):
         raise NotImplementedError
 
     def is_registered(self, hotkey):
