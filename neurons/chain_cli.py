@@ -36,6 +36,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--block-time", type=float, default=1.0, help="seconds per block (default 1.0)")
     create.add_argument("--max-uids", type=int, default=256, help="registration cap (default 256)")
     create.add_argument("--max-validators", type=int, default=64, help="validator permits (default 64)")
+    create.add_argument("--start-block", type=int, default=0,
+                        help="block number at creation; the subnet is registered there (e.g. 5000000, as on finney)")
+    create.add_argument("--missed-slots", type=float, default=0.0,
+                        help="fraction of block slots with no block, seeded (default 0; e.g. 0.2)")
+    create.add_argument("--block-jitter", type=float, default=0.0,
+                        help="seconds after its slot a block's timestamp may lie, seeded (default 0; < block time)")
+    create.add_argument("--slot-seed", type=int, default=0, help="seed of missed slots and jitter (default 0)")
     create.set_defaults(func=cmd_create)
 
     wallet = sub.add_parser("wallet-create", help="create an unencrypted coldkey + hotkey offline")
@@ -70,11 +77,13 @@ def _fail(message: str) -> int:
 def cmd_create(args: argparse.Namespace) -> int:
     try:
         chain = DevChain.create(
-            args.path, args.netuid, args.block_time, max_uids=args.max_uids, max_validators=args.max_validators
+            args.path, args.netuid, args.block_time, max_uids=args.max_uids, max_validators=args.max_validators,
+            start_block=args.start_block, missed_slots=args.missed_slots, jitter=args.block_jitter, seed=args.slot_seed,
         )
     except ChainError as exc:
         return _fail(str(exc))
-    print(f"created devchain {chain.path} (netuid {chain.netuid}, block time {chain.block_time()} s)")
+    print(f"created devchain {chain.path} (netuid {chain.netuid}, block time {chain.block_time()} s, "
+          f"head {chain.block()}, missed slots {args.missed_slots:g})")
     return 0
 
 

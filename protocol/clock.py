@@ -1,8 +1,11 @@
 """The window clock: windows from block numbers, upload slots from chain block timestamps.
 
-``window = block // blocks_per_window``. A payload for window w counts only if the storage
-server's LastModified lies in ``[t(first block of w+1), t(first block of w+1) + slot_seconds]``,
-where ``t`` is the chain's own block timestamp, never a local clock.
+Windows count from the run's origin (``protocol.origin``): ``window = (block - start_block) //
+blocks_per_window``, so window 0 begins at the origin block however far the chain's head is from
+genesis, and ``global_step`` (``window x inner_steps``) starts small. A payload for window w
+counts only if the storage server's LastModified lies in ``[t(first block of w+1), t(first block
+of w+1) + slot_seconds]``, where ``t`` is the chain's own timestamp of a block that exists, never
+a prediction and never a local clock: ``block_opened`` tells whether it exists yet.
 
 Nodes wait for wall-clock instants themselves (``neurons.node``); ``wait_for_block`` is for
 callers that wait on the chain directly (the devchain's tests). It sleeps until the block's
@@ -30,17 +33,20 @@ class UploadSlot(NamedTuple):
         return self.start <= timestamp <= self.end
 
 
-def window_of(block: int, blocks_per_window: int) -> int:
-    return block // blocks_per_window
+def window_of(block: int, blocks_per_window: int, origin_block: int = 0) -> int:
+    """The window ``block`` falls in; negative before the origin."""
+    return (block - origin_block) // blocks_per_window
 
 
-def first_block(window: int, blocks_per_window: int) -> int:
-    return window * blocks_per_window
+def first_block(window: int, blocks_per_window: int, origin_block: int = 0) -> int:
+    return origin_block + window * blocks_per_window
 
 
-def upload_slot(chain: Chain, window: int, blocks_per_window: int, slot_seconds: float) -> UploadSlot:
+def upload_slot(
+    chain: Chain, window: int, blocks_per_window: int, slot_seconds: float, origin_block: int = 0
+) -> UploadSlot:
     """The slot in which window ``window``'s payloads must land: it opens when w+1 begins."""
-    opens = chain.block_timestamp(first_block(window + 1, blocks_per_window))
+    opens = chain.block_timestamp(first_block(window + 1, blocks_per_window, origin_block))
     return UploadSlot(opens, opens + slot_seconds)
 
 
@@ -62,26 +68,36 @@ def wait_for_block(chain: Chain, block: int, stop: threading.Event | None = None
 class WindowClock:
     """The clock bound to one chain and one network's window settings."""
 
-    def __init__(self, chain: Chain, blocks_per_window: int, upload_slot_seconds: float):
+    def __init__(self, chain: Chain, blocks_per_window: int, upload_slot_seconds: float, origin_block: int = 0):
         if blocks_per_window <= 0:
             raise ValueError("blocks_per_window must be positive")
         if upload_slot_seconds <= 0:
             raise ValueError("upload_slot_seconds must be positive")
+        if origin_block < 0:
+            raise ValueError("origin_block must be >= 0")
         self.chain = chain
         self.blocks_per_window = blocks_per_window
         self.upload_slot_seconds = upload_slot_seconds
+        self.origin_block = origin_block
 
     def window_of(self, block: int) -> int:
-        return window_of(block, self.blocks_per_window)
+        return window_of(block, self.blocks_per_window, self.origin_block)
 
     def first_block(self, window: int) -> int:
-        return first_block(window, self.blocks_per_window)
+        return first_block(window, self.blocks_per_window, self.origin_block)
 
     def current_window(self) -> int:
-        return self.window_of(self.chain.block())
+        """The window the chain's head is in; 0 before the origin (the run has not begun)."""
+        return max(0, self.window_of(self.chain.block()))
+
+    def block_opened(self, window: int) -> bool:
+        """Whether the block that opens ``window`` exists, so its timestamp is real."""
+        return self.chain.block() >= self.first_block(window)
 
     def upload_slot(self, window: int) -> UploadSlot:
-        return upload_slot(self.chain, window, self.blocks_per_window, self.upload_slot_seconds)
+        """Window ``window``'s slot; exact only once ``block_opened(window + 1)``, before that
+        it is the backend's prediction (good for sleeping, never for judging or uploading)."""
+        return upload_slot(self.chain, window, self.blocks_per_window, self.upload_slot_seconds, self.origin_block)
 
     def window_start_time(self, window: int) -> float:
         return self.chain.block_timestamp(self.first_block(window))
