@@ -5,6 +5,11 @@ one-line help. The module provides ``configure(parser: argparse.ArgumentParser) 
 adds its flags and sets ``func`` (``func(args) -> int`` is the exit status) with
 ``parser.set_defaults(func=...)``. Only the chosen command's module is imported, so
 ``tessera chain show`` does not pay for importing torch.
+
+``main`` is the process boundary for start-up failures: a typed error (a setting, the hparams,
+the wallet, the chain, the bucket, the self-check) becomes one line on stderr that says what to
+fix, and exit status 2; the traceback is logged only with ``--log-level DEBUG``. Any other
+exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,13 +20,21 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from neurons.config import ConfigError
+from protocol.chain import ChainError, NotRegisteredError
+from protocol.hparams import HparamsError
+from protocol.signing import SigningError
+from storage.errors import AccessDenied, BucketNotFound, StorageError, StorageUnavailable
+
 # name -> (module, help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "chain": ("neurons.chain_cli", "create and inspect a local devchain; register wallets"),
     "miner": ("neurons.miner", "train, compress and publish pseudo-gradients; follow the network"),
     "validator": ("neurons.validator", "score every miner (Gauntlet) and set weights"),
+    "doctor": ("neurons.selfcheck", "run a node's start-up self-check (wallet, chain, role, bucket keys) and exit"),
     "inspect": ("neurons.inspect", "judge a payload file as every node would; print the verdict as JSON"),
     "localnet": ("neurons.localnet.launcher", "run a whole subnet on this machine, every node its own process"),
+    "status": ("neurons.status", "the network from chain and buckets: windows, payloads, weights, fingerprints"),
 }
 
 
@@ -32,6 +45,7 @@ def register_command(name: str, module: str, help_text: str) -> None:
 
 # top-level options that take a value; the value must not be mistaken for the command name
 _VALUE_OPTIONS = {"--log-level"}
+LOG_LEVEL_HELP = "DEBUG, INFO, WARNING, ERROR (default INFO); DEBUG also prints tracebacks of start-up errors"
 
 
 def _chosen(argv: Sequence[str]) -> str | None:
@@ -48,14 +62,54 @@ def _chosen(argv: Sequence[str]) -> str | None:
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The full parser; only the subcommand named in ``argv`` is configured (imported)."""
     parser = argparse.ArgumentParser(prog="tessera", description="Permissionless LLM pre-training subnet daemons")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    parser.add_argument("--log-level", default="INFO", help=LOG_LEVEL_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = _chosen(argv)
     for name, (module, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        # also after the command; SUPPRESS keeps the top-level value when it is not given here
+        sub.add_argument("--log-level", default=argparse.SUPPRESS, help=LOG_LEVEL_HELP)
         if name == chosen:
             importlib.import_module(module).configure(sub)
     return parser
+
+
+log = logging.getLogger("tessera")
+
+# What ends a start as one line (each class's message names the problem; ``fix_for`` adds where
+# to fix it when the message does not already say).
+_STARTUP_ERRORS = (ConfigError, HparamsError, SigningError, ChainError, StorageError)
+
+
+def fix_for(exc: BaseException) -> str | None:
+    """The flag or variable behind a typed start-up error whose message does not name it."""
+    if isinstance(exc, ConfigError):  # self-check failures included (a StartupError is one)
+        return None  # their messages already name the flag or variable
+    if isinstance(exc, HparamsError):
+        return "--hparams (TESSERA_HPARAMS): a preset name or the path of a valid hparams JSON"
+    if isinstance(exc, SigningError):
+        return "--wallet.name / --wallet.hotkey / --wallet.path; create one with `btcli wallet create`"
+    if isinstance(exc, NotRegisteredError):
+        return "register the hotkey on the subnet (`btcli subnets register`, or `tessera chain register` on a devchain)"
+    if isinstance(exc, ChainError):
+        return "--subtensor.network / --devchain / --netuid; `tessera doctor` checks them"
+    if isinstance(exc, StorageUnavailable):
+        return "--bucket.endpoint (TESSERA_BUCKET_ENDPOINT)"
+    if isinstance(exc, BucketNotFound):
+        return "--bucket.name (TESSERA_BUCKET_NAME)"
+    if isinstance(exc, AccessDenied):
+        return "TESSERA_BUCKET_WRITE_KEY_ID / TESSERA_BUCKET_WRITE_SECRET; `tessera doctor` tells which"
+    return "`tessera doctor` checks the bucket settings"
+
+
+def one_line_errors(exc: BaseException) -> list[str]:
+    """What to print for ``exc``: one line per failed self-check, else one line with its fix."""
+    failed = getattr(exc, "failed", None)  # neurons.selfcheck.SelfCheckFailed, not imported for --help's sake
+    if isinstance(exc, ConfigError) and failed:
+        return [f"self-check {c.name}: {c.detail} -- fix: {c.fix}" for c in failed]
+    text = " ".join(str(exc).split())  # one line, whatever the message held
+    fix = fix_for(exc)
+    return [f"{text} -- fix: {fix}" if fix else text]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:  # a command group given without its own subcommand
         build_parser(argv).parse_args([*argv, "--help"])
         return 2
-    return int(func(args))
+    try:
+        return int(func(args))
+    except _STARTUP_ERRORS as exc:
+        log.debug("start-up failure", exc_info=exc)
+        for line in one_line_errors(exc):
+            print(f"tessera {args.command}: error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
