@@ -274,3 +274,20 @@ def test_node_reads_the_published_dataset(many_shards, writer_store, location, t
     with pytest.raises(ShardError, match="vocabulary"):
         open_run_data(data_url=location.url(), data_digest=digest, cache_dir=tmp_path, vocab_size=500,
                       allow_loopback=True)
+
+
+def test_anonymous_read_of_a_public_bucket(many_shards, tmp_path: Path) -> None:
+    """A data_url without a key sends unsigned requests: SeaweedFS's ``anonymous`` identity may
+    read the public bucket (and nothing more), as a public dataset bucket would allow."""
+    from neurons.localnet.seaweedfs import READ_ONLY, READ_WRITE, Identity, SeaweedServer
+    from storage import AccessDenied
+
+    owner = Identity.generate("owner", READ_WRITE, ["public-data"])
+    anyone = Identity("anonymous", "", "", READ_ONLY, ("public-data",))
+    with SeaweedServer(tmp_path / "s3", [owner, anyone]) as server:
+        location = DataLocation(server.endpoint_url, "public-data", "run", "us-east-1")
+        digest = publish_dataset(many_shards.directory, server.store(owner, "public-data"), location).data_digest
+        remote = open_dataset(location.url(), digest, tmp_path / "cache", policy=LOOPBACK)
+        assert np.array_equal(remote.tokens(3), many_shards.tokens(3))
+        with pytest.raises(AccessDenied):
+            location.store(LOOPBACK).put("run/extra", b"x")  # unsigned writes are refused

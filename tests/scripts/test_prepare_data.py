@@ -67,3 +67,27 @@ def test_errors_exit_2(prepare_data, tokenizer_json: Path, tmp_path: Path, capsy
     assert prepare_data.main(["--tokenizer", str(tokenizer_json), "--out", str(tmp_path / "o"), str(tmp_path / "bad.jsonl")]) == 2
     assert "no string field 'text'" in capsys.readouterr().err
     assert prepare_data.main(["--out", str(tmp_path / "o")]) == 2
+
+
+def test_publish_to_a_real_bucket_then_a_node_reads_it(
+    prepare_data, tokenizer_json: Path, tmp_path: Path, capsys, seaweed, seaweed_bucket
+) -> None:
+    from neurons.dataset import open_dataset
+    from storage.endpoints import EndpointPolicy
+
+    writer, reader = seaweed.identity("writer"), seaweed.identity("reader")
+    url = f"{seaweed.endpoint_url}/{seaweed_bucket}/published-{tmp_path.name}?region=us-east-1"
+    argv = ["--tokenizer", str(tokenizer_json), "--tokenizer-name", "test-bpe-300", "--out", str(tmp_path / "out"),
+            "--publish", url, "--json", str(_inputs(tmp_path / "in"))]
+    assert prepare_data.main(argv, env={}) == 2  # no write key: a one-line error naming the variables
+    assert "TESSERA_BUCKET_WRITE_KEY_ID" in capsys.readouterr().err
+    env = {"TESSERA_BUCKET_WRITE_KEY_ID": writer.access_key, "TESSERA_BUCKET_WRITE_SECRET": writer.secret_key}
+    assert prepare_data.main(["--out", str(tmp_path / "out"), "--publish", url, "--json"], env=env) == 0
+    out = capsys.readouterr().out
+    assert writer.secret_key not in out
+    summary = json.loads(out)
+    assert summary["tokenizer"] == "test-bpe-300" and "index.json" in summary["uploaded"]
+    read_url = url.replace("://", f"://{reader.access_key}:{reader.secret_key}@")
+    remote = open_dataset(read_url, summary["data_digest"], tmp_path / "cache", policy=EndpointPolicy(allow_loopback=True))
+    remote.verify()
+    assert remote.digest == summary["digest"] == TokenShards(tmp_path / "out").digest
