@@ -148,6 +148,12 @@ def apply_gather(
     return True
 
 
+def reference_update(gathered: WindowGather, shapes) -> dict[str, torch.Tensor] | None:
+    """The window's aggregate, kept by a validator as the next window's stage-2 reference (a
+    direction that knows none of that window's assignments); None when nothing was gathered."""
+    return aggregate(gathered.updates, shapes) if gathered.accepted else None
+
+
 def _step_stays_bounded(model: torch.nn.Module, dense, lr: float, max_abs: float) -> bool:
     with torch.no_grad():
         for name, p in model.named_parameters():

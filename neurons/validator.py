@@ -15,13 +15,15 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import torch
+
 from neurons import metrics
 from neurons.checkpoint import CheckpointManifest, checkpoint_bytes
 from neurons.data import Assignments, assigned_batches, heldout_batches, random_batches
 from neurons.events import WindowRecord
 from neurons.fetch import FetchedPayload
 from neurons.fingerprint import model_fingerprint
-from neurons.gather import miner_uids
+from neurons.gather import miner_uids, reference_update
 from neurons.node import (
     Node,
     apply,
@@ -42,7 +44,7 @@ from protocol.acceptance import RejectReason, Stage1Result
 from protocol.keys import checkpoint_key
 from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update
 from scoring.gauntlet import AlreadyScoredError, WindowEvidence, WindowResult, score_window
-from scoring.lossscore import LossMeasurement, measure_update, sequence_losses
+from scoring.lossscore import LossMeasurement, measure_update, reference_losses, sequence_losses
 from scoring.outliers import norm_outliers, scaled_to, typical_norm, update_norm
 from scoring.state import ScoreBook, ScoreBookError
 from scoring.sync import sync_score
@@ -74,6 +76,8 @@ class Validator:
         self.copy_policy = CopyPolicy(overlap=hp.scoring.copy_overlap_threshold)
         self.secret = _validator_secret(node.config.state_dir / "validator.secret")
         t = hp.training
+        # The last applied aggregate: stage 2's reference update (None until a window was applied here).
+        self.reference: dict[str, torch.Tensor] | None = None
         self.heldout = heldout_batches(self.shards, HELDOUT_BATCHES, t.batch_size, t.seq_len)
         self.weights = WeightsSchedule(
             node.chain, node.signer, node.uid, version_key=hp.scoring.weights_version_key,
@@ -110,6 +114,7 @@ class Validator:
         metrics.observe("evaluate", times["loss"])
         metrics.peers((r.passed, str(r.reason)) for r in stage1.results.values())
         apply(node, gathered)
+        self.reference = reference_update(gathered, node.shapes)
         heldout = evaluate(node.model, self.heldout)
         metrics.loss("heldout", heldout)
         try:
@@ -173,11 +178,16 @@ class Validator:
         given = Assignments(hp.seed, tuple(miners), t.inner_steps * t.batch_size)
         rand = random_batches(self.shards, self.secret, w, n, t.batch_size, t.seq_len, exclude=given)
         before_rand = sequence_losses(node.model, rand)
+        candidates = sorted(u for u, r in results.items() if r.passed)
+        own = {uid: assigned_batches(self.shards, hp.seed, uid, w, n, t.batch_size, t.seq_len) for uid in candidates}
         out = {}
-        for uid in sorted(u for u, r in results.items() if r.passed):
-            own = assigned_batches(self.shards, hp.seed, uid, w, n, t.batch_size, t.seq_len)
+        for uid in candidates:
             update = scaled_to(fetched[uid].decoded.update, stage1.norms[uid], stage1.typical_norm)
-            out[uid] = measure_update(node.model, update, hp.outer.outer_lr, own, rand, sequence_losses, before_rand)
+            out[uid] = measure_update(node.model, update, hp.outer.outer_lr, own[uid], rand, sequence_losses, before_rand)
+        if self.reference is not None and candidates:
+            # the previous window's aggregate on the same sequences (scoring.lossscore.reference_t)
+            ref_own, ref_rand = reference_losses(node.model, self.reference, hp.outer.outer_lr, own, rand, sequence_losses)
+            out = {uid: m.with_reference(ref_own[uid], ref_rand) for uid, m in out.items()}
         return out
 
     def maybe_set_weights(self, w: int, weights: dict[int, float]) -> WeightsOutcome:

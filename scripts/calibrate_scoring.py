@@ -44,7 +44,7 @@ from neurons.train import InnerTrainer  # noqa: E402
 from protocol.acceptance import Stage1Result  # noqa: E402
 from protocol.hparams import Hparams, load_hparams  # noqa: E402
 from scoring.gauntlet import WindowEvidence, fold_t, score_window  # noqa: E402
-from scoring.lossscore import measure_update, sequence_losses  # noqa: E402
+from scoring.lossscore import measure_update, reference_losses, sequence_losses  # noqa: E402
 from scoring.state import MinerRecord, ScoreBook  # noqa: E402
 from scoring.weights import GatePolicy, payment_gate  # noqa: E402
 
@@ -66,6 +66,7 @@ class Network:
     trainers: dict[int, InnerTrainer] = field(init=False)
     compressors: dict[int, ErrorFeedbackCompressor] = field(init=False)
     last_aggregate: dict[str, torch.Tensor] | None = None
+    use_reference: bool = True  # the validator's reference update: the previous window's aggregate
 
     def __post_init__(self) -> None:
         hp = self.hp
@@ -125,18 +126,23 @@ class Network:
         n = hp.scoring.eval_batches
         rand = random_batches(self.shards, self.secret, w, n, t.batch_size, t.seq_len, exclude=given)
         before = sequence_losses(self.model, rand)
-        return {
-            uid: measure_update(self.model, up, hp.outer.outer_lr, self.batches(uid, w, n), rand, sequence_losses, before)
-            for uid, up in sorted(uploads.items())
-        }
+        own = {uid: self.batches(uid, w, n) for uid in sorted(uploads)}
+        out = {uid: measure_update(self.model, up, hp.outer.outer_lr, own[uid], rand, sequence_losses, before)
+               for uid, up in sorted(uploads.items())}
+        if self.use_reference and self.last_aggregate is not None:
+            ref_own, ref_rand = reference_losses(self.model, self.last_aggregate, hp.outer.outer_lr, own, rand,
+                                                 sequence_losses)
+            out = {uid: m.with_reference(ref_own[uid], ref_rand) for uid, m in out.items()}
+        return out
 
     def step(self, honest: list[SparseUpdate]) -> None:
         self.last_aggregate = aggregate(honest, self.shapes)
         outer_step(self.model, self.last_aggregate, lr=self.hp.outer.outer_lr)
 
 
-def run_seed(hp: Hparams, shards: TokenShards, seed: int, windows: int, kinds: dict[int, str]) -> list[dict]:
-    net, book, rows = Network(hp, shards, seed, kinds), ScoreBook(), []
+def run_seed(hp: Hparams, shards: TokenShards, seed: int, windows: int, kinds: dict[int, str],
+             use_reference: bool = True) -> list[dict]:
+    net, book, rows = Network(hp, shards, seed, kinds, use_reference=use_reference), ScoreBook(), []
     for w in range(windows):
         uploads, honest = net.uploads(w, switch=windows // 2)
         measured = net.measure(w, uploads)
@@ -230,11 +236,13 @@ def replay(rows: list[dict], windows: int, threshold: float, decay: float, alpha
             "free_rider_paid_pct": {k: pct(v) for k, v in sorted(flags.items())}}
 
 
-def calibrate(hp: Hparams, shards: TokenShards, seeds: int, windows: int, kinds: dict[int, str]) -> dict:
-    rows = [row for s in range(seeds) for row in run_seed(hp, shards, s, windows, kinds)]
+def calibrate(hp: Hparams, shards: TokenShards, seeds: int, windows: int, kinds: dict[int, str],
+              use_reference: bool = True) -> dict:
+    rows = [row for s in range(seeds) for row in run_seed(hp, shards, s, windows, kinds, use_reference)]
     alpha = hp.scoring.loss_ema_alpha
     out = {"hparams": hp.name, "seeds": seeds, "windows": windows, "kinds": {str(u): k for u, k in kinds.items()},
-           "evidence_threshold": hp.scoring.evidence_threshold, "evidence_decay": hp.scoring.evidence_decay}
+           "evidence_threshold": hp.scoring.evidence_threshold, "evidence_decay": hp.scoring.evidence_decay,
+           "reference": "previous_aggregate" if use_reference else "none"}
     out.update(summarize(rows, windows))
     out["sweep"] = [replay(rows, windows, th, d, alpha) for d in SWEEP_DECAYS for th in SWEEP_THRESHOLDS]
     out["per_window"] = rows
@@ -256,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=6)
     parser.add_argument("--honest", type=int, default=3)
     parser.add_argument("--free-riders", default=",".join(FREE_RIDERS), help="comma-separated kinds")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="plain Welch t, without the previous aggregate as the reference update")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", type=Path, default=Path(".tessera/data-cache"), help="embedded corpus cache")
     parser.add_argument("--corpus-chars", type=int, default=DEFAULT_MAX_CHARS, help="embedded corpus size (tests)")
@@ -265,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     hp = load_hparams(args.hparams)
     shards = TokenShards(ensure_embedded_data(args.data_dir, hp.model.vocab_size, args.corpus_chars))
-    result = calibrate(hp, shards, args.seeds, args.windows, parse_kinds(args.honest, args.free_riders))
+    result = calibrate(hp, shards, args.seeds, args.windows, parse_kinds(args.honest, args.free_riders),
+                       use_reference=not args.no_reference)
     result["seconds"] = round(time.time() - started, 1)
     if args.json:
         print(json.dumps(result))

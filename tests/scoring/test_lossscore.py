@@ -1,4 +1,5 @@
 import math
+import random
 
 import pytest
 import torch
@@ -8,10 +9,13 @@ from scoring.lossscore import (
     T_CLIP,
     LossMeasurement,
     UpdateMismatchError,
+    apply_dense_temporarily,
     apply_sparse_temporarily,
     loss_score,
     measure_update,
     per_sequence_gains,
+    reference_losses,
+    reference_t,
     relative_improvement,
     sequence_losses,
     unique_t,
@@ -168,3 +172,69 @@ def test_sequence_losses_match_the_mean_lm_loss():
     with torch.no_grad():
         means = [float(model(input_ids=b, labels=b).loss) for b in batches]
     assert float(per_seq.mean()) == pytest.approx(sum(means) / 2, rel=1e-5)
+
+
+def _with_improvability(seed: int, edge: float, n: int = 16):
+    """Losses where each sequence has its own 'improvability' k_s (shared by every update, as
+    measured on the real model) and the peer adds ``edge`` on its own sequences only."""
+    gen = random.Random(seed)
+    k = [gen.lognormvariate(0, 0.6) for _ in range(2 * n)]  # heterogeneous sequences
+    before = [4.0 + gen.random() for _ in range(2 * n)]
+    noise = [gen.gauss(0, 0.0005) for _ in range(2 * n)]
+    peer = [b * (1 - 0.01 * ks - (edge if i < n else 0.0) - e) for i, (b, ks, e) in enumerate(zip(before, k, noise))]
+    ref = [b * (1 - 0.008 * ks - gen.gauss(0, 0.0005)) for b, ks in zip(before, k)]
+    return LossMeasurement.of(before[:n], peer[:n], before[n:], peer[n:], ref[:n], ref[n:])
+
+
+def test_reference_t_sees_an_edge_that_sequence_spread_hides_from_welch():
+    m = _with_improvability(0, edge=0.002)
+    plain = LossMeasurement.of(m.own_before, m.own_after, m.rand_before, m.rand_after)
+    assert unique_t(plain) < 2.33  # the edge drowns in how differently sequences improve
+    assert unique_t(m) > 2.33  # removing each sequence's improvability shows it
+
+
+def test_reference_t_is_centred_for_an_update_without_edge():
+    ts = [unique_t(_with_improvability(seed, edge=0.0)) for seed in range(300)]
+    assert abs(sum(ts) / len(ts)) < 0.2
+    assert sum(t > 2.33 for t in ts) / len(ts) < 0.03  # a false-pay rate near the nominal 1 %
+
+
+def test_reference_t_degenerate_reference_falls_back_to_welch():
+    own_b, own_a, rand_b, rand_a = [4.0, 4.1, 3.9], [3.0, 3.2, 2.9], [4.0, 4.1, 3.9], [4.0, 4.0, 3.95]
+    plain = unique_t(LossMeasurement.of(own_b, own_a, rand_b, rand_a))
+    flat = LossMeasurement.of(own_b, own_a, rand_b, rand_a, own_b, rand_b)  # reference changed nothing: x ≡ 0
+    assert unique_t(flat) == plain
+    broken = LossMeasurement.of(own_b, own_a, rand_b, rand_a, [float("nan")] * 3, rand_b)  # ours, not a fault
+    assert unique_t(broken) == plain
+    assert reference_t([0.1, 0.2], [0.0, 0.1], [0.1], [0.0, 0.1]) is None  # lengths differ
+    assert reference_t([0.1], [0.0, 0.1], [0.1], [0.0, 0.1]) is None  # too few sequences
+    assert math.isnan(reference_t([1e300, -1e300, 1.0], [0.0, 1e300, 2.0], [0.1, 0.2, 0.3], [0.3, 0.1, 0.2]))
+
+
+def test_apply_dense_temporarily_restores_bit_exactly():
+    torch.manual_seed(5)
+    model = Tiny()
+    before = snapshot(model)
+    dense = {n: torch.randn(p.shape) for n, p in model.named_parameters()}
+    with pytest.raises(RuntimeError), apply_dense_temporarily(model, dense, 0.3):
+        assert not torch.equal(model.lin.weight, before["lin.weight"])
+        raise RuntimeError("boom")
+    assert bits_equal(snapshot(model), before)
+    with pytest.raises(UpdateMismatchError):
+        with apply_dense_temporarily(model, {"lin.weight": torch.zeros(3, 3)}, 1.0):
+            pass
+    assert bits_equal(snapshot(model), before)
+
+
+def test_reference_losses_measure_every_peer_with_one_application():
+    torch.manual_seed(6)
+    model = Tiny()
+    before = snapshot(model)
+    own = {1: [(torch.randn(4, 16), torch.randn(4, 8))], 2: [(torch.randn(3, 16), torch.randn(3, 8))]}
+    rand = [(torch.randn(5, 16), torch.randn(5, 8))]
+    dense = {"lin.bias": torch.ones(8)}
+    ref_own, ref_rand = reference_losses(model, dense, 0.5, own, rand, mse)
+    assert [len(ref_own[1]), len(ref_own[2]), len(ref_rand)] == [4, 3, 5]
+    with apply_dense_temporarily(model, dense, 0.5):
+        assert ref_rand == pytest.approx(tuple(float(x) for x in mse(model, rand)))
+    assert bits_equal(snapshot(model), before)
