@@ -35,6 +35,10 @@ class ModelConfig(_Strict):
     max_seq_len: int = Field(gt=0)
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
+    tokenizer: str = Field(
+        default="", max_length=128,
+        description="the public tokenizer the run's shards are encoded with (docs/data.md); checked against the dataset's header",
+    )
 
 
 class TrainingConfig(_Strict):
