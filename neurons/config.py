@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from neurons.behaviours.kinds import HONEST, KINDS
+from protocol.hparams import PRESET_DIR
 
 
 class ConfigError(ValueError):
@@ -68,6 +69,9 @@ class NodeConfig(BaseModel):
     # What a miner does each window (neurons.behaviours): anything but honest is an attack, for
     # proving Gauntlet on a local network; it is refused wherever real stake is at play.
     behaviour: str = HONEST
+    # Run although the start-up self-check finds the chain gives this node another role
+    # (neurons.selfcheck); storage and wallet failures are never overridden.
+    force: bool = False
     # Prometheus endpoint (neurons.metrics): off unless a port is given; loopback unless told otherwise
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_address: str = Field(default="127.0.0.1", min_length=1)
@@ -82,11 +86,53 @@ class NodeConfig(BaseModel):
             raise ValueError(f"{value} is for miners on a local network (--devchain) only; a real chain runs honest miners")
         return value
 
+    @field_validator("hparams")
+    @classmethod
+    def _hparams_known(cls, value: str) -> str:
+        # a bare name is a preset (protocol.hparams.load_hparams); a path is checked when loaded
+        if not Path(value).suffix and not (PRESET_DIR / f"{value}.json").is_file():
+            raise ValueError(f"unknown preset {value!r}; presets: {', '.join(preset_names())}, or the path of a JSON file")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_usable(cls, value: str) -> str:
+        problem = device_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _one_chain(self) -> NodeConfig:
         if (self.network is None) == (self.devchain is None):
             raise ValueError("give exactly one of --subtensor.network or --devchain")
         return self
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def device_problem(device: str) -> str | None:
+    """Why torch cannot use ``device`` on this machine, or None. Checked with the settings so
+    a typo or a missing GPU ends the start in one line instead of after the chain commitment."""
+    import torch  # the node needs it anyway; config-only commands never validate a NodeConfig
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        return f"unknown device {device!r}; use cpu, cuda, cuda:N or mps"
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return f"device {device!r}: no CUDA GPU is usable here (torch sees none); use cpu"
+        if parsed.index is not None and parsed.index >= count:
+            return f"device {device!r}: only {count} CUDA GPU(s) here (cuda:0..cuda:{count - 1})"
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        return f"device {device!r}: MPS is not available here; use cpu"
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        return f"device {device!r}: tessera runs on cpu, cuda or mps"
+    return None
 
 
 # flag -> (field, help). Secrets are deliberately absent: environment only.
@@ -122,11 +168,42 @@ def _env_name(flag: str) -> str:
     return "TESSERA_" + flag.lstrip("-").replace(".", "_").replace("-", "_").upper()
 
 
+# Defaults that are not a plain field default (computed per role), shown in --help.
+_SHOWN_DEFAULTS = {"state_dir": "~/.tessera/<role>", "wallet_path": "~/.bittensor/wallets"}
+
+SECRETS_HELP = """secrets (environment only, never flags, never logged):
+  TESSERA_BUCKET_WRITE_KEY_ID   access key id of this node's read-write bucket key
+  TESSERA_BUCKET_WRITE_SECRET   its secret; stays on this machine
+  TESSERA_BUCKET_READ_SECRET    secret of the read-only key (--bucket.read-key-id), committed on
+                                chain so peers can read this node's bucket
+every flag also reads TESSERA_<FLAG> (e.g. TESSERA_NETUID); a flag wins over its variable.
+`tessera doctor` runs the start-up self-check without starting a node."""
+
+
+def _default_text(field: str) -> str:
+    if field in _SHOWN_DEFAULTS:
+        return f", default {_SHOWN_DEFAULTS[field]}"
+    model = BucketConfig if field.startswith("bucket.") else NodeConfig
+    info = model.model_fields.get(field.rpartition(".")[2])
+    if info is None or info.is_required() or info.default is None:
+        return ""
+    return f", default {info.default}"
+
+
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
-    for flag, (_, help_text) in _FLAGS.items():
+    for flag, (field, help_text) in _FLAGS.items():
         # dest is the flag itself (dots and all); without a metavar help would print "--netuid --NETUID"
         metavar = flag.rpartition(".")[2].lstrip("-").replace("-", "_").upper()
-        parser.add_argument(flag, dest=flag, default=None, metavar=metavar, help=f"{help_text} (env {_env_name(flag)})")
+        parser.add_argument(
+            flag, dest=flag, default=None, metavar=metavar,
+            help=f"{help_text} (env {_env_name(flag)}{_default_text(field)})",
+        )
+    parser.add_argument(
+        "--force", dest="--force", action="store_true",
+        help="start even if the self-check finds the chain gives this hotkey another role than asked",
+    )
+    parser.epilog = SECRETS_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def _set(tree: dict, dotted: str, value: object) -> None:
@@ -150,6 +227,8 @@ def node_config_from_args(role: str, args: argparse.Namespace, env: dict[str, st
     for field, var in _SECRET_ENV.items():
         if var in env:
             _set(raw, field, env[var])
+    if getattr(args, "--force", False):
+        raw["force"] = True
     raw.setdefault("state_dir", str(Path("~/.tessera").expanduser() / role))
     try:
         return NodeConfig.model_validate(raw)

@@ -18,6 +18,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from neurons.progress import progress
 from neurons.shards import INDEX_FILE, ShardWriter, TokenShards
 from neurons.tokenizer import train_bpe
 
@@ -68,7 +69,8 @@ def ensure_embedded_data(cache_dir: Path | str, vocab_size: int = 2048, max_char
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
     try:
-        _build(staging, vocab_size, max_chars, source=f"python {version} stdlib, corpus v{CORPUS_VERSION}")
+        with progress("preparing the embedded corpus (tokenizer + shards)"):  # a spinner, on a terminal only
+            _build(staging, vocab_size, max_chars, source=f"python {version} stdlib, corpus v{CORPUS_VERSION}")
         try:
             os.rename(staging, target)
         except OSError:

@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import numpy as np
 
+from neurons.progress import progress
 from neurons.shards import INDEX_FILE, MAX_INDEX_BYTES, ShardEntry, ShardError, ShardIndex, TokenShards
 from storage import ObjectExists, ObjectStore, ObjectTooLarge
 from storage.endpoints import EndpointPolicy
@@ -188,8 +189,10 @@ class RemoteShards(TokenShards):
 
     def verify(self) -> None:
         """Fetch (or re-verify) every shard: each load checks its hash."""
-        for i in range(len(self)):
-            self.tokens(i)
+        with progress("fetching and verifying shards", total=len(self), min_total=2) as done:  # a terminal only
+            for i in range(len(self)):
+                self.tokens(i)
+                done()
 
 
 def _file_sha256(path: Path) -> str:

@@ -63,6 +63,7 @@ from typing import TypeVar
 
 from neurons.checkpoint import CheckpointError, load_checkpoint
 from neurons.model import build_model
+from neurons.progress import progress
 from protocol.chain import Metagraph
 from protocol.fingerprint_record import MAX_RECORD_BYTES, FingerprintRecord, FingerprintRecordError
 from protocol.keys import ObjectKeyError, checkpoint_key, checkpoint_prefix, fingerprint_key, window_of_key
@@ -240,7 +241,8 @@ def _try_checkpoint(node, uid: int, window: int, expected: str, unreachable: set
 def _load_checkpoint(node, uid: int, window: int, expected: str):
     cap = checkpoint_cap(node)
     seconds = max(SMALL_READ_SECONDS, cap / CHECKPOINT_MIN_BYTES_PER_S)
-    data = node.peers.get(uid).store.get(checkpoint_key(node.hparams.run_id, window), cap, deadline=_deadline(seconds))
+    with progress(f"downloading checkpoint {window} from validator {uid}"):  # a spinner, on a terminal only
+        data = node.peers.get(uid).store.get(checkpoint_key(node.hparams.run_id, window), cap, deadline=_deadline(seconds))
     return load_checkpoint(data, node.model, cap, max_abs_param=node.hparams.bounds.max_abs_param,
                            expected_run_id=node.hparams.run_id, expected_fingerprint=expected)
 

@@ -264,13 +264,9 @@ class Miner:
 
 def run(args) -> int:
     """``tessera miner``: the honest window with the configured behaviour, or a byte-level adversary."""
-    from neurons.config import ConfigError, node_config_from_args
+    from neurons.config import node_config_from_args
 
-    try:
-        config = node_config_from_args("miner", args)
-    except ConfigError as exc:
-        print(f"tessera miner: {exc}")
-        return 2
+    config = node_config_from_args("miner", args)  # a ConfigError ends the start as one line (neurons.cli)
     if config.behaviour in BYTE_LEVEL_KINDS:
         # These never train or follow θ; they serve crafted bytes or a crafted endpoint. The config
         # refused them off the devchain, so the local subnet's code is only imported there.

@@ -25,6 +25,7 @@ from neurons.fingerprint import model_fingerprint
 from neurons.gather import UpdateLimits, WindowGather, apply_gather, gather_window
 from neurons.model import build_model, param_shapes
 from neurons.peers import PeerDirectory
+from neurons.progress import progress
 from neurons.shards import TokenShards
 from neurons.state import restore_node_state
 from protocol.acceptance import parameter_norms
@@ -184,15 +185,18 @@ def advance(node: Node) -> WindowGather | None:
 
 def catch_up(node: Node) -> None:
     """Replay every window that closed before now, so θ is the network's θ for the current window."""
-    while not node.stop.is_set() and node.window < node.clock.current_window():
-        gathered = advance(node)
-        if gathered is None:
-            return
-        fp = model_fingerprint(node.model)
-        node.events.append(
-            WindowRecord(node.name, node.config.role, node.uid, gathered.window, fp, gathered.accepted, replayed=True)
-        )
-        log.info("%s replayed window %d (%d payloads) -> %s", node.name, gathered.window, len(gathered.accepted), fp)
+    behind = node.clock.current_window() - node.window
+    with progress(f"{node.name} catching up", total=behind, min_total=2) as replayed:  # a terminal only
+        while not node.stop.is_set() and node.window < node.clock.current_window():
+            gathered = advance(node)
+            if gathered is None:
+                return
+            fp = model_fingerprint(node.model)
+            node.events.append(
+                WindowRecord(node.name, node.config.role, node.uid, gathered.window, fp, gathered.accepted, replayed=True)
+            )
+            log.info("%s replayed window %d (%d payloads) -> %s", node.name, gathered.window, len(gathered.accepted), fp)
+            replayed()
 
 
 # After a window failed because the chain or storage misbehaved, wait this long and try again.

@@ -7,9 +7,7 @@ Scrapes go over 127.0.0.1 only. The node loops' calls are exercised through the 
 from __future__ import annotations
 
 import argparse
-import threading
 import urllib.request
-from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,6 +22,7 @@ from protocol.keys import payload_key
 from protocol.signing import HotkeySigner
 from storage import StorageUnavailable
 from storage.local import LocalStore
+from tests.neurons.test_node import fake_node
 
 NAMED_SERIES = {
     "tessera_node_info", "tessera_window", "tessera_last_successful_window", "tessera_loss",
@@ -125,8 +124,8 @@ def test_fetching_a_payload_records_bytes_and_step_times(server, tmp_path, make_
 
 def test_the_window_loop_reports_progress_and_failures(server) -> None:
     """``run_windows`` sets the window gauge, the last finished window and counts failed windows."""
-    stop = threading.Event()
-    node = SimpleNamespace(window=40, stop=stop, name="miner-1", config=SimpleNamespace(max_windows=3))
+    node = fake_node(3)  # the shared loop's own test double, so both follow what run_windows reads
+    node.window, node.name = 40, "miner-1"
     calls = {"n": 0}
 
     def one_window() -> None:
