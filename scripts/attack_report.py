@@ -37,6 +37,7 @@ from protocol.hparams import load_hparams  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 MIXED = "mixed"
 HONEST_ONLY = "honest_only"
+PAIR_SEPARATOR = "+"
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,15 @@ class Settings:
     workdir: Path
 
 
-def plan_runs(behaviours: list[str], per_kind: int, each: bool, mixed: list[str]) -> list[RunSpec]:
-    """Honest-only first (every other entry is compared with it), then one run per kind, then
-    the mixed run (one adversary of each kind in ``mixed``; none if empty)."""
+def plan_runs(behaviours: list[str], per_kind: int, each: bool, mixed: list[str], pairs: bool = False) -> list[RunSpec]:
+    """Honest-only first (every other entry is compared with it), then one run per kind (or,
+    with ``pairs``, one run per two kinds, one adversary of each: half the runs on a small
+    machine), then the mixed run (one adversary of each kind in ``mixed``; none if empty)."""
     runs = [RunSpec(HONEST_ONLY, ())]
-    if each:
+    if each and pairs:
+        chunks = [behaviours[i:i + 2] for i in range(0, len(behaviours), 2)]
+        runs += [RunSpec(PAIR_SEPARATOR.join(c), tuple(c) if len(c) == 2 else (c[0],) * 2) for c in chunks]
+    elif each:
         runs += [RunSpec(kind, (kind,) * per_kind) for kind in behaviours]
     if mixed:
         runs.append(RunSpec(MIXED, tuple(mixed)))
@@ -117,11 +122,23 @@ def honest_unpaid(windows: list[dict], miners: list[int]) -> int:
     return sum(1 for w in windows if w["weights"] for uid in miners if not w["weights"].get(str(uid)))
 
 
-def digest(summary: dict, honest_only_loss: float | None, seconds: float) -> dict:
+def kind_share(window: dict, summary: dict, kind: str) -> float:
+    """The share of the miner weight (burn left out) that adversaries of ``kind`` hold."""
+    weights = {int(u): float(v) for u, v in window["weights"].items()}
+    miners = set(summary["miners"]) | {int(u) for u in summary["adversaries"]}
+    total = sum(v for u, v in weights.items() if u in miners)
+    ours = sum(v for u, v in weights.items() if summary["adversaries"].get(str(u)) == kind)
+    return ours / total if total else 0.0
+
+
+def digest(summary: dict, honest_only_loss: float | None, seconds: float, kind: str | None = None) -> dict:
+    """One matrix entry; with ``kind``, only the adversaries of that kind of a run with several."""
     windows = summary["windows"]
-    adversaries = sorted(summary["adversaries"], key=int)
+    adversaries = sorted((u for u, k in summary["adversaries"].items() if kind is None or k == kind), key=int)
+    shares = ([kind_share(w, summary, kind) for w in windows] if kind is not None
+              else [w.get("adversary_weight_share", 0.0) for w in windows])
     return {
-        "adversary_weight_share": [w.get("adversary_weight_share", 0.0) for w in windows],
+        "adversary_weight_share": shares,
         "honest_weight_share": [w.get("honest_weight_share", 0.0) for w in windows],
         "loss": windows[-1]["loss"] if windows else None,
         "honest_only_loss": honest_only_loss,
@@ -144,15 +161,28 @@ def report(runs: list[RunSpec], settings: Settings, progress=None) -> dict:
     for run in runs:
         started = time.time()
         summary = run_localnet(run, settings)
-        entry = digest(summary, honest_only_loss, time.time() - started)
+        seconds = time.time() - started
+        entry = digest(summary, honest_only_loss, seconds)
+        runs_totals(out, run.name, entry)
         if run.name == HONEST_ONLY:
             honest_only_loss = entry["loss"]
             out[HONEST_ONLY] = entry
+        elif PAIR_SEPARATOR in run.name:
+            for kind in dict.fromkeys(run.adversaries):
+                out["behaviours"][kind] = digest(summary, honest_only_loss, seconds, kind) | {"run": run.name}
         else:
             out["behaviours"][run.name] = entry
         if progress is not None:
             progress(run.name, entry)
     return out
+
+
+def runs_totals(out: dict, name: str, entry: dict) -> None:
+    """Honest miner-windows unpaid over every run, each run counted once."""
+    totals = out.setdefault("totals", {"honest_unpaid_windows": 0, "honest_miner_windows": 0, "runs": 0})
+    totals["honest_unpaid_windows"] += entry["honest_unpaid_windows"]
+    totals["honest_miner_windows"] += entry["honest_miner_windows"]
+    totals["runs"] += 1
 
 
 def _kinds(text: str) -> list[str]:
@@ -177,10 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mixed", type=_kinds, default=None,
                         help="kinds of the mixed run, one adversary each (default: --behaviours)")
     parser.add_argument("--no-mixed", action="store_true", help="skip the mixed run")
+    parser.add_argument("--pairs", action="store_true",
+                        help="two kinds per run, one adversary each (half the runs), instead of --per-kind of one kind")
     parser.add_argument("--workdir", default=None, help="keep every run's files here (default: a temp dir)")
     args = parser.parse_args(argv)
     mixed = [] if args.no_mixed else (args.mixed or args.behaviours)
-    runs = plan_runs(args.behaviours, args.per_kind, each=not args.only_mixed, mixed=mixed)
+    runs = plan_runs(args.behaviours, args.per_kind, each=not args.only_mixed, mixed=mixed, pairs=args.pairs)
     with tempfile.TemporaryDirectory(prefix="attack-report-") as tmp:
         workdir = Path(args.workdir).resolve() if args.workdir else Path(tmp)
         settings = Settings(args.honest, args.validators, args.windows, args.block_time, args.hparams, workdir)

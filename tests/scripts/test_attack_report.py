@@ -59,6 +59,21 @@ def test_a_summary_becomes_one_matrix_entry() -> None:
     assert entry["honest_miner_windows"] == 6
 
 
+def test_pairs_halve_the_runs_and_each_kind_gets_its_own_share() -> None:
+    ar = load()
+    runs = ar.plan_runs(["copy", "zeros", "late"], per_kind=2, each=True, mixed=[], pairs=True)
+    assert [(r.name, r.adversaries) for r in runs] == [
+        ("honest_only", ()), ("copy+zeros", ("copy", "zeros")), ("late", ("late", "late")),
+    ]
+    summary = {
+        "outcome": "done", "miners": [2, 3], "adversaries": {"4": "copy", "5": "zeros"},
+        "windows": [_window(11, {"0": 0.5, "2": 0.2, "3": 0.2, "5": 0.1}, {"4": "copy"}, 0.8, 0.2)],
+    }
+    zeros = ar.digest(summary, 6.5, 1.0, kind="zeros")
+    assert zeros["adversary_weight_share"] == [pytest.approx(0.2)] and zeros["rejections"] == {"5": [None]}
+    assert ar.digest(summary, 6.5, 1.0, kind="copy")["adversary_weight_share"] == [0.0]
+
+
 def test_no_rejection_and_no_windows_are_null() -> None:
     ar = load()
     assert ar.first_rejected_window([_window(1, {}, {}, 0, 0)], ["4"]) is None
