@@ -45,6 +45,8 @@ from neurons.node import (
     run_windows,
     start_window,
     wait_for_slot_close,
+    wait_for_window_open,
+    warn_if_excluded,
 )
 from neurons.state import save_node_state
 from neurons.train import InnerTrainer
@@ -86,6 +88,7 @@ class Miner:
 
     def ready(self) -> bool:
         """Back in step if we fell out of it, then replay whatever closed meanwhile."""
+        warn_if_excluded(self.node)  # every window: a miner the role rule leaves out says why
         self.rejoin_if_out_of_step()
         catch_up(self.node)
         return not self.node.stop.is_set()
@@ -219,6 +222,8 @@ class Miner:
     def publish(self, w: int, message: CompressedMessage | None) -> int:
         """Build the behaviour's payload for window w at its upload time and put it; bytes put."""
         node = self.node
+        if not wait_for_window_open(node, w + 1):  # the slot starts at that block's real timestamp
+            return 0
         start, end = self.behaviour.upload_times(*node.clock.upload_slot(w))
         if not node.sleep_until(start):
             return 0
@@ -241,6 +246,8 @@ class Miner:
         until ``end`` (default: the slot's end); never overwrite."""
         node = self.node
         if start is None or end is None:
+            if not wait_for_window_open(node, w + 1):
+                return 0
             start, end = Behaviour().upload_times(*node.clock.upload_slot(w))
         if not node.sleep_until(start):
             return 0

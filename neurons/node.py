@@ -19,13 +19,15 @@ import torch
 
 from neurons import metrics
 from neurons.config import NodeConfig
-from neurons.corpus import ensure_embedded_data
+from neurons.dataset import open_run_data
 from neurons.events import EventLog, WindowRecord
 from neurons.fingerprint import model_fingerprint
 from neurons.gather import UpdateLimits, WindowGather, apply_gather, gather_window
 from neurons.model import build_model, param_shapes
 from neurons.peers import PeerDirectory
 from neurons.progress import progress
+from neurons.run_origin import load_origin
+from neurons.selfcheck import preflight
 from neurons.shards import TokenShards
 from neurons.state import restore_node_state
 from protocol.acceptance import parameter_norms
@@ -33,6 +35,7 @@ from protocol.chain import Chain, ChainError, NotRegisteredError
 from protocol.chain_factory import open_chain
 from protocol.clock import WindowClock
 from protocol.commitment import BucketCommitment
+from protocol.devchain import DevChain
 from protocol.fingerprint_record import FingerprintRecord
 from protocol.hparams import Hparams, load_hparams
 from protocol.keys import (
@@ -42,8 +45,11 @@ from protocol.keys import (
     payload_prefix,
     window_of_key,
 )
+from protocol.origin import RunOrigin
+from protocol.roles import excluded_reason
 from protocol.signing import HotkeySigner
 from storage import ObjectExists, ObjectStore, StorageError
+from storage.endpoints import EndpointPolicy
 from storage.retention import prune_old_windows
 from storage.s3 import S3Store
 
@@ -66,6 +72,7 @@ class Node:
     stop: threading.Event
     window: int = 0
     extra_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    origin: RunOrigin | None = None  # None only for nodes assembled by hand (tests): origin block 0
 
     @property
     def name(self) -> str:
@@ -82,6 +89,7 @@ class Node:
 
 def build_node(config: NodeConfig, stop: threading.Event) -> Node:
     hparams = load_hparams(config.hparams)
+    preflight(config, hparams)  # wallet, chain, role, bucket keys: nothing is committed before they work
     if config.threads:
         torch.set_num_threads(config.threads)
     chain = open_chain(config.network, str(config.devchain) if config.devchain else None, config.netuid)
@@ -99,30 +107,43 @@ def build_node(config: NodeConfig, stop: threading.Event) -> Node:
         region=bucket.region,
     )
     commit_bucket_if_needed(chain, signer, uid, config)
-    return assemble_node(config, hparams, chain, signer, uid, store, stop)
+    origin = load_origin(
+        chain, hparams, devchain_start=chain.slots.start_block if isinstance(chain, DevChain) else None,
+        policy=EndpointPolicy(allow_loopback=config.devchain is not None),
+    )
+    log.info("run %s starts at block %d; the head (block %d) is in window %d", hparams.run_id, origin.start_block,
+             chain.block(), (chain.block() - origin.start_block) // hparams.window.blocks_per_window)
+    return assemble_node(config, hparams, chain, signer, uid, store, stop, origin)
 
 
 def assemble_node(
     config: NodeConfig, hparams: Hparams, chain: Chain, signer: HotkeySigner, uid: int, store: ObjectStore,
-    stop: threading.Event,
+    stop: threading.Event, origin: RunOrigin | None = None,
 ) -> Node:
     """A Node from the parts that need I/O to obtain; the rest (θ0, clock, peers, log) follows from them."""
     model = build_model(hparams.model, hparams.seed).to(config.device)
-    clock = WindowClock(chain, hparams.window.blocks_per_window, hparams.window.upload_slot_seconds)
+    start = origin.start_block if origin is not None else 0
+    clock = WindowClock(chain, hparams.window.blocks_per_window, hparams.window.upload_slot_seconds, start)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     return Node(
         config=config, hparams=hparams, chain=chain, signer=signer, uid=uid, clock=clock, store=store,
         peers=PeerDirectory.for_node(chain, local_subnet=config.devchain is not None),
         model=model, shapes=param_shapes(model),
-        events=EventLog(config.state_dir / "events.jsonl"), stop=stop,
+        events=EventLog(config.state_dir / "events.jsonl"), stop=stop, origin=origin,
     )
 
 
 def open_shards(node: Node) -> TokenShards:
-    """The operator's shards, or the embedded corpus built (once) beside the node's state."""
-    if node.config.data_dir is not None:
-        return TokenShards(node.config.data_dir)
-    return TokenShards(ensure_embedded_data(node.config.state_dir / "data", node.hparams.model.vocab_size))
+    """The run's shards (``neurons.dataset.open_run_data``): the dataset the origin names, fetched
+    shard by shard and verified, or the operator's copy of it (``--data-dir``), held to the origin's
+    data digest; with neither (a devchain without a published origin), the embedded corpus."""
+    origin = node.origin
+    return open_run_data(
+        data_url=origin.data_url if origin else None, data_digest=origin.data_digest if origin else None,
+        cache_dir=node.config.state_dir / "data", data_dir=node.config.data_dir,
+        vocab_size=node.hparams.model.vocab_size, tokenizer=node.hparams.model.tokenizer,
+        allow_loopback=node.config.devchain is not None,
+    )
 
 
 def commit_bucket_if_needed(chain: Chain, signer: HotkeySigner, uid: int, config: NodeConfig) -> None:
@@ -152,8 +173,25 @@ def start_window(node: Node) -> None:
     node.window = join_from_checkpoint(node)
 
 
+def wait_for_window_open(node: Node, window: int) -> bool:
+    """Sleep until the block that opens ``window`` exists; False if asked to stop first.
+
+    Only then is its timestamp (the start of window w-1's upload slot) real: a prediction from the
+    head is wrong by a block time for every slot missed meanwhile, and would send a miner's upload
+    early. Sleeps to the predicted time, then polls the head every twentieth of a block."""
+    poll = node.chain.block_time() / 20
+    while not node.clock.block_opened(window):
+        expected = node.clock.window_start_time(window)
+        if node.stop.wait(max(poll, expected - time.time())):
+            return False
+    return not node.stop.is_set()
+
+
 def wait_for_slot_close(node: Node, window: int) -> bool:
-    """Sleep until window's upload slot has closed (plus a grace); False if asked to stop."""
+    """Sleep until window's upload slot has closed (plus a grace); False if asked to stop. The
+    slot is taken from the real timestamp of the block that opens window + 1."""
+    if not wait_for_window_open(node, window + 1):
+        return False
     _, slot_end = node.clock.upload_slot(window)
     return node.sleep_until(slot_end + node.config.gather_grace_seconds)
 
@@ -238,6 +276,16 @@ def run_windows(node: Node, one_window: Callable[[], None], ready: Callable[[], 
     return done
 
 
+def warn_if_excluded(node: Node) -> None:
+    """Say loudly, every window, when the network's role rule (``protocol.roles``) leaves this
+    node out of the role it runs as: its work would be ignored without a word otherwise."""
+    reason = excluded_reason(
+        node.chain.metagraph(), node.uid, node.hparams, node.hparams.scoring.burn_uid, node.config.role
+    )
+    if reason is not None:
+        log.warning("%s is excluded from its role: %s", node.name, reason)
+
+
 def _caught_up(node: Node) -> bool:
     catch_up(node)
     return not node.stop.is_set()
@@ -259,13 +307,9 @@ def run_node(role: str, args, runner) -> int:
     import signal
     import sys
 
-    from neurons.config import ConfigError, node_config_from_args
+    from neurons.config import node_config_from_args
 
-    try:
-        config = node_config_from_args(role, args)
-    except ConfigError as exc:
-        print(f"tessera {role}: {exc}")
-        return 2
+    config = node_config_from_args(role, args)  # a ConfigError ends the start as one line (neurons.cli)
     if config.metrics_port is not None:
         try:
             metrics.serve(config.metrics_port, config.metrics_address)

@@ -36,6 +36,7 @@ from neurons.node import (
     run_windows,
     start_window,
     wait_for_slot_close,
+    warn_if_excluded,
 )
 from neurons.state import save_node_state
 from neurons.train import evaluate
@@ -92,6 +93,7 @@ class Validator:
     def ready(self) -> bool:
         """Wait until window ``node.window`` can be judged; False if asked to stop."""
         node = self.node
+        warn_if_excluded(node)  # every window: a validator whose weights would not count says why
         # Judging a window late is fine (LastModified decides what was on time); only a
         # validator that fell far behind replays instead, to rejoin the present quickly.
         if node.clock.current_window() - node.window > MAX_LAG_WINDOWS:
