@@ -22,6 +22,14 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 4 << 20  # a validator's record for thousands of uids is far below this
+MAX_DETAIL_CHARS = 200  # one rejection detail or verdict line in a record
+
+
+def one_line(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """``text`` as one printable line of at most ``limit`` characters. Rejection details carry
+    text from peers' servers: flattened, they cannot forge extra log lines or bloat a record."""
+    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 # strict at read time: "7" is not a window; NaN losses stay representable (a diverged run is news)
@@ -39,7 +47,11 @@ class WindowRecord:
     payload_bytes: dict[int, int] = field(default_factory=dict)
     scores: dict[int, float] = field(default_factory=dict)
     weights: dict[int, float] = field(default_factory=dict)
-    rejected: dict[int, str] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)  # validators: uid -> RejectReason word
+    # validators: uid -> what the rejection named (one bounded line; neurons.verdicts), and each
+    # miner's verdict line for the window ("uid 3: paid 0.250 ...", "uid 5: 0 — ...")
+    rejected_detail: dict[int, str] = field(default_factory=dict)
+    verdicts: dict[int, str] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     uploaded_bytes: int = 0
     weights_block: int | None = None  # block at which this window's weights were set on chain

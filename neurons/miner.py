@@ -48,6 +48,7 @@ from neurons.node import (
     wait_for_window_open,
     warn_if_excluded,
 )
+from neurons.standing import log_standing
 from neurons.state import save_node_state
 from neurons.train import InnerTrainer
 from protocol.keys import payload_key
@@ -153,6 +154,7 @@ class Miner:
             WindowRecord(node.name, "miner", node.uid, w, fp, gathered.accepted, loss=loss, uploaded_bytes=uploaded)
         )
         log.info("%s window %d: loss %s, uploaded %d B, gathered %s -> %s", node.name, w, loss, uploaded, gathered.accepted, fp)
+        log_standing(log, node.name, node.uid, w, gathered, node.chain, node.hparams)
 
     def follow(self) -> WindowGather | None:
         """Gather the window and (unless the behaviour skips it) apply the outer step; None if stopped."""

@@ -40,6 +40,7 @@ from neurons.node import (
 )
 from neurons.state import save_node_state
 from neurons.train import evaluate
+from neurons.verdicts import log_window, rejection_details, weights_line, window_verdicts
 from neurons.weights_schedule import WeightsOutcome, WeightsSchedule
 from protocol.acceptance import RejectReason, Stage1Result
 from protocol.keys import checkpoint_key
@@ -49,6 +50,7 @@ from scoring.lossscore import LossMeasurement, measure_update, reference_losses,
 from scoring.outliers import norm_outliers, scaled_to, typical_norm, update_norm
 from scoring.state import ScoreBook, ScoreBookError
 from scoring.sync import sync_score
+from scoring.weights import GatePolicy
 from storage import ObjectExists, StorageError
 from storage.atomic import atomic_write
 
@@ -129,6 +131,10 @@ class Validator:
             result = WindowResult(w, {}, {}, {}, {})
         self.book.save(self.book_path)
         weights_set = self.maybe_set_weights(w, result.weights)
+        verdicts = window_verdicts(w, stage1.results, self.book, result.scores, result.weights,
+                                   GatePolicy.from_config(hp.scoring))
+        log_window(log, node.name, w, verdicts,
+                   weights_line(weights_set.status, weights_set.note, result.weights, hp.scoring.burn_uid))
         times["score"] = time.time() - tick
         fp = model_fingerprint(node.model)
         publish_fingerprint(node, w, fp, gathered.accepted)
@@ -142,6 +148,7 @@ class Validator:
                 scores=result.scores, weights=result.weights, stage_seconds=times, weights_block=weights_set.block,
                 weights_note=weights_set.note,
                 rejected={u: str(r.reason) for u, r in stage1.results.items() if not r.passed},
+                rejected_detail=rejection_details(stage1.results), verdicts=verdicts,
             )
         )
         log.info("%s window %d: held-out loss %.4f, scores %s", node.name, w, heldout, result.scores)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from protocol.hparams import OuterConfig, ScoringConfig
 from scoring.ratings import Rating
@@ -56,16 +57,25 @@ class WeightPolicy:
         )
 
 
-def payment_gate(rec: MinerRecord, window: int, gate: GatePolicy) -> str | None:
+class Unpaid(StrEnum):
+    """Why an evaluated miner earns nothing, one gate each (a StrEnum: logs and events print the words)."""
+
+    NOT_EVALUATED = "not evaluated recently"
+    OUT_OF_SYNC = "out of sync"
+    NO_IMPROVEMENT = "no improvement on unseen data"
+    WEAK_EVIDENCE = "not enough unique-data evidence yet"
+
+
+def payment_gate(rec: MinerRecord, window: int, gate: GatePolicy) -> Unpaid | None:
     """Why ``rec`` is not paid at ``window``, or None when it has shown contribution."""
     if rec.last_evaluated_window is None or rec.last_evaluated_window < window - gate.stale_windows:
-        return "not evaluated recently"
+        return Unpaid.NOT_EVALUATED
     if rec.sync < gate.min_sync:
-        return "out of sync"
+        return Unpaid.OUT_OF_SYNC
     if rec.loss_ema <= 0:
-        return "no improvement on unseen data"
+        return Unpaid.NO_IMPROVEMENT
     if rec.evidence_z <= gate.evidence_threshold:
-        return "not enough unique-data evidence yet"
+        return Unpaid.WEAK_EVIDENCE
     return None
 
 

@@ -216,14 +216,14 @@ def bucket_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_behaviour_is_refused_on_a_real_chain_before_any_work(tmp_path, capsys, bucket_secrets, kind):
     argv = _miner_argv(tmp_path, "--subtensor.network", "finney", "--behaviour", kind)
     assert main(argv) == 2
-    out = capsys.readouterr().out.strip()
+    out = capsys.readouterr().err.strip()  # config errors go to stderr (neurons.cli)
     assert len(out.splitlines()) == 1 and "--behaviour" in out and "local network" in out, out
     assert not (tmp_path / "state").exists()  # refused before the node was built
 
 
 def test_an_unknown_behaviour_is_refused_with_the_list(tmp_path, capsys, bucket_secrets):
     assert main(_miner_argv(tmp_path, "--devchain", str(tmp_path / "chain.db"), "--behaviour", "nice")) == 2
-    assert "sign_flip" in capsys.readouterr().out
+    assert "sign_flip" in capsys.readouterr().err
 
 
 def test_the_miner_asks_its_behaviour_what_to_publish(tmp_path, hparams, corpus_dir):
