@@ -118,11 +118,45 @@ def _count(n_batches: int, batch_size: int) -> int:
 
 
 def assigned_indices(space: SampleSpace, seed: int, uid: int, window: int, count: int) -> list[int]:
-    """Training-sample indices assigned to ``uid`` in ``window`` (the first ``count`` of them)."""
+    """Training-sample indices assigned to ``uid`` in ``window`` (the first ``count`` of them).
+
+    Two-level, so a window's assignments stay in a few shards: the window's key orders the shards,
+    and position ``p`` falls in the shard where ``p`` lands in that order, at a keyed position
+    inside it. Every miner's positions lie in ``[0, UID_STRIDE × count)``, so all of a window's
+    assignments come from the first shards of that window's order (a miner fetches those, not the
+    corpus: ``neurons.dataset``), and the order changes every window. With one shard this is the
+    plain keyed permutation.
+    """
     if uid < 0 or window < 0:
         raise DataError(f"uid and window must be non-negative, got {uid} and {window}")
     key = _key(b"tessera-assign", seed.to_bytes(16, "little", signed=True), window.to_bytes(8, "little"))
-    return [permuted_index((uid + j * UID_STRIDE) % len(space), len(space), key) for j in range(count)]
+    order = _ShardOrder.build(space, key)
+    return [order.index((uid + j * UID_STRIDE) % len(space)) for j in range(count)]
+
+
+@dataclass(frozen=True)
+class _ShardOrder:
+    """The shards of a ``SampleSpace`` in one window's keyed order (see ``assigned_indices``)."""
+
+    space: SampleSpace
+    key: bytes
+    shards: tuple[int, ...]  # shard ids in this window's order (only those holding samples)
+    ends: tuple[int, ...]  # positions covered by the shards up to and including each
+
+    @classmethod
+    def build(cls, space: SampleSpace, key: bytes) -> _ShardOrder:
+        counts = np.diff(space.cumulative)
+        n = len(counts)
+        shard_key = _key(b"tessera-shard-order", key)
+        shards = [s for s in (permuted_index(k, n, shard_key) for k in range(n)) if counts[s] > 0]
+        return cls(space, key, tuple(shards), tuple(int(e) for e in np.cumsum([counts[s] for s in shards])))
+
+    def index(self, position: int) -> int:
+        k = bisect.bisect_right(self.ends, position)
+        shard = self.shards[k]
+        local = position - (self.ends[k - 1] if k else 0)
+        size = self.space.cumulative[shard + 1] - self.space.cumulative[shard]
+        return self.space.cumulative[shard] + permuted_index(local, size, self.key)
 
 
 def assigned_batches(

@@ -157,3 +157,29 @@ def test_embedded_corpus_batches(corpus: TokenShards, hparams) -> None:
     batches = assigned_batches(corpus, hparams.seed, 0, 0, t.inner_steps, t.batch_size, t.seq_len)
     assert len(batches) == t.inner_steps
     assert all(int(b.max()) < corpus.vocab_size for b in batches)
+
+
+
+def test_a_windows_assignments_stay_in_a_few_shards(tmp_path: Path) -> None:
+    """Every miner's samples of a window come from the first shards of that window's keyed order
+    (so a miner fetches those, not the corpus), the order moves with the window, and the
+    assignment is still a permutation of the samples."""
+    from neurons.data import _key, _ShardOrder, assigned_indices
+
+    writer = ShardWriter(tmp_path, vocab_size=100, eos_id=0, shard_tokens=SEQ * 20)
+    for _ in range(100):
+        writer.add_document([1] * (SEQ * 4 - 1))  # 4 samples per document: 20 shards of ~19 train samples
+    writer.finish("cd" * 32)
+    space = SampleSpace.build(TokenShards(tmp_path), SEQ, "train")
+    assert len(space.cumulative) - 1 == 20
+
+    def shard_of(i: int) -> int:
+        return int(torch.searchsorted(torch.tensor(space.cumulative), i, right=True)) - 1
+
+    touched = []
+    for window in range(4):
+        touched.append({shard_of(i) for uid in range(3) for i in assigned_indices(space, 5, uid, window, 1)})
+        assert len(touched[-1]) <= 2  # positions 0..2 lie in the window's first shard or two
+    assert len(set().union(*touched)) > 2  # other windows, other shards
+    order = _ShardOrder.build(space, _key(b"window key"))
+    assert sorted(order.index(p) for p in range(len(space))) == list(range(len(space)))
