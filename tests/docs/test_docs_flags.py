@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:[._-][a-z0-9]+)*")
 ENV = re.compile(r"\bTESSERA_[A-Z0-9]+(?:_[A-Z0-9]+)*\b")
-FENCE = re.compile(r"^```.*?$(.*?)^```", re.MULTILINE | re.DOTALL)
+FENCE = re.compile(r"^[ \t]*```.*?$(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)  # list items indent theirs
 SPAN = re.compile(r"`([^`\n]+)`")
 
 
@@ -109,6 +109,7 @@ def _commands(block: str) -> list[tuple[int, str]]:
     ; && || |, comments dropped."""
     out, pending, start = [], "", 0
     for i, line in enumerate(block.splitlines()):
+        line = line.strip()
         if not pending:
             start = i
         if line.rstrip().endswith("\\"):
@@ -181,7 +182,10 @@ def _doc_mentions() -> list[tuple[str, Mention]]:
             command_spans.append(fence.span())
         prose = FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), text)  # keep line numbers
         for span in SPAN.finditer(prose):
-            if _program(_tokens(span.group(1))):
+            tokens = _tokens(span.group(1))
+            # a span that starts with a word and goes on is a command line (ours are checked,
+            # another program's flags are its own business); `--flag VALUE` stays a mention
+            if len(tokens) > 1 and not tokens[0].startswith("-"):
                 found.append(("line", Mention(name, _line_of(prose, span.start()), span.group(1))))
                 prose = prose[: span.start()] + " " * len(span.group(0)) + prose[span.end():]
         for match in FLAG.finditer(prose):
@@ -199,8 +203,8 @@ def _bad_command_line(command: str) -> str | None:
     flags = [a.split("=", 1)[0] for a in args if FLAG.fullmatch(a.split("=", 1)[0])]
     if name == "tessera":
         words = [a for a in args if not a.startswith("-")]
-        if not args or words[:1] in (["..."], ["…"]):
-            return None  # the program named alone, or an elided command line
+        if not args or words[:1] in (["..."], ["…"]) or args[0].endswith(":"):
+            return None  # the program named alone, an elided command line, or its output ("tessera doctor: error: ...")
         path, accepted = _tessera_parser(args)
         if not path:
             return f"no such tessera command: {words[:1]}"
