@@ -48,6 +48,22 @@ _VALUE_OPTIONS = {"--log-level"}
 LOG_LEVEL_HELP = "DEBUG, INFO, WARNING, ERROR (default INFO); DEBUG also prints tracebacks of start-up errors"
 
 
+def hoist_log_level(argv: Sequence[str]) -> list[str]:
+    """``--log-level X`` moved to the front wherever it was given, so that it works after any
+    (sub)command too, nested ones (``tessera chain show ... --log-level DEBUG``) included."""
+    front: list[str] = []
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--log-level":
+            front += [arg, next(args, "")]
+        elif arg.startswith("--log-level="):
+            front.append(arg)
+        else:
+            rest.append(arg)
+    return front + rest
+
+
 def _chosen(argv: Sequence[str]) -> str | None:
     """The subcommand named on the command line, without importing anything."""
     args = iter(argv)
@@ -113,7 +129,7 @@ def one_line_errors(exc: BaseException) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = hoist_log_level(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     level = getattr(logging, str(args.log_level).upper(), None)
     if not isinstance(level, int):

@@ -196,7 +196,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         metavar = flag.rpartition(".")[2].lstrip("-").replace("-", "_").upper()
         parser.add_argument(
             flag, dest=flag, default=None, metavar=metavar,
-            help=f"{help_text} (env {_env_name(flag)}{_default_text(field)})",
+            help=f"{help_text} (env {_env_name(flag)}{'' if 'default' in help_text else _default_text(field)})",
         )
     parser.add_argument(
         "--force", dest="--force", action="store_true",
