@@ -36,6 +36,7 @@ from neurons.behaviours.kinds import ADVERSARIAL_KINDS
 from neurons.corpus import ensure_embedded_data
 from neurons.events import read_records
 from neurons.localnet.adversary import LEGACY_NAMES
+from neurons.localnet.dataset import DatasetKeys, publish_local_dataset
 from neurons.localnet.seaweedfs import READ_ONLY, READ_WRITE, Identity, SeaweedServer
 from neurons.localnet.view import (
     NodeLog,
@@ -46,9 +47,13 @@ from neurons.localnet.view import (
     window_summary,
 )
 from neurons.model import build_model
+from neurons.run_origin import publish_origin
+from protocol.commitment import BucketCommitment
 from protocol.devchain import DevChain
-from protocol.hparams import load_hparams
+from protocol.hparams import Hparams, load_hparams
+from protocol.origin import RunOrigin, hparams_digest
 from protocol.signing import HotkeySigner, create_wallet
+from storage.s3 import S3Store
 
 NETUID = 1
 VALIDATOR_STAKE = 1000.0
@@ -78,17 +83,25 @@ def _register(chain: DevChain, wallets: Path, name: str, stake: float) -> int:
 
 
 def plan_network(
-    workdir: Path, miners: int, validators: int, block_time: float, adversaries: Sequence[str] = ()
+    workdir: Path, miners: int, validators: int, block_time: float, adversaries: Sequence[str] = (), *,
+    start_block: int = 0, missed_slots: float = 0.0, block_jitter: float = 0.0, miner_stake: float = 0.0,
 ) -> tuple[DevChain, list[NodeSpec]]:
     """Create the devchain and register owner, validators, miners and adversaries (in that uid order).
 
-    Adversaries register without stake, exactly like miners: nothing on chain tells them apart.
+    ``start_block``: the devchain's head at creation, where its subnet is registered (finney's head
+    is past 5,000,000); ``missed_slots``/``block_jitter``: real block production
+    (``protocol.devchain_clock``); ``miner_stake``: what paid miners hold (their incentive is
+    staked to their hotkey; with it they get validator permits, and must stay miners).
+    Adversaries register like miners: nothing on chain tells them apart.
     """
-    chain = DevChain.create(workdir / "chain.sqlite", netuid=NETUID, block_time=block_time)
+    chain = DevChain.create(
+        workdir / "chain.sqlite", netuid=NETUID, block_time=block_time, start_block=start_block,
+        missed_slots=missed_slots, jitter=block_jitter,
+    )
     wallets = workdir / "wallets"
     _register(chain, wallets, "owner", 0.0)  # uid 0: the subnet owner, where burned weight goes
-    roles = [("validator", "", VALIDATOR_STAKE)] * validators + [("miner", "", 0.0)] * miners
-    roles += [("adversary", kind, 0.0) for kind in adversaries]
+    roles = [("validator", "", VALIDATOR_STAKE)] * validators + [("miner", "", miner_stake)] * miners
+    roles += [("adversary", kind, miner_stake) for kind in adversaries]
     specs: list[NodeSpec] = []
     for role, kind, stake in roles:
         i = sum(s.role == role for s in specs)
@@ -106,7 +119,7 @@ def plan_network(
     return chain, specs
 
 
-def node_command(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, data_dir: Path) -> list[str]:
+def node_command(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, data_dir: Path | None) -> list[str]:
     if spec.role == "adversary":
         program = ["-m", "neurons.cli", "miner", "--behaviour", spec.kind]
     else:
@@ -117,11 +130,14 @@ def node_command(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, dat
         "--wallet.name", spec.name, "--wallet.hotkey", "default", "--wallet.path", str(workdir / "wallets"),
         "--hparams", hparams, "--bucket.endpoint", endpoint, "--bucket.name", spec.bucket,
         "--bucket.region", "us-east-1", "--bucket.read-key-id", spec.reader.access_key,
-        "--state-dir", str(workdir / "nodes" / spec.name), "--data-dir", str(data_dir), "--threads", "1",
+        "--state-dir", str(workdir / "nodes" / spec.name), "--threads", "1",
+        # no --data-dir: nodes read the corpus the launcher published, as the run's origin names it
+        # (neurons.dataset); ``data_dir`` stays for callers that start nodes on a local copy
+        *(["--data-dir", str(data_dir)] if data_dir is not None else []),
     ]
 
 
-def start_node(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, data_dir: Path) -> None:
+def start_node(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, data_dir: Path | None) -> None:
     env = dict(os.environ)
     env.update(
         TESSERA_BUCKET_WRITE_KEY_ID=spec.writer.access_key,
@@ -163,7 +179,9 @@ def on_time_miners(specs: list[NodeSpec]) -> set[str]:
     return {s.name for s in specs if s.role == "miner" and s.start_window == first}
 
 
-def build_summary(specs: list[NodeSpec], workdir: Path, chain: DevChain, hparams_name: str, windows: int) -> dict:
+def build_summary(
+    specs: list[NodeSpec], workdir: Path, chain: DevChain, hparams_name: str, windows: int, origin_block: int = 0
+) -> dict:
     hp = load_hparams(hparams_name)
     params = sum(p.numel() for p in build_model(hp.model, hp.seed).parameters())
     logs = node_logs(specs, workdir)
@@ -173,9 +191,11 @@ def build_summary(specs: list[NodeSpec], workdir: Path, chain: DevChain, hparams
     summaries = []
     for w in scored_windows(logs, on_time)[:windows]:
         summary = window_summary(w, logs, chain)
+        summary["global_step"] = w * hp.training.inner_steps  # where window w's training starts
         summaries.append(summary | attack_shares(summary, miners, adversaries, hp.scoring.burn_uid))
     return {
         "run_id": hp.run_id,
+        "origin_block": origin_block,
         "miners": miners,
         "validators": [s.uid for s in specs if s.role == "validator"],
         "adversaries": {str(uid): kind for uid, kind in adversaries.items()},
@@ -183,6 +203,21 @@ def build_summary(specs: list[NodeSpec], workdir: Path, chain: DevChain, hparams
         "first_window_all_up": first_window_all_up(logs, on_time),
         "windows": summaries,
     }
+
+
+OWNER_BUCKET = "tsr-owner"
+
+
+def publish_run_origin(
+    chain: DevChain, workdir: Path, endpoint: str, keys: tuple[Identity, Identity], hp: Hparams, origin: RunOrigin
+) -> None:
+    """What a subnet owner does once per run: commit its bucket's read-only key on chain from the
+    owner's hotkey, and put the origin record there (``neurons.run_origin``)."""
+    writer, reader = keys
+    owner = HotkeySigner(create_wallet("owner", "default", workdir / "wallets"))
+    chain.commit(owner, BucketCommitment(endpoint_url=endpoint, bucket=OWNER_BUCKET, region="us-east-1",
+                                         access_key_id=reader.access_key, secret_access_key=reader.secret_key).encode())
+    publish_origin(S3Store(endpoint, OWNER_BUCKET, writer.access_key, writer.secret_key, "us-east-1"), origin, hp)
 
 
 def _crashed(specs: list[NodeSpec]) -> list[str]:
@@ -195,12 +230,13 @@ def watch(specs, workdir, chain, args, endpoint, data_dir, console) -> str:
     adversaries = [s.uid for s in specs if s.role == "adversary"]
     on_time = on_time_miners(specs)
     blocks_per_window = load_hparams(args.hparams).window.blocks_per_window
+    origin = chain.slots.start_block  # the run's origin is the devchain's start block (publish_run_origin)
     # Every process imports torch and bittensor at once; on a small machine each extra one
     # (an adversary) delays everyone's start by about a window.
-    give_up = chain.block() // blocks_per_window + STARTUP_WINDOWS + len(adversaries)
+    give_up = (chain.block() - origin) // blocks_per_window + STARTUP_WINDOWS + len(adversaries)
     with Live(console=console, refresh_per_second=1, transient=False) as live:
         while True:
-            window = chain.block() // blocks_per_window
+            window = (chain.block() - origin) // blocks_per_window
             for s in specs:
                 if s.process is None and window >= s.start_window:
                     start_node(s, workdir, endpoint, args.hparams, data_dir)
@@ -238,20 +274,32 @@ def run(args: argparse.Namespace) -> int:
     )
     console.print(f"work dir {workdir}")
     data_dir = ensure_embedded_data(workdir.parent / "data-cache", hp.model.vocab_size)
-    chain, specs = plan_network(workdir, args.miners, args.validators, args.block_time, args.adversaries)
-    first = chain.block() // hp.window.blocks_per_window
+    chain, specs = plan_network(
+        workdir, args.miners, args.validators, args.block_time, args.adversaries, start_block=args.origin_block,
+        missed_slots=args.missed_slots, block_jitter=args.block_jitter, miner_stake=args.miner_stake,
+    )
+    first = (chain.block() - args.origin_block) // hp.window.blocks_per_window
     for s in [s for s in specs if s.role == "miner"][args.miners - args.late_miners :]:
         s.start_window = first + args.late_by
-    identities = [i for s in specs for i in (s.writer, s.reader)]
+    dataset_keys = DatasetKeys.generate()  # the corpus goes to its own bucket, read as on a live network
+    owner_keys = (Identity.generate("owner-rw", READ_WRITE, [OWNER_BUCKET]),
+                  Identity.generate("owner-ro", READ_ONLY, [OWNER_BUCKET]))
+    identities = [i for s in specs for i in (s.writer, s.reader)] + dataset_keys.identities + list(owner_keys)
     outcome = "interrupted"
     with SeaweedServer(workdir / "s3", identities) as s3:
+        dataset = publish_local_dataset(s3.endpoint_url, dataset_keys, data_dir)
+        console.print(f"dataset {dataset.data_digest[:12]} published to {dataset.report.data_url}")
+        origin = RunOrigin(start_block=args.origin_block, hparams_digest=hparams_digest(hp), data_digest=dataset.data_digest,
+                           data_url=dataset.data_url, tokenizer=hp.model.tokenizer or "embedded")
+        publish_run_origin(chain, workdir, s3.endpoint_url, owner_keys, hp, origin)
+        console.print(f"run origin: block {origin.start_block} (head {chain.block()})")
         try:
-            outcome = watch(specs, workdir, chain, args, s3.endpoint_url, data_dir, console)
+            outcome = watch(specs, workdir, chain, args, s3.endpoint_url, None, console)
         except KeyboardInterrupt:
             outcome = "interrupted (Ctrl-C or SIGTERM)"
         finally:
             stop_nodes(specs)
-    summary = build_summary(specs, workdir, chain, args.hparams, args.windows)
+    summary = build_summary(specs, workdir, chain, args.hparams, args.windows, args.origin_block)
     summary["outcome"] = outcome
     out = Path(args.json_out) if args.json_out else workdir / "summary.json"
     out.write_text(json.dumps(summary, indent=1, sort_keys=True))
@@ -280,6 +328,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--windows", type=int, default=6, help="windows the validators must score")
     parser.add_argument("--hparams", default="tiny")
     parser.add_argument("--block-time", type=float, default=1.0, help="devchain seconds per block")
+    parser.add_argument("--origin-block", type=int, default=0,
+                        help="the devchain's head at creation and the run's start block (e.g. 5000000, as on finney)")
+    parser.add_argument("--missed-slots", type=float, default=0.0, help="fraction of block slots missed (e.g. 0.2)")
+    parser.add_argument("--block-jitter", type=float, default=0.0, help="seconds a block's timestamp may trail its slot")
+    parser.add_argument("--miner-stake", type=float, default=0.0, help="stake every miner holds, as paid miners do")
     parser.add_argument("--late-miners", type=int, default=0, help="how many of the miners start late")
     parser.add_argument("--late-by", type=int, default=2, help="windows the late miners wait")
     parser.add_argument("--workdir", default=None, help="default .tessera/localnet-<time>")
