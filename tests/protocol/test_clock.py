@@ -88,3 +88,33 @@ def test_clock_refuses_nonsense_settings():
         WindowClock(WallClockChain(1.0), 0, 1.0)
     with pytest.raises(ValueError):
         WindowClock(WallClockChain(1.0), 10, 0.0)
+
+
+def test_windows_count_from_the_origin_on_a_chain_far_from_genesis():
+    from protocol.devchain_clock import SlotSchedule
+
+    class LateChain(WallClockChain):
+        """A head past 5,000,000 with 20 % of slots missed (protocol.devchain_clock)."""
+
+        def __init__(self):
+            super().__init__(block_time=1.0, genesis=time.time() - 200.0)
+            self.slots = SlotSchedule(self.genesis, 1.0, start_block=5_000_000, missed_slots=0.2, seed=5)
+
+        def block(self) -> int:
+            return self.slots.block_at(time.time())
+
+        def block_timestamp(self, block: int) -> float:
+            return self.slots.timestamp(block, time.time())
+
+    chain = LateChain()
+    clock = WindowClock(chain, blocks_per_window=10, upload_slot_seconds=3.0, origin_block=5_000_050)
+    head = chain.block()
+    assert 5_000_100 < head < 5_000_200
+    assert clock.current_window() == (head - 5_000_050) // 10 < 15  # small: global_step starts small
+    assert clock.first_block(0) == 5_000_050 and clock.window_of(5_000_049) == -1
+    assert clock.block_opened(clock.current_window()) and not clock.block_opened(clock.current_window() + 1)
+    # the slot of a window that closed comes from a produced block's own timestamp
+    slot = clock.upload_slot(2)
+    assert slot.start == chain.slots.timestamp(5_000_080, time.time())
+    before = WindowClock(chain, 10, 3.0, origin_block=head + 1000)
+    assert before.current_window() == 0  # the run has not begun: nodes wait at window 0
