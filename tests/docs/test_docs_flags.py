@@ -25,7 +25,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:[._-][a-z0-9]+)*")
 ENV = re.compile(r"\bTESSERA_[A-Z0-9]+(?:_[A-Z0-9]+)*\b")
 FENCE = re.compile(r"^[ \t]*```.*?$(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)  # list items indent theirs
-SPAN = re.compile(r"`([^`\n]+)`")
+SPAN = re.compile(r"`([^`]+)`")  # inline code may wrap onto the next line
 
 
 @dataclass(frozen=True)
@@ -182,12 +182,13 @@ def _doc_mentions() -> list[tuple[str, Mention]]:
             command_spans.append(fence.span())
         prose = FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), text)  # keep line numbers
         for span in SPAN.finditer(prose):
-            tokens = _tokens(span.group(1))
+            tokens = _tokens(span.group(1).replace("\n", " "))
             # a span that starts with a word and goes on is a command line (ours are checked,
             # another program's flags are its own business); `--flag VALUE` stays a mention
             if len(tokens) > 1 and not tokens[0].startswith("-"):
-                found.append(("line", Mention(name, _line_of(prose, span.start()), span.group(1))))
-                prose = prose[: span.start()] + " " * len(span.group(0)) + prose[span.end():]
+                found.append(("line", Mention(name, _line_of(prose, span.start()), " ".join(tokens))))
+                blank = re.sub(r"[^\n]", " ", span.group(0))  # keeps line numbers
+                prose = prose[: span.start()] + blank + prose[span.end():]
         for match in FLAG.finditer(prose):
             found.append(("flag", Mention(name, _line_of(prose, match.start()), match.group(0))))
         for match in ENV.finditer(text):
