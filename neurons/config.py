@@ -56,6 +56,8 @@ class NodeConfig(BaseModel):
     wallet_path: Path = Path("~/.bittensor/wallets").expanduser()
     network: str | None = None
     devchain: Path | None = None
+    # an archive node for reads of blocks the network's node has pruned (catch-up, join)
+    archive_endpoint: str | None = Field(default=None, pattern=r"^wss?://\S+$")
     hparams: str = "tiny"
     bucket: BucketConfig
     state_dir: Path
@@ -106,6 +108,8 @@ class NodeConfig(BaseModel):
     def _one_chain(self) -> NodeConfig:
         if (self.network is None) == (self.devchain is None):
             raise ValueError("give exactly one of --subtensor.network or --devchain")
+        if self.archive_endpoint is not None and self.network is None:
+            raise ValueError("--subtensor.archive-endpoint goes with --subtensor.network (a devchain keeps every block)")
         return self
 
 
@@ -143,6 +147,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "--wallet.path": ("wallet_path", "wallets directory"),
     "--subtensor.network": ("network", "finney | test | local | ws://..."),
     "--devchain": ("devchain", "path of an embedded devchain SQLite file"),
+    "--subtensor.archive-endpoint": ("archive_endpoint", "archive node (ws://... or wss://...) for reads of pruned old blocks"),
     "--hparams": ("hparams", "preset name (tiny, 150M, ...) or path of an hparams JSON"),
     "--bucket.endpoint": ("bucket.endpoint_url", "S3 endpoint URL of this node's bucket"),
     "--bucket.name": ("bucket.name", "this node's bucket"),

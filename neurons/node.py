@@ -92,7 +92,9 @@ def build_node(config: NodeConfig, stop: threading.Event) -> Node:
     preflight(config, hparams)  # wallet, chain, role, bucket keys: nothing is committed before they work
     if config.threads:
         torch.set_num_threads(config.threads)
-    chain = open_chain(config.network, str(config.devchain) if config.devchain else None, config.netuid)
+    chain = open_chain(
+        config.network, str(config.devchain) if config.devchain else None, config.netuid, config.archive_endpoint
+    )
     wallet = bittensor.Wallet(name=config.wallet_name, hotkey=config.wallet_hotkey, path=str(config.wallet_path))
     signer = HotkeySigner(wallet)
     uid = chain.metagraph().uid_of(signer.hotkey)
