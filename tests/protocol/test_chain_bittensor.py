@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.chain import ChainError
+from protocol.chain import ChainError, OldStateError, RateLimitedError, WeightsRefusedError
 from protocol.chain_bittensor import BittensorChain
 from protocol.commitment import BucketCommitment
 from protocol.signing import HotkeySigner
@@ -108,3 +108,74 @@ def test_signer_without_keypair_is_refused(chain):
 
     with pytest.raises(ChainError, match="keypair"):
         chain.commit(Bare(), "hello")
+
+
+def test_set_weights_passes_the_version_key(chain, fake):
+    chain.set_weights(ALICE, {0: 1.0, 1: 1.0}, version_key=42)
+    (call, _), = fake.submitted
+    assert call.params["version_key"] == 42
+
+
+def test_weights_policy_reads_the_subnets_rules_at_the_head(chain, fake):
+    fake.rules.weights_rate_limit, fake.rules.min_allowed_weights = 360, 2
+    fake.rules.max_weights_limit, fake.rules.weights_version_key = 40000, 9
+    chain.set_weights(ALICE, {0: 1.0, 1: 1.0}, version_key=9)
+    policy = chain.weights_policy(0)
+    assert (policy.block, policy.last_update, policy.rate_limit) == (1001, 1001, 360)
+    assert policy.next_allowed_block == 1001 + 360 and policy.min_allowed_weights == 2
+    assert policy.max_weight_share == pytest.approx(40000 / U16_MAX) and policy.version_key == 9
+    assert policy.subnet_size == 2 and not policy.commit_reveal
+    assert chain.weights_policy(1).last_update is None  # never set
+
+
+def test_sdk_value_error_for_state_missing_at_a_block_is_a_chain_error(chain, fake):
+    fake.missing.add("SubnetInfoRuntimeApi.get_metagraph")
+    with pytest.raises(ChainError, match="ValueError") as caught:
+        chain.metagraph(block=990)
+    assert not isinstance(caught.value, OldStateError)
+    fake.missing = {"SubtensorModule.WeightsSetRateLimit"}
+    with pytest.raises(ChainError, match="weights_policy"):
+        chain.weights_policy(0)
+
+
+def test_pruned_state_without_an_archive_names_the_flag(chain, fake):
+    fake.pruned_below = 900
+    assert chain.metagraph(block=950).block == 950
+    with pytest.raises(OldStateError, match="--subtensor.archive-endpoint"):
+        chain.metagraph(block=899)
+    with pytest.raises(OldStateError, match="--subtensor.archive-endpoint"):
+        chain.block_timestamp(10)
+
+
+def test_pruned_reads_go_to_the_archive_node(fake):
+    fake.pruned_below = 900
+    archive = FakeSubstrate(NETUID, _neurons(), head=1000)
+    archive.commitments = {BOB.hotkey: {"deposit": 0, "block": 5, "info": {"fields": [{"Raw3": "0x6f6c64"}]}}}
+    chain = BittensorChain("finney", NETUID, archive_endpoint="ws://127.0.0.1:9", substrate=fake, archive_substrate=archive)
+    try:
+        assert chain.commitments(800) == {1: "old"}
+        assert chain.metagraph(850).block == 850 and chain.block_timestamp(10) == (GENESIS_MS + 10 * BLOCK_MS) / 1000
+        primary_reads = len(fake.reads)
+        chain.metagraph(700)  # below a block the node pruned: straight to the archive
+        assert len(fake.reads) == primary_reads
+        assert chain.metagraph(950).block == 950  # recent state still comes from the node
+        assert len(fake.reads) > primary_reads
+        archive.pruned_below = 100  # an archive that is not one
+        with pytest.raises(OldStateError, match="ws://127.0.0.1:9.*--subtensor.archive-endpoint"):
+            chain.metagraph(50)
+    finally:
+        chain.close()
+
+
+def test_refused_extrinsics_are_typed(chain, fake):
+    fake.rules.weights_version_key = 3
+    with pytest.raises(WeightsRefusedError, match="IncorrectWeightVersionKey"):
+        chain.set_weights(ALICE, {0: 1.0, 1: 1.0}, version_key=2)
+    chain.set_weights(ALICE, {0: 1.0, 1: 1.0}, version_key=3)
+    with pytest.raises(RateLimitedError, match="rate limit"):  # caught by the SDK's preflight
+        chain.set_weights(ALICE, {0: 1.0, 1: 1.0}, version_key=3)
+    fake.rules.commitment_rate_limit = 50
+    chain.commit(BOB, "first")
+    with pytest.raises(RateLimitedError, match="CommitmentSetRateLimitExceeded"):  # refused on chain
+        chain.commit(BOB, "second")
+    assert chain.commitments() == {1: "first"}
