@@ -23,6 +23,7 @@ library RNG whose stream could change between versions, and distinct positions n
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ class _ShardOrder:
     ends: tuple[int, ...]  # positions covered by the shards up to and including each
 
     @classmethod
+    @functools.lru_cache(maxsize=16)  # noqa: B019 -- few live (space, window) pairs; a validator asks per uid
     def build(cls, space: SampleSpace, key: bytes) -> _ShardOrder:
         counts = np.diff(space.cumulative)
         n = len(counts)
