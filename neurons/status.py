@@ -28,10 +28,12 @@ from pydantic import BaseModel
 
 from protocol.acceptance import Stage1Result, check_slot, contained
 from protocol.chain import Chain, ChainError, Metagraph, NeuronInfo
+from protocol.clock import WindowClock
 from protocol.commitment import BucketCommitment, CommitmentError
 from protocol.fingerprint_record import MAX_RECORD_BYTES, FingerprintRecord, FingerprintRecordError
 from protocol.hparams import Hparams, HparamsError, load_hparams
 from protocol.keys import ObjectKeyError, fingerprint_key, window_of_key
+from protocol.origin import OriginError
 from protocol.roles import role_of
 from storage import ObjectStore, StorageError
 from storage.endpoints import EndpointPolicy
@@ -86,9 +88,19 @@ class _Listing:
     fingerprints: set[int] = field(default_factory=set)
 
 
-def run_origin(chain: Chain, hparams: Hparams) -> dict:
-    """Where the run's windows count from: the chain's block 0 until a run origin is published."""
-    return {"run_id": hparams.run_id, "first_block": 0, "source": "window = block // blocks_per_window"}
+def run_origin(chain: Chain, hparams: Hparams, policy: EndpointPolicy) -> tuple[int, dict]:
+    """(start block, what to show) of the run's origin (``neurons.run_origin``): the record the
+    subnet owner published, or on a devchain without one its start block. An origin that cannot
+    be read is shown with the reason, and windows then count from block 0."""
+    from neurons.run_origin import load_origin
+    from protocol.devchain import DevChain
+
+    start = chain.slots.start_block if isinstance(chain, DevChain) else None
+    try:
+        origin = load_origin(chain, hparams, devchain_start=start, policy=policy)
+    except OriginError as exc:
+        return 0, {"unreadable": str(exc)[:300]}
+    return origin.start_block, origin.model_dump(mode="json")
 
 
 def open_peer_store(text: str | None, policy: EndpointPolicy) -> tuple[ObjectStore | None, str | None, str | None]:
@@ -166,7 +178,9 @@ class StatusReader:
     def collect(self) -> NetworkStatus:
         hp = self.hparams
         block = self.chain.block()
-        window = block // hp.window.blocks_per_window
+        start, origin = run_origin(self.chain, hp, self.policy)
+        clock = WindowClock(self.chain, hp.window.blocks_per_window, hp.window.upload_slot_seconds, start)
+        window = max(0, clock.window_of(block))
         metagraph = self.chain.metagraph(block)
         commitments = self.chain.commitments(block)
         deadline = time.monotonic() + self.timeout
@@ -185,7 +199,7 @@ class StatusReader:
                 row.unreadable = why
                 return
             stores[neuron.uid], listings[neuron.uid] = store, listing
-            self._fill_payload(row, listing)
+            self._fill_payload(row, listing, clock)
 
         _each(metagraph.neurons, read_one)
         reference = max((max(listings[u].fingerprints, default=-1) for u in listings if self._votes(rows[u])),
@@ -199,7 +213,7 @@ class StatusReader:
                 row.agrees = row.fingerprint == majority
         return NetworkStatus(
             netuid=self.chain.netuid, block=block, window=window, run_id=hp.run_id,
-            origin=run_origin(self.chain, hp), reference_window=reference, majority_fingerprint=majority,
+            origin=origin, reference_window=reference, majority_fingerprint=majority,
             miners=[r for r in rows.values() if r.role == "miner"],
             validators=[r for r in rows.values() if r.role == "validator"],
             others=[r for r in rows.values() if r.role not in ("miner", "validator")],
@@ -218,15 +232,16 @@ class StatusReader:
         compared. A staked uid that has set no weights yet is a miner by that rule, and so here."""
         return row.role == "validator"
 
-    def _fill_payload(self, row: NodeStatus, listing: _Listing) -> None:
+    def _fill_payload(self, row: NodeStatus, listing: _Listing, clock: WindowClock) -> None:
         row.fingerprint_window = max(listing.fingerprints, default=None)
         if not listing.payloads:
             return
         last = max(listing.payloads)
         row.last_payload_window = last
-        slot_start = self.chain.block_timestamp((last + 1) * self.hparams.window.blocks_per_window)
-        row.last_payload_on_time = check_slot(
-            listing.payloads[last], slot_start, self.hparams.window.upload_slot_seconds) is None
+        if not clock.block_opened(last + 1):
+            return  # its slot has not opened yet: a payload already there is early, but say nothing yet
+        slot = clock.upload_slot(last)
+        row.last_payload_on_time = check_slot(listing.payloads[last], slot.start, clock.upload_slot_seconds) is None
 
     def _read_fingerprints(self, rows, stores, listings, reference: int, deadline: float) -> None:
         def read_one(uid: int) -> None:

@@ -57,7 +57,7 @@ def _weight(value: float | None) -> str:
 
 def status_group(status: NetworkStatus) -> Group:
     head = (f"netuid {status.netuid}  block {status.block}  window {status.window}  run {status.run_id}  "
-            f"origin block {status.origin.get('first_block')}")
+            f"origin block {status.origin.get('start_block', 'unreadable')}")
     majority = status.majority_fingerprint[:12] if status.majority_fingerprint else "none (no stake majority)"
     return Group(head, f"validators' majority fingerprint: {majority}", validators_table(status), miners_table(status))
 

@@ -231,6 +231,7 @@ def test_status_matches_the_validators_events(tmp_path, seaweed, seaweed_bucket,
     status = status_json("--devchain", str(chain.path), "--hparams", str(hp_path), "--timeout", "10")
 
     assert status["run_id"] == hp.run_id and status["reference_window"] == w
+    assert status["origin"]["start_block"] == 0  # a devchain without a published origin: its start block
     (v,) = status["validators"]
     assert v["uid"] == 1 and v["fingerprint"] == event["fingerprint"] and v["agrees"] is True
     assert v["gathered"] == event["gathered"] and status["majority_fingerprint"] == event["fingerprint"]
