@@ -16,6 +16,7 @@ import bittensor
 from protocol.chain import ChainError, Metagraph
 from protocol.commitment import BucketCommitment, CommitmentError
 from protocol.devchain import DevChain
+from protocol.devchain_rules import REAL_CHAIN, DevChainRules
 from protocol.signing import HotkeySigner, SigningError, create_wallet
 
 DEFAULT_WALLET_PATH = "~/.bittensor/wallets"
@@ -43,6 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--block-jitter", type=float, default=0.0,
                         help="seconds after its slot a block's timestamp may lie, seeded (default 0; < block time)")
     create.add_argument("--slot-seed", type=int, default=0, help="seed of missed slots and jitter (default 0)")
+    _rule_flags(create)
     create.set_defaults(func=cmd_create)
 
     wallet = sub.add_parser("wallet-create", help="create an unencrypted coldkey + hotkey offline")
@@ -69,6 +71,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     show.set_defaults(func=cmd_show)
 
 
+def _rule_flags(create: argparse.ArgumentParser) -> None:
+    """The subnet rules the devchain enforces (protocol.devchain_rules); defaults are the real chain's."""
+    real = REAL_CHAIN
+    create.add_argument("--weights-rate-limit", type=int, default=real.weights_rate_limit,
+                        help=f"blocks between two weight sets of a uid (default {real.weights_rate_limit}, as subtensor)")
+    create.add_argument("--min-allowed-weights", type=int, default=real.min_allowed_weights,
+                        help="fewest weights a row may have (default 0)")
+    create.add_argument("--max-weights-limit", type=int, default=real.max_weights_limit,
+                        help=f"largest weight's share of a row, in 1/{real.max_weights_limit} (default: no cap)")
+    create.add_argument("--version-key", type=int, default=real.version_key,
+                        help="WeightsVersionKey: set_weights under an older key is refused (default 0)")
+    create.add_argument("--commit-reveal", type=int, default=real.commit_reveal_blocks, metavar="BLOCKS",
+                        help="weights take effect BLOCKS after they are committed (default 0: off)")
+    create.add_argument("--commit-rate-limit", type=int, default=real.commit_rate_limit,
+                        help="blocks between two commitments of a uid (default 0)")
+
+
+def _rules(args: argparse.Namespace) -> DevChainRules:
+    return DevChainRules(
+        weights_rate_limit=args.weights_rate_limit, min_allowed_weights=args.min_allowed_weights,
+        max_weights_limit=args.max_weights_limit, version_key=args.version_key,
+        commit_reveal_blocks=args.commit_reveal, commit_rate_limit=args.commit_rate_limit,
+    )
+
+
 def _fail(message: str) -> int:
     print(f"tessera chain: error: {message}", file=sys.stderr)
     return 1
@@ -79,6 +106,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         chain = DevChain.create(
             args.path, args.netuid, args.block_time, max_uids=args.max_uids, max_validators=args.max_validators,
             start_block=args.start_block, missed_slots=args.missed_slots, jitter=args.block_jitter, seed=args.slot_seed,
+            rules=_rules(args),
         )
     except ChainError as exc:
         return _fail(str(exc))
