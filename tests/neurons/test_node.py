@@ -9,8 +9,9 @@ from neurons.node import run_windows
 
 
 def fake_node(max_windows: int | None) -> SimpleNamespace:
-    # run_windows reads only the stop event and max_windows when given its own ``ready``
-    return SimpleNamespace(stop=threading.Event(), config=SimpleNamespace(max_windows=max_windows))
+    # run_windows reads only the stop event, max_windows and the window (for neurons.metrics)
+    # when given its own ``ready``
+    return SimpleNamespace(stop=threading.Event(), window=0, config=SimpleNamespace(max_windows=max_windows))
 
 
 def test_stops_after_max_windows():
