@@ -43,6 +43,7 @@ from neurons.localnet.view import (
     attack_shares,
     first_window_all_up,
     live_table,
+    live_view,
     scored_windows,
     window_summary,
 )
@@ -234,14 +235,17 @@ def watch(specs, workdir, chain, args, endpoint, data_dir, console) -> str:
     # Every process imports torch and bittensor at once; on a small machine each extra one
     # (an adversary) delays everyone's start by about a window.
     give_up = (chain.block() - origin) // blocks_per_window + STARTUP_WINDOWS + len(adversaries)
+    status, status_window = None, None
     with Live(console=console, refresh_per_second=1, transient=False) as live:
         while True:
             window = (chain.block() - origin) // blocks_per_window
+            if window != status_window:  # the buckets are listed once per window, not every redraw
+                status, status_window = _network_status(chain, args.hparams), window
             for s in specs:
                 if s.process is None and window >= s.start_window:
                     start_node(s, workdir, endpoint, args.hparams, data_dir)
             logs = node_logs(specs, workdir)
-            live.update(live_table(logs, miners, chain, adversaries=adversaries))
+            live.update(live_view(live_table(logs, miners, chain, adversaries=adversaries), status))
             if len(scored_windows(logs, on_time)) >= args.windows:
                 return "done"
             if window > give_up and first_window_all_up(logs, on_time) is None:
@@ -249,6 +253,17 @@ def watch(specs, workdir, chain, args, endpoint, data_dir, console) -> str:
             if crashed := _crashed(specs):
                 return "node exited early: " + ", ".join(crashed)
             time.sleep(1.0)
+
+
+def _network_status(chain: DevChain, hparams: str):
+    """What ``tessera status`` shows for this subnet, or None while the chain cannot say."""
+    from neurons.status import collect_status
+    from protocol.chain import ChainError
+
+    try:
+        return collect_status(chain, load_hparams(hparams), local_subnet=True, timeout=5.0)
+    except ChainError:
+        return None
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -10,8 +10,10 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 
+from neurons.status import NetworkStatus
 from protocol.chain import Chain
 
 
@@ -141,3 +143,13 @@ def live_table(
         seconds = sum(s["stage_seconds"].values())  # per stage in the JSON summary
         table.add_row(str(window), loss, *cells, f"{moved:.0f}", in_step, f"{seconds:.1f}")
     return table
+
+
+def live_view(table: Table, status: NetworkStatus | None) -> RenderableType:
+    """The live table, and under it what ``tessera status`` reads from the chain and the buckets
+    (each miner's last payload, the weight each validator gives it, who agrees on θ)."""
+    if status is None:
+        return table
+    from neurons.status_view import miners_table, validators_table
+
+    return Group(table, validators_table(status), miners_table(status))
