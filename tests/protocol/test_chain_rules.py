@@ -55,6 +55,7 @@ class Rules:
     max_limit: int = U16_MAX
     version_key: int = 0
     commit_reveal: bool = False
+    commit_rate: int = 0
 
 
 REVEAL_BLOCKS = 20  # devchain: a commit takes effect this many blocks later
@@ -64,6 +65,7 @@ def _devchain(tmp_path, rules: Rules) -> Net:
     dev_rules = DevChainRules(
         weights_rate_limit=rules.rate_limit, min_allowed_weights=rules.min_allowed, max_weights_limit=rules.max_limit,
         version_key=rules.version_key, commit_reveal_blocks=REVEAL_BLOCKS if rules.commit_reveal else 0,
+        commit_rate_limit=rules.commit_rate,
     )
     genesis = time.time() - 1000 * DEVCHAIN_BLOCK_TIME  # head near block 1000, like the fake's
     chain = DevChain.create(tmp_path / "chain.db", NETUID, DEVCHAIN_BLOCK_TIME, genesis=genesis, rules=dev_rules)
@@ -94,6 +96,7 @@ def _bittensor(monkeypatch, tmp_path, rules: Rules) -> Net:
     fake.rules.max_weights_limit = rules.max_limit
     fake.rules.weights_version_key = rules.version_key
     fake.commit_reveal = rules.commit_reveal
+    fake.rules.commitment_rate_limit = rules.commit_rate
     chain = BittensorChain("finney", NETUID, substrate=fake)
     return Net("bittensor", chain, fake.advance, fake=fake, closers=[chain.close])
 
@@ -247,3 +250,15 @@ def test_a_chain_read_that_fails_does_not_end_a_node(make_net, monkeypatch):
     )
     assert node_loop.run_windows(node, one_window, ready=lambda: True) == 2
     assert calls[0].startswith("failed") and calls[1:] == ["ok", "ok"]
+
+
+def test_a_commitment_too_soon_after_the_last_is_refused(make_net):
+    net = make_net(Rules(commit_rate=20))
+    net.chain.commit(MINERS[0], "first")
+    net.advance(5)
+    with pytest.raises(RateLimitedError):
+        net.chain.commit(MINERS[0], "second")
+    net.advance(20)
+    net.chain.commit(MINERS[0], "third")
+    net.advance(1)
+    assert net.chain.commitments()[2] == "third"
