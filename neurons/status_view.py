@@ -19,8 +19,14 @@ def _fp(row: NodeStatus) -> str:
     return f"{row.fingerprint[:12]} {mark}"
 
 
+NOTE_CHARS = 60  # the table keeps a reason short; --json carries it whole
+
+
 def _unreadable(row: NodeStatus) -> str:
-    return f"unreadable: {row.unreadable}" if row.unreadable else ""
+    if not row.unreadable:
+        return ""
+    reason = " ".join(row.unreadable.split())
+    return "unreadable: " + (reason if len(reason) <= NOTE_CHARS else reason[: NOTE_CHARS - 1] + "…")
 
 
 def validators_table(status: NetworkStatus) -> Table:
