@@ -67,6 +67,7 @@ from neurons.progress import progress
 from protocol.chain import Metagraph
 from protocol.fingerprint_record import MAX_RECORD_BYTES, FingerprintRecord, FingerprintRecordError
 from protocol.keys import ObjectKeyError, checkpoint_key, checkpoint_prefix, fingerprint_key, window_of_key
+from protocol.roles import sets_weights
 from storage import ObjectNotFound, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,13 @@ class Electorate:
 
     @classmethod
     def from_metagraph(cls, metagraph: Metagraph, joiner: int) -> Electorate:
-        """Every permit holder but ``joiner``; a non-finite or negative stake weighs nothing."""
+        """Every permit holder that sets weights (``protocol.roles``: a paid miner holds stake and
+        a permit too, but publishes no fingerprints, and must not dilute the vote), but ``joiner``;
+        a non-finite or negative stake weighs nothing."""
         return cls({
             n.uid: n.stake if math.isfinite(n.stake) and n.stake > 0 else 0.0
             for n in metagraph.neurons
-            if n.validator_permit and n.uid != joiner
+            if n.validator_permit and sets_weights(n) and n.uid != joiner
         })
 
     @property

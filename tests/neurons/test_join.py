@@ -99,6 +99,10 @@ class Net:
     root: Path
     stores: dict[str, LocalStore] = field(default_factory=dict)
     uid_of: dict[int, int] = field(default_factory=dict)
+    owner: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.owner = self.chain.register(signer(400), signer(900).hotkey)  # the subnet owner's uid
 
     def make_store(self, c: BucketCommitment) -> LocalStore:
         return self.stores.setdefault(c.bucket, LocalStore(self.root / c.bucket))
@@ -108,6 +112,8 @@ class Net:
         self.chain.commit(signer(who), BucketCommitment(endpoint_url="http://127.0.0.1:9", bucket=f"bucket-{who}",
                                                         access_key_id="reader", secret_access_key="s").encode())
         self.uid_of[who] = uid
+        if stake > 0:  # a validator: it has set weights (protocol.roles), so its fingerprint votes
+            self.chain.set_weights(signer(who), {self.owner: 1.0})
         return uid
 
     def bucket(self, who: int) -> LocalStore:
@@ -385,8 +391,9 @@ def test_a_forgers_lone_fingerprint_after_the_honest_ones_were_pruned_is_refused
 # --- the electorate ------------------------------------------------------------------------------
 
 
-def neuron(uid: int, stake: float, permit: bool = True) -> NeuronInfo:
-    return NeuronInfo(uid=uid, hotkey=f"hk{uid}", coldkey=f"ck{uid}", stake=stake, validator_permit=permit)
+def neuron(uid: int, stake: float, permit: bool = True, validates: bool = True) -> NeuronInfo:
+    return NeuronInfo(uid=uid, hotkey=f"hk{uid}", coldkey=f"ck{uid}", stake=stake, validator_permit=permit,
+                      weights={99: 1.0} if validates else {})
 
 
 def test_the_electorate_is_every_other_permit_holder_by_stake():
@@ -399,6 +406,13 @@ def test_the_electorate_is_every_other_permit_holder_by_stake():
     assert electorate.uids == [1, 3, 5, 6]
     assert electorate.total == 50.0  # NaN and negative stake weigh nothing
     assert electorate.confirms(25.01) and not electorate.confirms(25.0)
+
+
+def test_a_paid_miner_with_a_permit_does_not_vote():
+    # incentive is staked to the miner's hotkey and buys it a permit; it sets no weights
+    metagraph = Metagraph(netuid=1, block=10, neurons=(neuron(1, 100.0), neuron(5, 500.0, validates=False)))
+    electorate = Electorate.from_metagraph(metagraph, joiner=9)
+    assert electorate.uids == [1] and electorate.confirms(50.01)
 
 
 def test_an_electorate_without_stake_confirms_nothing():
