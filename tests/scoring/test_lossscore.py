@@ -181,8 +181,8 @@ def _with_improvability(seed: int, edge: float, n: int = 16):
     k = [gen.lognormvariate(0, 0.6) for _ in range(2 * n)]  # heterogeneous sequences
     before = [4.0 + gen.random() for _ in range(2 * n)]
     noise = [gen.gauss(0, 0.0005) for _ in range(2 * n)]
-    peer = [b * (1 - 0.01 * ks - (edge if i < n else 0.0) - e) for i, (b, ks, e) in enumerate(zip(before, k, noise))]
-    ref = [b * (1 - 0.008 * ks - gen.gauss(0, 0.0005)) for b, ks in zip(before, k)]
+    peer = [b * (1 - 0.01 * ks - (edge if i < n else 0.0) - e) for i, (b, ks, e) in enumerate(zip(before, k, noise, strict=True))]
+    ref = [b * (1 - 0.008 * ks - gen.gauss(0, 0.0005)) for b, ks in zip(before, k, strict=True)]
     return LossMeasurement.of(before[:n], peer[:n], before[n:], peer[n:], ref[:n], ref[n:])
 
 
