@@ -8,8 +8,8 @@ Then the streams of all blobs are read together with a fixed number of tensor op
 are gathered at their bit offsets from one byte tensor, unary terminators are counted per blob
 (a byte popcount) and only then located with one ``nonzero``, so no tensor grows with the bits
 a peer sets. Each remaining check (zero padding, terminator counts, trailing bytes, positions
-inside their chunk) runs on all blobs at once and, when it fails, names the first blob that
-fails it. Any problem is a :class:`PayloadError`.
+inside their chunk and outside its padding, see ``compression.chunking``) runs on all blobs at
+once and, when it fails, names the first blob that fails it. Any problem is a :class:`PayloadError`.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ class _Plan:
         starts = [sum(self.counts[:i]) for i in range(len(layouts))]
         self.rank = torch.arange(sum(self.counts)) - torch.tensor(starts).repeat_interleave(self.runs)
         chunks = torch.tensor([lay.n_chunks for lay in layouts])
-        self.k = torch.tensor([lay.k for lay in layouts]).repeat_interleave(chunks)
+        self.k = torch.cat([lay.chunk_ks() for lay in layouts])
+        self.uniform_k = layouts[0].k if all(lay.extra == 0 and lay.k == layouts[0].k for lay in layouts) else None
         self.chunk_end = torch.cumsum(self.k, 0) - 1
         self.limit = torch.tensor([lay.chunk_elems for lay in layouts]).repeat_interleave(chunks)
         self.blob_of_chunk = torch.arange(len(layouts)).repeat_interleave(chunks)
@@ -82,6 +83,7 @@ class _Plan:
         sizes = [lay.numel for lay in layouts]
         self.offsets = [sum(sizes[:i]) for i in range(len(layouts))]
         self.origins = ChunkOrigins.of(list(layouts), self.offsets).repeat(self.k)
+        self.real = _RealExtent.of(layouts, self.k) if any(lay.padded for lay in layouts) else None
 
     def per_value(self, per_blob: list[int]) -> torch.Tensor | int:
         """A per-blob quantity for every kept value; a plain int when all blobs share it (the
@@ -89,6 +91,39 @@ class _Plan:
         if all(v == per_blob[0] for v in per_blob):
             return per_blob[0]
         return torch.tensor(per_blob, dtype=torch.int64).repeat_interleave(self.runs)
+
+
+@dataclass(frozen=True)
+class _RealExtent:
+    """Per kept value of a padded layout: its chunk's real rows and columns, the tile width, and
+    the blob it belongs to (values of unpadded layouts are left out)."""
+
+    at: torch.Tensor  # positions of those values among all kept values
+    rows: torch.Tensor
+    cols: torch.Tensor
+    tile_cols: torch.Tensor
+    blob: torch.Tensor
+
+    @classmethod
+    def of(cls, layouts: tuple[ChunkLayout, ...], k: torch.Tensor) -> _RealExtent:
+        rows, cols, tile_cols, blob, padded = [], [], [], [], []
+        for i, lay in enumerate(layouts):
+            _, _, nr, nc = lay.chunk_extent()
+            rows.append(nr)
+            cols.append(nc)
+            tile_cols.append(torch.full((lay.n_chunks,), lay.tile_cols, dtype=torch.int64))
+            blob.append(torch.full((lay.n_chunks,), i, dtype=torch.int64))
+            padded.append(torch.full((lay.n_chunks,), lay.padded))
+        per_value = [torch.cat(t).repeat_interleave(k) for t in (rows, cols, tile_cols, blob, padded)]
+        at = torch.nonzero(per_value.pop()).reshape(-1)
+        return cls(at, *(t[at] for t in per_value))
+
+    def in_padding(self, local: torch.Tensor, n_blobs: int) -> torch.Tensor:
+        """Bool per blob: one of its in-chunk positions lies in the padding of its chunk."""
+        pos = local[self.at]
+        bad = (pos // self.tile_cols >= self.rows) | (pos % self.tile_cols >= self.cols)
+        out = torch.zeros(n_blobs, dtype=torch.bool)
+        return out.index_fill_(0, self.blob[bad], True)
 
 
 @functools.lru_cache(maxsize=8)
@@ -234,9 +269,8 @@ class _Decoding:
     def _local_positions(self, gaps: torch.Tensor) -> torch.Tensor:
         """In-chunk positions: per chunk, the running sum of gap + 1, minus one."""
         plan = self.plan
-        ks = {b.layout.k for b in self.blobs}
-        if len(ks) == 1:  # one k: chunks are rows of a matrix
-            local = (torch.cumsum((gaps + 1).view(-1, ks.pop()), dim=1) - 1).view(-1)
+        if plan.uniform_k is not None:  # one k: chunks are rows of a matrix
+            local = (torch.cumsum((gaps + 1).view(-1, plan.uniform_k), dim=1) - 1).view(-1)
         else:
             steps = torch.cumsum(gaps + 1, 0)
             before = torch.cat([steps.new_zeros(1), steps[plan.chunk_end[:-1]]])
@@ -244,6 +278,9 @@ class _Decoding:
         out_of_range = torch.zeros(len(self.blobs), dtype=torch.bool)
         out_of_range.index_fill_(0, plan.blob_of_chunk[local[plan.chunk_end] >= plan.limit], True)
         self._fail_first(out_of_range, "index out of range of its chunk")
+        if plan.real is not None:
+            # Padding carries no gradient and maps to no coordinate of the tensor.
+            self._fail_first(plan.real.in_padding(local, len(self.blobs)), "index in the padding of its chunk")
         return local
 
     def _to_sparse(self, local: torch.Tensor, codes: torch.Tensor) -> dict[str, SparseTensor]:
@@ -262,6 +299,7 @@ class _Decoding:
 
 
 def _max_unary_bytes(layout: ChunkLayout, m: int) -> int:
-    # Gaps of one chunk sum to at most chunk_elems - k, so the quotients to at most that // m.
+    # Gaps of one chunk sum to at most chunk_elems - k, so the quotients to at most that // m
+    # (k the smaller per-chunk count, which makes this a bound for every chunk).
     bits = layout.n_kept + layout.n_chunks * ((layout.chunk_elems - layout.k) // m)
     return (bits + 7) // 8

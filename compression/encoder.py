@@ -43,8 +43,10 @@ class _Batch:
 
     members: list[int]  # parameter indices, in row order
     chunk_elems: int
-    k: int
+    k: int  # the most any row keeps
     origins: ChunkOrigins  # of the rows (chunks) in the flat error buffer
+    # (rows, k) bool, False in the last column of rows that keep k - 1; None when all keep k
+    keep: torch.Tensor | None = None
 
     @property
     def rows(self) -> int:
@@ -87,21 +89,30 @@ class MessageEncoder:
     def _plan_batches(self) -> list[_Batch]:
         by_shape: dict[tuple[int, int], list[int]] = {}
         for i, lay in enumerate(self.layouts):
-            by_shape.setdefault((lay.chunk_elems, lay.k), []).append(i)
+            by_shape.setdefault((lay.chunk_elems, lay.k + (lay.extra > 0)), []).append(i)
         batches = []
         for (chunk_elems, k), members in by_shape.items():
             run: list[int] = []
             for i in members:
-                if run and sum(self.layouts[j].numel for j in run) + self.layouts[i].numel > MAX_BATCH_ELEMS:
+                if run and sum(self._tiled(j) for j in run) + self._tiled(i) > MAX_BATCH_ELEMS:
                     batches.append(self._batch(run, chunk_elems, k))
                     run = []
                 run.append(i)
             batches.append(self._batch(run, chunk_elems, k))
         return batches
 
+    def _tiled(self, i: int) -> int:
+        """Elements of parameter ``i``'s tiles, padding included (what it takes of the scratch)."""
+        return self.layouts[i].n_chunks * self.layouts[i].chunk_elems
+
     def _batch(self, members: list[int], chunk_elems: int, k: int) -> _Batch:
-        origins = ChunkOrigins.of([self.layouts[i] for i in members], [self.offsets[i] for i in members], self.device)
-        return _Batch(members, chunk_elems, k, origins)
+        layouts = [self.layouts[i] for i in members]
+        origins = ChunkOrigins.of(layouts, [self.offsets[i] for i in members], self.device)
+        keep = None
+        if any(lay.chunk_ks().ne(k).any() for lay in layouts):
+            ks = torch.cat([lay.chunk_ks() for lay in layouts]).to(self.device)
+            keep = torch.arange(k, device=self.device) < ks.unsqueeze(1)
+        return _Batch(members, chunk_elems, k, origins, keep)
 
     def view(self, flat: torch.Tensor, i: int) -> torch.Tensor:
         """Parameter ``i``'s slice of a flat buffer, in its own shape."""
@@ -133,9 +144,15 @@ class MessageEncoder:
             lay.to_chunks(self.view(flat, i), out=mags[row : row + lay.n_chunks], absolute=True)
             row += lay.n_chunks
         # Non-negative IEEE floats order exactly like their bit patterns; integer top-k is faster.
-        local = mags.view(torch.int32).topk(batch.k, dim=1, sorted=False).indices.sort(dim=1).values
+        # Padded slots hold -0.0, the smallest int32, so they are never among the k largest.
+        keys = mags.view(torch.int32)
+        local = keys.topk(batch.k, dim=1, sorted=False).indices.sort(dim=1).values
+        if batch.keep is not None:
+            local = _drop_smallest(keys, local, batch.keep, batch.chunk_elems)
         positions = batch.origins.flat(local, per_chunk=True)
         gaps = torch.diff(local, dim=1, prepend=local.new_full((batch.rows, 1), -1)) - 1
+        if batch.keep is not None:
+            return positions[batch.keep], gaps[batch.keep]
         return positions.reshape(-1), gaps.reshape(-1)
 
     def _blobs(self, gaps: torch.Tensor, codes: torch.Tensor, tables: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -155,3 +172,17 @@ class MessageEncoder:
             sizes.append(sum(p.numel() for p in pieces))
         joined = torch.cat(parts).cpu()
         return dict(zip(self.segment_names, torch.split(joined, sizes), strict=True))
+
+
+def _drop_smallest(keys: torch.Tensor, local: torch.Tensor, keep: torch.Tensor, chunk_elems: int) -> torch.Tensor:
+    """``local`` (sorted positions of each row's k largest) with, in rows that keep k - 1, the
+    smallest of them (the last such position on ties, so the choice is the same on every
+    device) moved to the end as ``chunk_elems``; ``keep`` masks that column out."""
+    k = local.shape[1]
+    picked = keys.gather(1, local)
+    lowest = picked == picked.min(dim=1, keepdim=True).values
+    drop = (lowest * torch.arange(1, k + 1, device=local.device)).argmax(dim=1)
+    short = ~keep[:, -1]
+    local = local.clone()
+    local[short, drop[short]] = chunk_elems
+    return local.sort(dim=1).values

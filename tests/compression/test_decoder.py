@@ -127,22 +127,38 @@ def test_zero_table_entries_of_either_sign_are_accepted():
 
 
 # Layouts at the edges: every element kept (m can only code gaps of 0), one kept per chunk,
-# 1-element tensors, and kept counts whose fields do not fill whole bytes (gathered path).
+# 1-element tensors, kept counts whose fields do not fill whole bytes (gathered path), and
+# padded tiles with one more kept value in the first chunks (compression.chunking).
 EDGE_LAYOUTS = [
     CodecParams(chunk_size=cs, topk_per_chunk=tk).layout(shape)
     for cs, tk, shape in [
         (8, 64, (16, 8)), (3, 9, (6, 9)), (64, 1, (64, 64)), (1, 1, (1,)), (64, 64, (1,)), (2, 1, (5, 7)),
         (8, 3, (24, 40)), (16, 200, (48, 16)), (64, 64, (3,)), (4, 5, (37,)), (8, 63, (8, 8)),
+        (8, 5, (19, 13)), (4, 7, (37,)),
     ]
 ]
+assert any(lay.padded and lay.extra for lay in EDGE_LAYOUTS)
 
 
-def _by_hand(lay, local, codes, m, table=(0.5, 1.0, -0.5, -1.0)) -> bytes:
+def _real(lay) -> torch.Tensor:
+    """(n_chunks, chunk_elems) bool: the slots of each chunk that are not padding."""
+    _, _, nrows, ncols = lay.chunk_extent()
+    slot = torch.arange(lay.chunk_elems)
+    return (slot // lay.tile_cols < nrows.unsqueeze(1)) & (slot % lay.tile_cols < ncols.unsqueeze(1))
+
+
+def _gaps(chunk: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """In-chunk gaps of positions listed chunk by chunk, ascending within each chunk."""
+    prev = torch.cat([pos.new_full((1,), -1), pos[:-1]])
+    prev[torch.cat([torch.ones(1, dtype=torch.bool), chunk[1:] != chunk[:-1]])] = -1
+    return pos - prev - 1
+
+
+def _by_hand(lay, gaps, codes, m, table=(0.5, 1.0, -0.5, -1.0)) -> bytes:
     """A blob in the codec's format with any Golomb parameter, written from its parts."""
     from compression.bitpack import pack_fixed
     from compression.golomb import golomb_encode
 
-    gaps = (torch.diff(local, dim=1, prepend=local.new_full((lay.n_chunks, 1), -1)) - 1).reshape(-1)
     s = golomb_encode(gaps, m)
     head = m.to_bytes(2, "little") + torch.tensor(table, dtype=torch.float32).numpy().tobytes()
     return b"".join(t.numpy().tobytes() for t in (s.high, pack_fixed(codes, 2), s.low, s.unary)).join([head, b""])
@@ -156,10 +172,11 @@ def _rewritten(raw: bytes, lay, sparse) -> bytes:
     m, n = int.from_bytes(raw[:2], "little"), lay.n_kept
     marks = torch.zeros(lay.numel)
     marks[sparse.indices] = 1
-    local = torch.nonzero(lay.to_chunks(marks.view(lay.shape)))[:, 1].view(lay.n_chunks, lay.k)
+    chunk, pos = torch.nonzero(lay.to_chunks(marks.view(lay.shape))).unbind(1)
     at = HEADER_BYTES + (n * golomb_split(m)[0] + 7) // 8
     codes = unpack_fixed(torch.frombuffer(bytearray(raw[at : at + (n + 3) // 4]), dtype=torch.uint8), n, 2).to(torch.uint8)
-    return _by_hand(lay, local, codes, m, torch.frombuffer(bytearray(raw[2:HEADER_BYTES]), dtype=torch.float32).tolist())
+    table = torch.frombuffer(bytearray(raw[2:HEADER_BYTES]), dtype=torch.float32).tolist()
+    return _by_hand(lay, _gaps(chunk, pos), codes, m, table)
 
 
 @st.composite
@@ -167,19 +184,26 @@ def _hand_message(draw):
     layouts, blobs, want = {}, {}, {}
     for i in range(draw(st.integers(1, 3))):
         lay = draw(st.sampled_from(EDGE_LAYOUTS))
-        ce, k = lay.chunk_elems, lay.k
+        ce, ks = lay.chunk_elems, lay.chunk_ks()
         top = min(ce, 65535)
         m = draw(st.sampled_from(sorted({min(v, top) for v in (1, 2, 3, max(1, top - 1), top)})) | st.integers(1, top))
         spread = draw(st.sampled_from(["random", "last", "first"]))
         if spread == "random":
             torch.manual_seed(draw(st.integers(0, 1000)))
-            local = torch.rand(lay.n_chunks, ce).argsort(dim=1)[:, :k].sort(dim=1).values
+            score = torch.rand(lay.n_chunks, ce)
         else:
-            local = torch.arange(ce - k, ce) if spread == "last" else torch.arange(k)
-            local = local.repeat(lay.n_chunks, 1)
+            score = torch.arange(ce, dtype=torch.float32) * (1 if spread == "last" else -1)
+            score = score.repeat(lay.n_chunks, 1)
+        # Chunk c keeps ks[c] of its real slots: the highest scores, listed in ascending position.
+        score[~_real(lay)] = -float("inf")
+        order = score.argsort(dim=1, descending=True, stable=True)
+        chosen = torch.zeros(lay.n_chunks, ce, dtype=torch.bool)
+        chosen.scatter_(1, order, torch.arange(ce) < ks.unsqueeze(1))
+        chunk, pos = torch.nonzero(chosen).unbind(1)
         codes = torch.tensor(draw(st.lists(st.integers(0, 3), min_size=lay.n_kept, max_size=lay.n_kept)))
-        layouts[f"p{i}"], blobs[f"p{i}"] = lay, _by_hand(lay, local, codes, m)
-        want[f"p{i}"] = (lay.local_to_flat(local), torch.tensor([0.5, 1.0, -0.5, -1.0])[codes])
+        layouts[f"p{i}"], blobs[f"p{i}"] = lay, _by_hand(lay, _gaps(chunk, pos), codes, m)
+        flat = lay.local_to_flat(torch.arange(ce).expand(lay.n_chunks, -1)).view(lay.n_chunks, ce)[chosen]
+        want[f"p{i}"] = (flat, torch.tensor([0.5, 1.0, -0.5, -1.0])[codes])
     return layouts, blobs, want
 
 
@@ -229,3 +253,51 @@ def test_no_blobs_decode_to_nothing_and_an_unknown_name_is_refused():
     assert decode_blobs({}, {}) == {}
     with pytest.raises(PayloadError, match="e.extra: "):
         decode_blobs({**blobs, "e.extra": blobs["d.tiny"]}, LAYOUTS)
+
+
+def _first_real_slots(lay) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chunk, position) of a valid selection: each chunk's first ks[c] real slots."""
+    rank = torch.cumsum(_real(lay).to(torch.int64), dim=1) - 1
+    chosen = _real(lay) & (rank < lay.chunk_ks().unsqueeze(1))
+    return torch.nonzero(chosen).unbind(1)
+
+
+@pytest.mark.parametrize("shape", [(19, 13), (11, 23), (67,)])
+def test_an_index_in_the_padding_is_refused(shape):
+    # Padding carries no gradient and maps to no coordinate: a blob naming it is hostile even
+    # though the position is inside its chunk.
+    lay = CodecParams(chunk_size=8, topk_per_chunk=5).layout(shape)
+    assert lay.padded
+    chunk, pos = _first_real_slots(lay)
+    codes = torch.zeros(lay.n_kept, dtype=torch.int64)
+    valid = _by_hand(lay, _gaps(chunk, pos), codes, 3)
+    assert decode_blobs({"w": valid}, {"w": lay})["w"].indices.numel() == lay.n_kept
+    pos = pos.clone()
+    pos[-1] = lay.chunk_elems - 1  # the last chunk is short on its padded side(s): its last slot is padding
+    with pytest.raises(PayloadError, match="^w: index in the padding of its chunk"):
+        decode_blobs({"w": _by_hand(lay, _gaps(chunk, pos), codes, 3)}, {"w": lay})
+
+
+def test_padded_layouts_round_trip_through_the_encoder():
+    shapes = {"a": (199, 199), "b": (2048, 199), "c": (1, 7), "d": (4099,), "e": (64, 128)}
+    layouts = {n: CodecParams().layout(s) for n, s in shapes.items()}
+    enc = MessageEncoder(layouts)
+    flat = torch.randn(enc.numel, generator=torch.Generator().manual_seed(5))
+    out = enc.encode(flat)
+    got = decode_blobs({n: b.numpy().tobytes() for n, b in out.blobs.items()}, layouts)
+    dense = torch.zeros(enc.numel)
+    dense[out.flat_indices] = out.decoded
+    for i, name in enumerate(enc.names):
+        assert got[name].indices.numel() == layouts[name].n_kept
+        assert torch.equal(got[name].to_dense(), enc.view(dense, i))
+    # Each chunk's kept values are its largest magnitudes (the padding never among them).
+    for i, name in enumerate(enc.names):
+        lay = layouts[name]
+        mags = lay.to_chunks(enc.view(flat, i), absolute=True)
+        kept = torch.zeros(lay.numel, dtype=torch.bool)
+        kept[got[name].indices] = True
+        marks = lay.to_chunks(kept.view(lay.shape).float()).bool()
+        assert torch.equal(marks.sum(dim=1), lay.chunk_ks())
+        least_kept = torch.where(marks, mags, torch.inf).min(dim=1).values
+        most_left = torch.where(marks | ~_real(lay), -torch.inf, mags).max(dim=1).values
+        assert bool((least_kept >= most_left).all())
