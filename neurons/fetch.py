@@ -27,7 +27,7 @@ from protocol.acceptance import (
     judge_payload,
 )
 from protocol.keys import payload_key
-from storage import ObjectNotFound, StorageError
+from storage import AccessDenied, ObjectNotFound, StorageError
 
 # Fetch threads per window; enough that a few hanging peers never hold up the rest (each thread
 # is bounded by the deadline), few enough to keep sockets and memory modest for 256 miners.
@@ -68,6 +68,8 @@ def _fetch(peer: Peer, rule: AcceptanceRule, shapes, deadline: float | None) -> 
         info = peer.store.head(key, deadline=deadline)
     except ObjectNotFound:
         return _reject(uid, RejectReason.MISSING, "no payload")
+    except AccessDenied as exc:  # the operator's read key: say so, the miner's log shows this line
+        return _reject(uid, RejectReason.MISSING, f"access denied: the committed read key cannot read the bucket ({exc})")
     except StorageError as exc:
         return _reject(uid, RejectReason.MISSING, f"bucket unreachable: {exc}")
     seen = {"size": info.size, "last_modified": info.last_modified.timestamp()}

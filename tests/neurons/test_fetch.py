@@ -23,7 +23,7 @@ from protocol.acceptance import AcceptanceRule, RejectReason
 from protocol.commitment import BucketCommitment
 from protocol.keys import payload_key
 from protocol.signing import HotkeySigner
-from storage import StorageUnavailable
+from storage import AccessDenied, StorageUnavailable
 from storage.local import LocalStore
 
 RUN = "tiny-aaaaaaaaaaaa"
@@ -62,6 +62,8 @@ class UnreachableStore(LocalStore):
     def head(self, key: str, *, deadline: float | None = None):
         if self.fail_on == "head":
             raise StorageUnavailable(f"head {key}: connection refused")
+        if self.fail_on == "denied":
+            raise AccessDenied(f"head {key}: 403 Forbidden")
         return super().head(key, deadline=deadline)
 
     def get(self, key: str, max_bytes: int, *, deadline: float | None = None) -> bytes:
@@ -283,7 +285,9 @@ def test_signed_small_corruptions_are_decoded_or_refused_never_raised(tmp_path, 
     assert RejectReason.UNDECODABLE in outcomes  # the corruptions did reach the decoder's checks
 
 
-@pytest.mark.parametrize(("fail_on", "detail"), [("head", "unreachable"), ("get", "download failed")])
+@pytest.mark.parametrize(("fail_on", "detail"), [
+    ("head", "unreachable"), ("get", "download failed"), ("denied", "access denied: the committed read key"),
+])
 def test_an_unreachable_bucket_counts_as_missing(tmp_path, stamp, honest, tiny_shapes, fail_on, detail):
     store = UnreachableStore(tmp_path / "down", fail_on="none")
     key = payload_key(RUN, W, 1)
