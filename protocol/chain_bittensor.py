@@ -200,9 +200,19 @@ class BittensorChain(Chain):
         return self._block_time
 
     def block_timestamp(self, block: int) -> float:
+        """A produced block's own ``Timestamp.Now``. A block above the head has no hash yet (the SDK
+        would raise ``BlockNotFound``), so it is never read: its expected time is returned, as the
+        ``Chain`` interface says, for sleeping only (``protocol.clock``). A block the node cannot
+        resolve (a negative number, or a node that has not imported the head just read) raises
+        ``ChainError``."""
+        if block < 0:
+            raise ChainError(f"timestamp: block {block} does not exist (block numbers start at 0)")
         head = self.block()
         if block > head:
-            return self.block_timestamp(head) + (block - head) * self.block_time()
+            return self._timestamp(head) + (block - head) * self.block_time()
+        return self._timestamp(block)
+
+    def _timestamp(self, block: int) -> float:
         stamp = self._read_at("timestamp", block, lambda client: client.timestamp(block=block))
         return stamp.timestamp()
 

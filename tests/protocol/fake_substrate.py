@@ -16,7 +16,13 @@ It plays by the chain's rules where they change what a node must do:
   ``LastUpdate`` and the weights stay as they were (only a drand round would reveal them);
 - an RPC node's limits: state below ``pruned_below`` is discarded ("State discarded", as the
   SDK reports it), and a storage item or runtime API listed in ``missing`` raises the plain
-  ``ValueError`` the SDK's decoder raises for one that does not exist at that block.
+  ``ValueError`` the SDK's decoder raises for one that does not exist at that block;
+- blocks that do not exist: a block above the head has no hash (the SDK's transport raises
+  ``BlockNotFound``, which reaches callers as the SDK's ``ChainError``);
+- a late subnet: with ``registered_at`` the subnet exists from that block on (a head far from
+  genesis, as on finney); before it ``get_metagraph`` answers None and the subnet's maps are empty;
+- real block timestamps: ``Timestamp.Now`` of block b is ``genesis_ms`` plus one slot per block,
+  plus every slot ``missed`` at or before b, plus b's ``jitter_ms`` (the author's clock).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from typing import Any
 
 import bittensor
 from bittensor import ExtrinsicResult
+from bittensor._transport.errors import BlockNotFound
+from bittensor.result import chain_error_from_substrate_request
 
 U16_MAX = 65535
 GENESIS_MS = 1_700_000_000_000
@@ -36,16 +44,16 @@ def block_hash_of(block: int) -> str:
     return f"0x{block:064x}"
 
 
-def _graph(netuid: int, block: int, neurons: list[dict], last_update: list[int]) -> dict:
+def _graph(netuid: int, block: int, neurons: list[dict], last_update: list[int], registered_at: int = 10) -> dict:
     """``SubnetInfoRuntimeApi.get_metagraph`` as decoded by the SDK (columns per uid)."""
     return {
         "netuid": netuid, "name": [116, 101, 115, 116], "symbol": [206, 177], "block": block,
         "tempo": 360, "last_step": block - 5, "blocks_since_last_step": 5,
         "owner_hotkey": neurons[0]["hotkey"], "owner_coldkey": neurons[0]["coldkey"],
-        "network_registered_at": 10, "num_uids": len(neurons), "max_uids": 256,
+        "network_registered_at": registered_at, "num_uids": len(neurons), "max_uids": 256,
         "hotkeys": [n["hotkey"] for n in neurons], "coldkeys": [n["coldkey"] for n in neurons],
         "active": [True] * len(neurons), "validator_permit": [n["permit"] for n in neurons],
-        "last_update": last_update, "block_at_registration": [10] * len(neurons),
+        "last_update": last_update, "block_at_registration": [registered_at] * len(neurons),
         "incentives": [n["incentive_u16"] for n in neurons], "total_stake": [n["stake_rao"] for n in neurons],
         "identities": [None] * len(neurons), "axons": [None] * len(neurons),
     }
@@ -82,10 +90,14 @@ class History:
 class FakeSubstrate:
     """Chain state of one subnet at a moving head; reads record the block hash they were pinned to."""
 
-    def __init__(self, netuid: int, neurons: list[dict], head: int = 1000):
+    def __init__(self, netuid: int, neurons: list[dict], head: int = 1000, registered_at: int | None = None):
         self.netuid = netuid
         self.neurons = neurons
         self.head = head
+        self.registered_at = registered_at  # None: the subnet has existed since block 10
+        self.genesis_ms = GENESIS_MS  # Timestamp.Now of block 0
+        self.missed: dict[int, int] = {}  # block -> slots missed just before it (it and later blocks come later)
+        self.jitter_ms: dict[int, int] = {}  # block -> how late its author stamped it within its slot
         self.rules = Rules()
         self.commit_reveal = False
         self.token_symbols: dict[int, str] = {}
@@ -116,7 +128,19 @@ class FakeSubstrate:
         return self.head
 
     async def block_hash(self, block: int | None = None) -> str:
+        if block is not None and not 0 <= block <= self.head:
+            # chain_getBlockHash answers null: the SDK's transport raises BlockNotFound and its
+            # substrate wrapper hands callers the SDK's ChainError made from it (_public_request_error)
+            raise chain_error_from_substrate_request(BlockNotFound(f"no block at height {block}"))
         return block_hash_of(self.head if block is None else block)
+
+    def timestamp_ms(self, block: int) -> int:
+        """``Timestamp.Now`` at ``block``: its slot's start (missed slots included) plus its jitter."""
+        missed = sum(n for at, n in self.missed.items() if at <= block)
+        return self.genesis_ms + (block + missed) * BLOCK_MS + self.jitter_ms.get(block, 0)
+
+    def subnet_exists(self, block: int) -> bool:
+        return self.registered_at is None or block >= self.registered_at
 
     async def block_time(self) -> float:
         return int(await self.constant("Aura", "SlotDuration")) / 1000.0
@@ -151,8 +175,8 @@ class FakeSubstrate:
         uid_of = {n["hotkey"]: i for i, n in enumerate(self.neurons)}
         r = self.rules
         answers = {
-            ("Timestamp", "Now"): lambda: GENESIS_MS + block * BLOCK_MS,
-            ("SubtensorModule", "Uids"): lambda: uid_of.get(params[1]),
+            ("Timestamp", "Now"): lambda: self.timestamp_ms(block),
+            ("SubtensorModule", "Uids"): lambda: uid_of.get(params[1]) if self.subnet_exists(block) else None,
             ("SubtensorModule", "CommitRevealWeightsEnabled"): lambda: self.commit_reveal,
             ("SubtensorModule", "WeightsSetRateLimit"): lambda: r.weights_rate_limit,
             ("SubtensorModule", "LastUpdate"): lambda: self._last_update(block),
@@ -175,6 +199,8 @@ class FakeSubstrate:
 
     async def query_map(self, module: str, name: str, params: list | None = None, block_hash: str | None = None) -> list:
         block = self._pinned(f"{module}.{name}", params, block_hash)
+        if module in ("SubtensorModule", "Commitments") and name != "TokenSymbol" and not self.subnet_exists(block):
+            return []  # the subnet's maps before it was registered
         answers = {
             ("SubtensorModule", "TokenSymbol"): lambda: [(self.netuid, "0xceb1")],
             ("SubtensorModule", "Weights"): lambda: sorted(self.weights_history.as_of(block, self.weights).items()),
@@ -189,7 +215,10 @@ class FakeSubstrate:
     async def runtime_call(self, api: str, method: str, params: list, block_hash: str | None = None) -> Any:
         block = self._pinned(f"{api}.{method}", params, block_hash)
         if (api, method) == ("SubnetInfoRuntimeApi", "get_metagraph"):
-            return _graph(self.netuid, block, self.neurons, self._last_update(block)) if params == [self.netuid] else None
+            if params != [self.netuid] or not self.subnet_exists(block):
+                return None  # the runtime's answer for a subnet that does not exist (at that block)
+            registered = 10 if self.registered_at is None else self.registered_at
+            return _graph(self.netuid, block, self.neurons, self._last_update(block), registered)
         raise bittensor.ChainError(f"unrecorded runtime call {api}.{method}")
 
     # --- writes --------------------------------------------------------------------------------
