@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -343,6 +344,29 @@ def test_with_missed_slots_the_upload_slot_follows_the_real_block_and_an_honest_
         buckets.upload(signer, uid, w, honest)
     gathered = gather_window(net.chain, clock, PeerDirectory(net.chain, buckets.open), HP, SHAPES, w)
     assert gathered.accepted == [2, 3, 4], {u: f.result.reason for u, f in gathered.fetched.items()}
+
+
+def test_twenty_percent_missed_slots_lose_no_honest_upload(net):
+    clock = WindowClock(net.chain, HP.window.blocks_per_window, HP.window.upload_slot_seconds, ORIGIN)
+    if net.fake is not None:  # the devchain's schedule already misses 20 % of its slots
+        rng = random.Random(7)
+        for block in range(ORIGIN + 1, ORIGIN + 400):
+            if rng.random() < 0.2:
+                net.fake.missed[block] = 1
+            net.fake.jitter_ms[block] = rng.randrange(300)
+    block_time, lost, gaps = net.chain.block_time(), [], []
+    first = clock.current_window() + 1
+    for w in range(first, first + 25):
+        opener = clock.first_block(w + 1)
+        net.move_head_to(opener, 0.05)  # a miner has just seen the block that opens w+1
+        slot = clock.upload_slot(w)
+        assert slot.start == net.chain.block_timestamp(opener)
+        put = Behaviour().upload_times(*slot)[0]
+        if check_slot(math.floor(put), slot.start, HP.window.upload_slot_seconds) is not None:
+            lost.append(w)
+        gaps.append(slot.start - net.chain.block_timestamp(opener - 1))
+    assert lost == []
+    assert max(gaps) >= 2 * block_time - 1e-6  # some windows opened after a missed slot
 
 
 # --- timestamps of blocks that do not exist yet ----------------------------------------------------
