@@ -123,15 +123,26 @@ def _identity_fields(manifest: PayloadManifest) -> dict[str, object]:
 
 def _serialize(blobs: Mapping[str, bytes], metadata: dict[str, str]) -> bytes:
     """safetensors bytes with sorted keys and blobs in name order; header space-padded to 8."""
+    raw = _header({name: len(data) for name, data in blobs.items()}, metadata)
+    return struct.pack("<Q", len(raw)) + raw + b"".join(blobs[n] for n in sorted(blobs))
+
+
+def _header(sizes: Mapping[str, int], metadata: dict[str, str]) -> bytes:
     header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
-    for name in sorted(blobs):
-        size = len(blobs[name])
+    for name in sorted(sizes):
+        size = sizes[name]
         header[name] = {"dtype": "U8", "shape": [size], "data_offsets": [offset, offset + size]}
         offset += size
     raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw + b"".join(blobs[n] for n in sorted(blobs))
+    return raw + b" " * (-len(raw) % 8)
+
+
+def framing_bytes(manifest: PayloadManifest, sig_bytes: int = 64) -> int:
+    """Bytes of a payload with this manifest besides its blobs (length prefix and padded header
+    holding a ``sig_bytes`` signature), exactly as ``encode_payload`` writes them."""
+    metadata = {"manifest": manifest.canonical_json(), "sig": "0" * (2 * sig_bytes)}
+    return 8 + len(_header({_TENSOR: sum(manifest.blob_sizes)}, metadata))
 
 
 def _parse_header(data: bytes, n_expected: int) -> SafetensorsHeader:

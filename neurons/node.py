@@ -17,6 +17,8 @@ from pathlib import Path
 import bittensor
 import torch
 
+from compression import CodecParams
+from compression.budget import PayloadCapError, check_payload_cap
 from neurons import metrics
 from neurons.config import NodeConfig
 from neurons.dataset import open_run_data
@@ -37,7 +39,7 @@ from protocol.clock import WindowClock
 from protocol.commitment import BucketCommitment
 from protocol.devchain import DevChain
 from protocol.fingerprint_record import FingerprintRecord
-from protocol.hparams import Hparams, load_hparams
+from protocol.hparams import Hparams, HparamsError, load_hparams
 from protocol.keys import (
     checkpoint_prefix,
     fingerprint_key,
@@ -124,6 +126,11 @@ def assemble_node(
 ) -> Node:
     """A Node from the parts that need I/O to obtain; the rest (θ0, clock, peers, log) follows from them."""
     model = build_model(hparams.model, hparams.seed).to(config.device)
+    try:  # payloads every reader would refuse: fail now, naming the numbers, not in a window
+        codec = CodecParams(chunk_size=hparams.codec.chunk_size, topk_per_chunk=hparams.codec.topk_per_chunk)
+        check_payload_cap(param_shapes(model), codec, hparams.codec.max_payload_bytes, hparams.name)
+    except PayloadCapError as exc:
+        raise HparamsError(str(exc)) from exc
     start = origin.start_block if origin is not None else 0
     clock = WindowClock(chain, hparams.window.blocks_per_window, hparams.window.upload_slot_seconds, start)
     config.state_dir.mkdir(parents=True, exist_ok=True)

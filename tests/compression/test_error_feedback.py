@@ -13,14 +13,22 @@ def _deltas(seed):
     return {n: torch.randn(s, generator=g) for n, s in SHAPES.items()}
 
 
-def test_error_feedback_update_rule():
-    comp = ErrorFeedbackCompressor(SHAPES, beta=0.9)
-    d1, d2 = _deltas(1), _deltas(2)
+# Prime and odd sides: chunked with padded tiles (compression.chunking); the residual stays one
+# value per real coordinate.
+ODD = {"w": (199, 199), "t": (2048, 199), "r": (1, 7), "b": (4099,)}
+
+
+@pytest.mark.parametrize("shapes", [SHAPES, ODD])
+def test_error_feedback_update_rule(shapes):
+    comp = ErrorFeedbackCompressor(shapes, beta=0.9)
+    g = torch.Generator().manual_seed(1)
+    d1, d2 = ({n: torch.randn(s, generator=g) for n, s in shapes.items()} for _ in range(2))
     comp.compress(d1)
     e1 = {n: e.clone() for n, e in comp.error.items()}
     msg = comp.compress(d2)
     update = decode_message(msg)
-    for name in SHAPES:
+    for name, shape in shapes.items():
+        assert comp.error[name].shape == shape
         expected = (0.9 * e1[name] + d2[name]).reshape(-1)
         got = comp.error[name].reshape(-1)
         idx = update[name].indices

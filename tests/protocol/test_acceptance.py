@@ -129,6 +129,47 @@ def test_an_honest_payload_is_accepted():
     assert verdict.decoded.manifest.uid == UID
 
 
+def _hand_payload(shape: tuple[int, int], into_padding: bool) -> bytes:
+    """A signed payload of one parameter, written from its parts: each chunk keeps its first real
+    slots; with ``into_padding`` the last chunk's last kept position is its (padded) last slot."""
+    from compression import CodecParams, CompressedMessage
+    from compression.bitpack import pack_fixed
+    from compression.golomb import golomb_encode
+
+    params = CodecParams(chunk_size=8, topk_per_chunk=5)
+    lay = params.layout(shape)
+    _, _, nrows, ncols = lay.chunk_extent()
+    slot = torch.arange(lay.chunk_elems)
+    real = (slot // lay.tile_cols < nrows.unsqueeze(1)) & (slot % lay.tile_cols < ncols.unsqueeze(1))
+    chosen = real & (torch.cumsum(real.to(torch.int64), dim=1) <= lay.chunk_ks().unsqueeze(1))
+    pos = torch.nonzero(chosen)[:, 1]
+    if into_padding:
+        pos[-1] = lay.chunk_elems - 1
+    first = torch.ones_like(pos, dtype=torch.bool)
+    first[1:] = torch.nonzero(chosen)[1:, 0] != torch.nonzero(chosen)[:-1, 0]
+    gaps = pos - torch.where(first, -1, torch.cat([pos.new_full((1,), -1), pos[:-1]])) - 1
+    streams = golomb_encode(gaps, 3)
+    table = torch.tensor([0.01, 0.02, -0.01, -0.02]).numpy().tobytes()
+    codes = pack_fixed(torch.zeros(lay.n_kept, dtype=torch.int64), 2)
+    blob = (3).to_bytes(2, "little") + table + b"".join(
+        t.numpy().tobytes() for t in (streams.high, codes, streams.low, streams.unary))
+    message = CompressedMessage(params, {"w": shape}, {"w": torch.frombuffer(bytearray(blob), dtype=torch.uint8)})
+    fields = {"run_id": RUN, "window": WINDOW, "uid": UID, "hotkey": signer().hotkey, "global_step": 0}
+    return encode_payload(message, PayloadManifest.for_message(message, **fields), sign=signer().sign)
+
+
+@pytest.mark.parametrize("shape", [(19, 13), (11, 23)])
+def test_a_signed_payload_naming_a_padded_position_is_refused(shape):
+    # Odd sides are padded to whole tiles (compression.chunking); the padding is no coordinate of
+    # the tensor, so a payload that names one is malformed, however well signed.
+    shapes = {"w": shape}
+    honest = judge_payload(_hand_payload(shape, False), UID, signer().hotkey, rule(param_norms=None), shapes)
+    assert honest.result.passed
+    verdict = judge_payload(_hand_payload(shape, True), UID, signer().hotkey, rule(param_norms=None), shapes)
+    assert verdict.result.reason is RejectReason.UNDECODABLE and verdict.decoded is None
+    assert verdict.result.detail == "w: index in the padding of its chunk"
+
+
 @pytest.mark.parametrize("scale", [1e4, 1e12, 1e30])
 def test_signed_payloads_with_huge_finite_values_are_refused(scale):
     verdict = judge(payload(scale=scale))
