@@ -1,11 +1,14 @@
-"""The shared node loop: how many windows run, and what ends it."""
+"""The shared node loop: how many windows run, and what ends it; the start-up payload check."""
 
 from __future__ import annotations
 
 import threading
 from types import SimpleNamespace
 
-from neurons.node import run_windows
+import pytest
+
+from neurons.node import assemble_node, run_windows
+from protocol.hparams import HparamsError, load_hparams
 
 
 def fake_node(max_windows: int | None) -> SimpleNamespace:
@@ -34,3 +37,12 @@ def test_a_not_ready_node_stops_before_the_window():
 def test_a_stop_during_a_window_ends_the_loop_after_it():
     node = fake_node(None)
     assert run_windows(node, node.stop.set, ready=lambda: True) == 1
+
+
+def test_a_model_whose_payloads_can_exceed_the_cap_does_not_start():
+    # compression.budget bounds the payload from the shapes; the check runs before the chain,
+    # storage or signer are touched (all None here).
+    hp = load_hparams("tiny")
+    hp = hp.model_copy(update={"codec": hp.codec.model_copy(update={"max_payload_bytes": 10_000})})
+    with pytest.raises(HparamsError, match=r"^hparams 'tiny': .* can reach \d+ bytes, over codec.max_payload_bytes 10000;"):
+        assemble_node(SimpleNamespace(device="cpu"), hp, None, None, 0, None, threading.Event())
