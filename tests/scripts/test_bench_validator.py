@@ -1,0 +1,39 @@
+"""Smoke test of the validator throughput benchmark: two miners of a miniature preset, JSON shape only."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from protocol.hparams import load_hparams
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+import bench_validator  # noqa: E402
+
+
+def miniature_hparams(path: Path) -> Path:
+    """The tiny preset shrunk to seconds: a 1-layer model, 2 inner steps of 4 short sequences."""
+    data = load_hparams("tiny").model_dump(mode="json")
+    data["model"].update(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                         num_kv_heads=2, max_seq_len=32)
+    data["training"].update(inner_steps=2, batch_size=4, seq_len=32, warmup_steps=2)
+    data["scoring"].update(eval_batches=1)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_two_miners_time_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    bench_validator.main(["--miners", "2", "--json", "--store", "local", "--trained", "2",
+                          "--hparams", str(miniature_hparams(tmp_path / "h.json")),
+                          "--data-dir", str(tmp_path / "data"), "--corpus-chars", "150000"])
+    result = json.loads(capsys.readouterr().out)
+    [point] = result["points"]
+    assert point["miners"] == 2
+    assert set(point["stage_seconds"]) == set(bench_validator.STAGES)
+    assert all(s > 0 for s in point["stage_seconds"].values())
+    assert point["seconds_per_window"] == pytest.approx(sum(point["stage_seconds"].values()))
+    # the perturbed copies of trained updates pass stage 1 and are all measured in stage 2
+    assert point["candidates"] == point["evaluated"] == 2 and point["rejected"] == {}
+    assert point["fetch_many_accepted"] == 2
