@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from neurons.distributed import World, ordered_sum_
 from protocol.hparams import TrainingConfig
 
 
@@ -53,13 +54,37 @@ def _lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return model(input_ids=batch, labels=batch, use_cache=False).loss
 
 
-class InnerTrainer:
-    """AdamW over ``model``'s parameters; weight decay on matrices only (not on norm gains)."""
+class MicroBatchError(ValueError):
+    """The batch cannot be cut into the micro-batches asked for; the message names the numbers."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainingConfig, device: torch.device | str):
+
+class InnerTrainer:
+    """AdamW over ``model``'s parameters; weight decay on matrices only (not on norm gains).
+
+    ``micro_batches`` M cuts every batch into M equal row blocks whose unscaled gradients are
+    summed in order and divided by M (``neurons.distributed`` states the rule). One process does
+    all M in turn; a ``world`` of M ranks does block ``rank`` each and sums them in rank order,
+    which gives the same bits. M = 1 (the default) is the plain full-batch step.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, cfg: TrainingConfig, device: torch.device | str,
+        micro_batches: int = 1, world: World | None = None,
+    ):
         self.model = model
         self.cfg = cfg
         self.device = torch.device(device)
+        self.world = world or World()
+        self.micro_batches = micro_batches
+        if self.world.distributed and micro_batches != self.world.size:
+            raise MicroBatchError(
+                f"{self.world.size} ranks need --micro-batches {self.world.size} (one micro-batch per rank), not {micro_batches}"
+            )
+        if cfg.batch_size % micro_batches:
+            raise MicroBatchError(
+                f"batch_size {cfg.batch_size} does not split into {micro_batches} equal micro-batches; "
+                f"use a world size / --micro-batches that divides it"
+            )
         if any(p.device.type != self.device.type for p in model.parameters()):
             raise ValueError(f"move the model to {self.device} before building its trainer (optimizer state lives there)")
         self.global_step = 0
@@ -102,6 +127,37 @@ class InnerTrainer:
                 "exp_avg_sq": state[f"{name}.exp_avg_sq"].to(device=p.device, dtype=p.dtype).clone(),
             }
 
+    def _gradients(self, batch: torch.Tensor) -> torch.Tensor:
+        """Fill ``.grad`` with the step's gradient under the micro-batch rule; the step's loss."""
+        m = self.micro_batches
+        if m == 1:
+            with _autocast(self.device):
+                loss = _lm_loss(self.model, batch)
+            loss.backward()
+            return loss
+        if batch.shape[0] % m:
+            raise MicroBatchError(f"a batch of {batch.shape[0]} rows does not split into {m} micro-batches")
+        blocks = batch.view(m, batch.shape[0] // m, *batch.shape[1:])
+        mine = [self.world.rank] if self.world.distributed else range(m)
+        losses = []
+        for i in mine:
+            with _autocast(self.device):
+                loss = _lm_loss(self.model, blocks[i])
+            loss.backward()  # accumulates into .grad: ((g_0 + g_1) + g_2) + …
+            losses.append(loss.detach().float().reshape(1))
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        losses_t = torch.cat(losses)
+        if self.world.distributed:
+            ordered_sum_(grads, self.world)
+            gathered = torch.zeros(m, dtype=losses_t.dtype, device=losses_t.device)
+            gathered[self.world.rank] = losses_t[0]
+            ordered_sum_([gathered], self.world)  # zeros elsewhere: every rank ends with all M losses
+            losses_t = gathered
+        with torch.no_grad():
+            for g in grads:
+                g.div_(m)
+        return losses_t.mean()
+
     def train_window(self, batches: Sequence[torch.Tensor]) -> TrainStats:
         """One inner step per batch; returns first/last/mean loss, steps and tokens seen."""
         if not batches:
@@ -114,9 +170,7 @@ class InnerTrainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             batch = batch.to(self.device, non_blocking=True)
-            with _autocast(self.device):
-                loss = _lm_loss(self.model, batch)
-            loss.backward()
+            loss = self._gradients(batch)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,174 @@
+"""A node of two CPU processes (gloo on 127.0.0.1) gives the bytes and scores of one process.
+
+Two ranks are spawned as torchrun would start them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*). The
+leader runs two miner windows through ``LeaderTrainer`` (the follower starts from other weights
+and must receive θ, the optimizer state and the batches) with an outer step in between that
+only the leader applies, then one stage 2 over three candidates split over both ranks. The same
+code in this process, one rank, must give byte-identical payloads and identical measurements.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from compression import ErrorFeedbackCompressor, PayloadManifest, encode_payload
+from compression.sparse import SparseTensor
+from neurons.distributed import (
+    EVALUATE,
+    STOP,
+    TRAIN,
+    Command,
+    DistributedError,
+    World,
+    close_world,
+    follow,
+    init_world,
+    ordered_sum_,
+    send,
+)
+from neurons.model import build_model
+from neurons.parallel_eval import evaluate_handler, measure_candidates
+from neurons.parallel_train import make_trainer, train_handler
+from neurons.train import InnerTrainer, MicroBatchError
+from protocol.hparams import load_hparams
+from scoring.lossscore import loss_score, sequence_losses
+
+WINDOWS = 2
+RANKS = 2
+
+
+def _batches(hp, window: int) -> list[torch.Tensor]:
+    t = hp.training
+    g = torch.Generator().manual_seed(1000 + window)
+    return list(torch.randint(0, hp.model.vocab_size, (t.inner_steps, t.batch_size, t.seq_len), generator=g).unbind(0))
+
+
+def _miner_windows(model, hp, world: World) -> list[bytes]:
+    """What the miner does per window, minus chain and storage: train, Δ, compress, encode."""
+    trainer = make_trainer(model, hp.training, "cpu", world, micro_batches=RANKS)
+    codec = hp.codec
+    compressor = ErrorFeedbackCompressor(
+        {n: tuple(p.shape) for n, p in model.named_parameters()},
+        chunk_size=codec.chunk_size, topk_per_chunk=codec.topk_per_chunk, beta=codec.ef_beta,
+    )
+    payloads = []
+    for w in range(WINDOWS):
+        base = {n: p.detach().clone() for n, p in model.named_parameters()}
+        trainer.global_step = w * hp.training.inner_steps
+        trainer.train_window(_batches(hp, w))
+        with torch.no_grad():
+            delta = {n: base[n] - p for n, p in model.named_parameters()}
+            for n, p in model.named_parameters():
+                p.copy_(base[n] - 0.5 * delta[n])  # an outer step only the leader takes
+        message = compressor.compress(delta)
+        manifest = PayloadManifest.for_message(
+            message, run_id="tiny-0123456789ab", window=w, uid=3, hotkey="5" + "F" * 47, global_step=w,
+            data_digest="d" * 64, base_fingerprint="f" * 64,
+        )
+        payloads.append(encode_payload(message, manifest, sign=lambda digest: bytes(64)))
+    return payloads
+
+
+def _stage2(model, hp, world: World) -> dict:
+    """Three candidates' measurements (and LossScores) on θ with a reference update."""
+    g = torch.Generator().manual_seed(7)
+    t = hp.training
+    params = dict(model.named_parameters())
+    updates = {}
+    for uid in (4, 9, 11):
+        updates[uid] = {}
+        for name, p in params.items():
+            idx = torch.randperm(p.numel(), generator=g)[: max(1, p.numel() // 64)].sort().values
+            updates[uid][name] = SparseTensor(tuple(p.shape), idx, torch.randn(idx.numel(), generator=g) * 1e-2)
+    own = {
+        uid: list(torch.randint(0, hp.model.vocab_size, (2, 4, t.seq_len), generator=g).unbind(0)) for uid in updates
+    }
+    rand = list(torch.randint(0, hp.model.vocab_size, (2, 4, t.seq_len), generator=g).unbind(0))
+    reference = {n: torch.randn(p.shape, generator=g) * 1e-3 for n, p in params.items()}
+    before = sequence_losses(model, rand)
+    measured = measure_candidates(world, model, updates, hp.outer.outer_lr, own, rand, before, reference)
+    return {uid: (m, loss_score(m)) for uid, m in measured.items()}
+
+
+def _rank_main(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(RANKS),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    world = init_world("cpu")
+    hp = load_hparams("tiny")
+    # the follower starts from other weights: θ must come from the leader
+    model = build_model(hp.model, hp.seed if world.leader else hp.seed + 1)
+    try:
+        if world.leader:
+            result = {"payloads": _miner_windows(model, hp, world), "stage2": _stage2(model, hp, world)}
+            send(Command(STOP), world)
+            Path(out).write_bytes(pickle.dumps(result))
+        else:
+            trainer = InnerTrainer(model, hp.training, "cpu", micro_batches=RANKS, world=world)
+            follow(world, {TRAIN: train_handler(trainer), EVALUATE: evaluate_handler(model, world)})
+    finally:
+        close_world(world)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("dist") / "leader.pkl"
+    mp.start_processes(_rank_main, args=(_free_port(), str(out)), nprocs=RANKS, start_method="spawn", join=True)
+    return pickle.loads(out.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def one_rank() -> dict:
+    hp = load_hparams("tiny")
+    model = build_model(hp.model, hp.seed)
+    return {"payloads": _miner_windows(model, hp, World()), "stage2": _stage2(model, hp, World())}
+
+
+def test_two_ranks_give_the_single_process_payload_bytes(two_ranks, one_rank):
+    assert len(two_ranks["payloads"]) == WINDOWS
+    for w, (multi, single) in enumerate(zip(two_ranks["payloads"], one_rank["payloads"], strict=True)):
+        assert multi == single, f"window {w}: payloads differ"
+
+
+def test_two_ranks_give_the_single_process_stage2_measurements(two_ranks, one_rank):
+    assert sorted(two_ranks["stage2"]) == [4, 9, 11]  # every candidate measured once, on some rank
+    assert two_ranks["stage2"] == one_rank["stage2"]
+    assert all(m.own_reference for m, _ in two_ranks["stage2"].values())
+
+
+def test_micro_batches_must_match_the_world_and_divide_the_batch():
+    hp = load_hparams("tiny")
+    model = build_model(hp.model, hp.seed)
+    with pytest.raises(MicroBatchError, match="--micro-batches 2"):
+        InnerTrainer(model, hp.training, "cpu", micro_batches=4, world=World(0, 2, 0))
+    with pytest.raises(MicroBatchError, match="batch_size 8 does not split into 3"):
+        InnerTrainer(model, hp.training, "cpu", micro_batches=3)
+
+
+def test_world_from_env():
+    assert World.from_env({}) == World()
+    assert World.from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == World(1, 4, 1)
+    assert World(1, 4, 1).device("cuda") == "cuda:1"
+    with pytest.raises(DistributedError, match="LOCAL_RANK not set"):
+        World.from_env({"RANK": "0", "WORLD_SIZE": "2"})
+    with pytest.raises(DistributedError, match="rank 2 of world size 2"):
+        World.from_env({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+
+
+def test_ordered_sum_is_a_no_op_on_one_process():
+    t = torch.arange(5.0)
+    ordered_sum_([t], World())
+    assert torch.equal(t, torch.arange(5.0))
