@@ -318,35 +318,71 @@ def run_all(args: argparse.Namespace, shards: TokenShards) -> list[dict]:
     return runs
 
 
-def plot(result: dict, out_dir: Path) -> list[Path]:
-    """Per H: loss vs step and loss vs cumulative bytes per replica (log), one line per run."""
+COLORS = {"ddp": "tab:gray", "diloco": "tab:blue", "sparseloco": "tab:red"}
+VARIANT_COLORS = ("tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:olive")
+
+
+def is_base(run: dict) -> bool:
+    return run["variant"] in (None, "base")
+
+
+def plot(runs: list[dict], out_dir: Path) -> list[Path]:
+    """Per H: loss vs step and loss vs cumulative bytes per replica (log x), the three methods'
+    base runs (seeds: solid, dashed); per H with SparseLoCo variants: the variants against DiLoCo."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    seeds = sorted({r["seed"] for r in runs})
+    style = lambda r, color: dict(color=color, ls="-" if r["seed"] == seeds[0] else "--")  # noqa: E731
     written = []
-    colors = {"ddp": "tab:gray", "diloco": "tab:blue", "sparseloco": "tab:red"}
-    for H in sorted({r["H"] for r in result["runs"]}):
+    for H in sorted({r["H"] for r in runs}):
         fig, (ax_s, ax_b) = plt.subplots(1, 2, figsize=(11, 4))
-        for run in (r for r in result["runs"] if r["H"] == H):
-            label = run["method"] + (f" {run['variant']}" if run["variant"] not in (None, "base") else "")
-            style = dict(color=colors[run["method"]], ls="-" if run["seed"] == result["seeds"][0] else "--",
-                         alpha=1.0 if run["variant"] in (None, "base") else 0.6, label=f"{label} s{run['seed']}")
+        for run in (r for r in runs if r["H"] == H and is_base(r)):
             steps, losses = zip(*run["curve"], strict=True)
-            ax_s.plot(steps, losses, **style)
-            ax_b.plot([b for _, b in run["bytes_curve"]][1:], losses[1:], **style)
+            label = f"{run['method']} seed {run['seed']}"
+            ax_s.plot(steps, losses, label=label, **style(run, COLORS[run["method"]]))
+            sent = [b for _, b in run["bytes_curve"]]
+            ax_b.plot(sent[1:], losses[1:], label=label, **style(run, COLORS[run["method"]]))
         ax_s.set(xlabel="inner step", ylabel="held-out loss", title=f"H = {H}: loss vs step")
         ax_b.set(xlabel="bytes sent per replica (cumulative)", ylabel="held-out loss", xscale="log",
                  title=f"H = {H}: loss vs bytes")
-        ax_s.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"convergence_H{H}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, ax_s, out_dir / f"convergence_H{H}.png"))
+        variants = sorted({r["variant"] for r in runs if r["H"] == H and r["method"] == "sparseloco"} - {"base"})
+        if variants:
+            written.append(_plot_variants([r for r in runs if r["H"] == H], ["base", *variants], seeds, out_dir))
     return written
+
+
+def _plot_variants(runs: list[dict], variants: list[str], seeds: list[int], out_dir: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    H = runs[0]["H"]
+    fig, axes = plt.subplots(1, len(seeds), figsize=(5.5 * len(seeds), 4), squeeze=False)
+    for ax, seed in zip(axes[0], seeds, strict=True):
+        for run in (r for r in runs if r["seed"] == seed):
+            if run["method"] == "sparseloco" and run["variant"] in variants:
+                color, label = VARIANT_COLORS[variants.index(run["variant"]) % len(VARIANT_COLORS)], run["variant"]
+            elif run["method"] == "diloco":
+                color, label = COLORS["diloco"], "diloco"
+            else:
+                continue
+            steps, losses = zip(*run["curve"], strict=True)
+            ax.plot(steps, losses, color=color, label=label)
+        ax.set(xlabel="inner step", ylabel="held-out loss", title=f"SparseLoCo variants, H = {H}, seed {seed}")
+    return _save(fig, axes[0][0], out_dir / f"convergence_variants_H{H}.png")
+
+
+def _save(fig, legend_ax, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    legend_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -371,7 +407,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=Path(".tessera/data-cache"), help="embedded corpus cache")
     p.add_argument("--corpus-chars", type=int, default=DEFAULT_MAX_CHARS)
     p.add_argument("--plot-dir", type=Path, help="write convergence_H<H>.png there")
-    p.add_argument("--plot-from", type=Path, help="plot a saved --json result instead of running")
+    p.add_argument("--plot-from", type=Path, nargs="+", help="plot saved --json results instead of running")
     p.add_argument("--list-variants", action="store_true")
     args = p.parse_args(argv)
     bad = set(args.methods) - set(METHODS) or set(args.variants) - set(VARIANTS)
@@ -389,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({name: vars(v) for name, v in VARIANTS.items()}, indent=1))
         return 0
     if args.plot_from:
-        result = json.loads(args.plot_from.read_text())
+        result = {"runs": [run for path in args.plot_from for run in json.loads(path.read_text())["runs"]]}
     else:
         torch.set_num_threads(args.threads)
         started = time.time()
@@ -401,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                   "runs": run_all(args, shards)}
         result["seconds"] = round(time.time() - started, 1)
     if args.plot_dir:
-        for path in plot(result, args.plot_dir):
+        for path in plot(result["runs"], args.plot_dir):
             print(f"wrote {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
