@@ -142,6 +142,17 @@ class RolesConfig(_Strict):
     )
 
 
+class PipelineConfig(_Strict):
+    """Pipeline replicas (``pipeline``, docs/pipeline.md): a group of weak machines runs one
+    replica as contiguous layer slices and sends subspace coordinates across stage boundaries."""
+
+    subspace_dim: int = Field(gt=0, description="k: residual-writing projections live in a fixed k-dim subspace")
+    basis_seed_tag: str = Field(
+        default="tessera-subspace", min_length=1, max_length=64,
+        description="mixed with the run seed to derive the frozen basis every node computes alone",
+    )
+
+
 class Hparams(_Strict):
     name: str
     seed: int = 0
@@ -154,6 +165,7 @@ class Hparams(_Strict):
     checkpoint: CheckpointConfig
     bounds: BoundsConfig = BoundsConfig()
     roles: RolesConfig = RolesConfig()
+    pipeline: PipelineConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Hparams:
@@ -165,6 +177,8 @@ class Hparams(_Strict):
             raise ValueError("model.num_heads must be divisible by model.num_kv_heads")
         if self.checkpoint.retention_windows < 2 * self.checkpoint.interval_windows:
             raise ValueError("checkpoint.retention_windows must be >= 2 x interval_windows")
+        if self.pipeline is not None and self.pipeline.subspace_dim >= self.model.hidden_size:
+            raise ValueError("pipeline.subspace_dim must be below model.hidden_size (else nothing is compressed)")
         return self
 
     @property
@@ -177,7 +191,9 @@ class Hparams(_Strict):
     @property
     def digest(self) -> str:
         """Stable hash of the settings (canonical JSON), independent of file formatting."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # A run without a pipeline section hashes as before the section existed (same run ids).
+        dumped = self.model_dump(mode="json", exclude={"pipeline"} if self.pipeline is None else None)
+        canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property

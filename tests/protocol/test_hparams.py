@@ -43,3 +43,22 @@ def test_unknown_keys_are_errors(tmp_path):
     path.write_text(json.dumps(raw))
     with pytest.raises(HparamsError, match="surprise"):
         load_hparams(path)
+
+
+def test_pipeline_section_is_optional_checked_and_part_of_the_run_id(tmp_path):
+    raw = json.loads((load_hparams.__globals__["PRESET_DIR"] / "tiny.json").read_text())
+    plain = load_hparams("tiny")
+    assert plain.pipeline is None
+    # no section: the digest is that of the settings alone (run ids of existing runs unchanged)
+    dumped = {k: v for k, v in plain.model_dump(mode="json").items() if k != "pipeline"}
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
+    assert plain.digest == __import__("hashlib").sha256(canonical.encode()).hexdigest()
+    raw["pipeline"] = {"subspace_dim": 4}
+    with_pipeline = tmp_path / "tiny.json"
+    with_pipeline.write_text(json.dumps(raw))
+    hp = load_hparams(with_pipeline)
+    assert hp.pipeline.subspace_dim == 4 and hp.run_id != plain.run_id
+    raw["pipeline"] = {"subspace_dim": raw["model"]["hidden_size"]}
+    with_pipeline.write_text(json.dumps(raw))
+    with pytest.raises(HparamsError, match="subspace_dim"):
+        load_hparams(with_pipeline)
