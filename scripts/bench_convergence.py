@@ -385,6 +385,50 @@ def _save(fig, legend_ax, path: Path) -> Path:
     return path
 
 
+def loss_at(run: dict, step: int) -> float | None:
+    return dict((int(k), v) for k, v in run["curve"]).get(step)
+
+
+def largest_rise(run: dict, last: int) -> float:
+    """The largest increase of the held-out loss between two consecutive evaluations up to ``last``."""
+    curve = [v for s, v in run["curve"] if s <= last]
+    return max([0.0, *(b - a for a, b in zip(curve, curve[1:], strict=False))])
+
+
+def pct(a: float, b: float) -> str:
+    return f"{100 * (a - b) / b:+.1f} %"
+
+
+def markdown(runs: list[dict], early: tuple[int, ...] = (60, 90, 120)) -> str:
+    """The docs tables from saved runs: the three methods (base runs), then SparseLoCo's variants."""
+    find = {(r["method"], r["variant"], r["H"], r["seed"]): r for r in runs}
+    cols = " | ".join(f"@{s}" for s in early)
+    out = [f"| H | seed | method | final loss | vs DiLoCo | vs DDP | bytes/round/replica | DiLoCo bytes ÷ | {cols} "
+           "| largest rise |", "|---" * (9 + len(early)) + "|"]
+    for r in sorted((r for r in runs if is_base(r)), key=lambda r: (r["H"], r["seed"], METHODS.index(r["method"]))):
+        dil, ddp = find.get(("diloco", None, r["H"], r["seed"])), find.get(("ddp", None, r["H"], r["seed"]))
+        ratio = f"{dil['bytes_per_round'] / r['bytes_per_round']:.1f}x" if dil else "–"
+        at = " | ".join(str(loss_at(r, s) or "–") for s in early)
+        out.append(f"| {r['H']} | {r['seed']} | {r['method']} | {r['final_loss']:.4f} | "
+                   f"{pct(r['final_loss'], dil['final_loss']) if dil else '–'} | "
+                   f"{pct(r['final_loss'], ddp['final_loss']) if ddp else '–'} | {r['bytes_per_round']:,} | {ratio} | {at} "
+                   f"| {largest_rise(r, r['steps']):.3f} |")
+    sparse = sorted((r for r in runs if r["method"] == "sparseloco"), key=lambda r: (r["H"], r["seed"], r["variant"]))
+    if {r["variant"] for r in sparse} - {"base"}:
+        # every variant over the steps all of them ran (a variant study may be a prefix of the table's runs)
+        lasts = {H: min(r["steps"] for r in sparse if r["H"] == H) for H in {r["H"] for r in sparse}}
+        out += ["", f"| H | seed | variant | {cols} | @last | last step | largest rise | bytes/round/replica |",
+                "|---" * (7 + len(early)) + "|"]
+        for r in sparse:
+            last = lasts[r["H"]]
+            rise = largest_rise(r, last)
+            sent = dict((int(k), v) for k, v in r["bytes_curve"])[last] * r["H"] // last
+            at = " | ".join(str(loss_at(r, s) or "–") for s in early)
+            out.append(f"| {r['H']} | {r['seed']} | {r['variant']} | {at} | {loss_at(r, last)} | {last} | {rise:.3f} "
+                       f"| {sent:,} |")
+    return "\n".join(out)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
@@ -409,6 +453,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plot-dir", type=Path, help="write convergence_H<H>.png there")
     p.add_argument("--plot-from", type=Path, nargs="+", help="plot saved --json results instead of running")
     p.add_argument("--list-variants", action="store_true")
+    p.add_argument("--table", action="store_true", help="print the docs' markdown tables of the runs")
     args = p.parse_args(argv)
     bad = set(args.methods) - set(METHODS) or set(args.variants) - set(VARIANTS)
     if bad:
@@ -439,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot_dir:
         for path in plot(result["runs"], args.plot_dir):
             print(f"wrote {path}", file=sys.stderr)
+    if args.table:
+        print(markdown(result["runs"]))
     if args.json:
         print(json.dumps(result))
     return 0
