@@ -11,8 +11,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_convergence.py
 
 def test_smoke_runs_every_method_and_sparseloco_sends_at_most_1_200_of_diloco(tmp_path: Path):
     args = [sys.executable, str(SCRIPT), "--json", "--smoke", "--data-dir", str(tmp_path / "data"),
-            "--variants", "base,dense_start"]
-    result = json.loads(subprocess.run(args, capture_output=True, text=True, timeout=300, check=True).stdout)
+            "--variants", "base,dense_start", "--table", "--plot-dir", str(tmp_path / "img")]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(proc.stdout)
     runs = {(r["method"], r["variant"]): r for r in result["runs"]}
     assert set(runs) == {("ddp", None), ("diloco", None), ("sparseloco", "base"), ("sparseloco", "dense_start")}
     for run in runs.values():
@@ -25,3 +26,7 @@ def test_smoke_runs_every_method_and_sparseloco_sends_at_most_1_200_of_diloco(tm
     # the denser first rounds really send more: the payloads are measured, not computed
     assert runs["sparseloco", "dense_start"]["bytes_per_round"] > 2 * sparse["bytes_per_round"]
     assert runs["ddp", None]["bytes_per_round"] == 2 * diloco["bytes_per_round"]  # H = 2 gradients
+    assert (tmp_path / "img" / "convergence_H2.png").stat().st_size > 0
+    assert (tmp_path / "img" / "convergence_variants_H2.png").stat().st_size > 0
+    ratio = diloco["bytes_per_round"] / sparse["bytes_per_round"]
+    assert f"| 2 | 0 | sparseloco | {sparse['final_loss']:.4f} |" in proc.stderr and f"{ratio:.1f}x" in proc.stderr

@@ -1,0 +1,205 @@
+"""Pipeline replicas next to full replicas under SparseLoCo, with and without subspace-compressed
+boundaries: held-out loss at equal steps, and the bytes each setting sends.
+
+M replicas train one shared model on the project's own data (the embedded stdlib corpus, each
+replica on its assigned batches), window by window: H inner steps from θ_w, a SparseLoCo payload
+per stage (error feedback + top-k + 2-bit + index coding, the real codec), deterministic
+aggregation, outer step. G of the M replicas are 2-stage pipeline groups (in-process GPipe, every
+boundary frame encoded and decoded as bytes). Settings:
+
+    full           all M replicas full (no boundaries)
+    pipe-dense     G pipeline groups with float32 boundaries, the rest full
+    all-sub-k{k}   all M replicas are pipeline groups with subspace boundaries of dimension k
+    het-sub-k{k}   only the G pipeline groups use subspace boundaries, the rest full (heterogeneous)
+
+    .venv/bin/python scripts/bench_pipeline.py --json --data-dir /tmp/data-cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from compression import aggregate, decode_message, outer_step  # noqa: E402
+from neurons.corpus import DEFAULT_MAX_CHARS, ensure_embedded_data  # noqa: E402
+from neurons.data import assigned_batches, heldout_batches  # noqa: E402
+from neurons.model import build_model, param_shapes  # noqa: E402
+from neurons.shards import TokenShards  # noqa: E402
+from neurons.train import evaluate, lr_at  # noqa: E402
+from pipeline.basis import subspace_basis  # noqa: E402
+from pipeline.payload import StageCompressor, payload_bytes  # noqa: E402
+from pipeline.replica import PipelineReplica  # noqa: E402
+from pipeline.subspace import SubspaceConstraint  # noqa: E402
+from protocol.hparams import Hparams, load_hparams  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    k: int | None  # None: no subspace anywhere
+    compressed_groups: int  # how many replicas are compressed pipeline groups
+    dense_groups: int  # how many are pipeline groups with float32 boundaries
+
+
+def settings(replicas: int, groups: int, ks: list[int]) -> list[Setting]:
+    out = [Setting("full", None, 0, 0), Setting("pipe-dense", None, 0, groups)]
+    for k in ks:
+        out.append(Setting(f"all-sub-k{k}", k, replicas, 0))
+        out.append(Setting(f"het-sub-k{k}", k, groups, 0))
+    return out
+
+
+def _shrink(hp: Hparams, args: argparse.Namespace) -> Hparams:
+    model = hp.model.model_copy(update={"num_layers": args.layers})
+    training = hp.training.model_copy(update={"inner_steps": args.inner_steps or hp.training.inner_steps})
+    if args.small:  # smoke-test size: seconds, not minutes
+        model = model.model_copy(update={"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+                                         "max_seq_len": 32, "num_heads": 4, "num_kv_heads": 4})
+        training = training.model_copy(update={"batch_size": 4, "seq_len": 32})
+    return hp.model_copy(update={"model": model, "training": training})
+
+
+class Network:
+    """One run of one setting: the global θ, the replicas, the byte counters."""
+
+    def __init__(self, hp: Hparams, setting: Setting, replicas: int, n_micro: int) -> None:
+        self.hp = hp
+        self.setting = setting
+        self.model = build_model(hp.model, hp.seed)
+        self.shapes = param_shapes(self.model)
+        constraint = None
+        if setting.k is not None:
+            constraint = SubspaceConstraint(subspace_basis(hp.seed, hp.model.hidden_size, setting.k))
+            # A run with a pipeline section starts from θ0 with its residual writers in span(U).
+            constraint.project_(dict(self.model.named_parameters()), anchor_embedding=None)
+        self.replicas = []
+        for r in range(replicas):
+            compressed = r < setting.compressed_groups
+            piped = compressed or r < setting.dense_groups
+            self.replicas.append(PipelineReplica(
+                build_model(hp.model, hp.seed), n_stages=2 if piped else 1, cfg=hp.training,
+                constraint=constraint if compressed else None, n_micro=n_micro,
+                lr_schedule=lambda step: lr_at(step, hp.training),
+            ))
+        c = hp.codec
+        self.compressors = [[StageCompressor(st, c) for st in rep.stages] for rep in self.replicas]
+        self.bytes = {"pseudo_gradient": 0, "activations": 0, "activation_gradients": 0}
+        self.boundary_bytes_per_micro_batch: dict[str, int] = {}
+
+    def window(self, shards: TokenShards, w: int) -> float:
+        t = self.hp.training
+        start = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        updates, losses = [], []
+        for uid, (rep, comps) in enumerate(zip(self.replicas, self.compressors, strict=True), start=1):
+            rep.model.load_state_dict(self.model.state_dict())
+            rep.begin_window(w * t.inner_steps)
+            stats = rep.train_window(assigned_batches(shards, self.hp.seed, uid, w, t.inner_steps, t.batch_size, t.seq_len))
+            losses.append(stats.loss_mean)
+            self.bytes["activations"] += stats.activation_bytes
+            self.bytes["activation_gradients"] += stats.gradient_bytes
+            if len(rep.stages) > 1:
+                kind = "subspace" if rep.constraint is not None else "dense"
+                per_micro = stats.per_boundary_bytes[0] // (stats.steps * rep.n_micro)
+                self.boundary_bytes_per_micro_batch[kind] = per_micro
+            for comp in comps:
+                payload = comp.compress(start)
+                self.bytes["pseudo_gradient"] += payload_bytes(payload.message)
+                updates.append(decode_message(payload.message))
+        outer_step(self.model, aggregate(updates, self.shapes), lr=self.hp.outer.outer_lr)
+        return sum(losses) / len(losses)
+
+
+def run_setting(hp: Hparams, setting: Setting, args: argparse.Namespace, shards: TokenShards, heldout) -> dict:
+    started = time.time()
+    net = Network(hp, setting, args.replicas, args.micro_batches)
+    curve = []
+    for w in range(args.windows):
+        train_loss = net.window(shards, w)
+        if (w + 1) % args.eval_every == 0 or w == args.windows - 1:
+            curve.append({"window": w, "train_loss": round(train_loss, 4),
+                          "heldout_loss": round(evaluate(net.model, heldout), 4)})
+    return {
+        "setting": setting.name, "k": setting.k,
+        "compressed_groups": setting.compressed_groups, "dense_groups": setting.dense_groups,
+        "final_heldout_loss": curve[-1]["heldout_loss"], "curve": curve,
+        "bytes": net.bytes, "boundary_bytes_per_micro_batch_both_directions": net.boundary_bytes_per_micro_batch,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in result["runs"]:
+        xs = [p["window"] + 1 for p in row["curve"]]
+        ax.plot(xs, [p["heldout_loss"] for p in row["curve"]], label=row["setting"], marker=".")
+    ax.set_xlabel("window (H inner steps each)")
+    ax.set_ylabel("held-out loss of the global model")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hparams", default="tiny")
+    parser.add_argument("--layers", type=int, default=4, help="model depth (the pipeline splits it in two)")
+    parser.add_argument("--replicas", type=int, default=4, help="M")
+    parser.add_argument("--groups", type=int, default=2, help="G of the M replicas are 2-stage pipeline groups")
+    parser.add_argument("--ks", default="4,16", help="subspace dimensions to compare (comma-separated)")
+    parser.add_argument("--windows", type=int, default=12)
+    parser.add_argument("--inner-steps", type=int, default=0, help="H (default: the preset's)")
+    parser.add_argument("--micro-batches", type=int, default=2)
+    parser.add_argument("--eval-batches", type=int, default=4)
+    parser.add_argument("--eval-every", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated setting names to run (default: all)")
+    parser.add_argument("--small", action="store_true", help="smoke-test size (tiny model and corpus)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-dir", type=Path, default=None, help="embedded corpus cache (default: a temp dir)")
+    parser.add_argument("--plot", type=Path, default=None, help="write a PNG of held-out loss per window")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    hp = _shrink(load_hparams(args.hparams), args)
+    ks = [int(k) for k in args.ks.split(",") if k]
+    chosen = [s for s in settings(args.replicas, args.groups, ks) if not args.only or s.name in args.only.split(",")]
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        chars = 150_000 if args.small else DEFAULT_MAX_CHARS
+        shards = TokenShards(ensure_embedded_data(args.data_dir or Path(tmp), hp.model.vocab_size, chars))
+        t = hp.training
+        heldout = heldout_batches(shards, args.eval_batches, t.batch_size, t.seq_len)
+        runs = [run_setting(hp, s, args, shards, heldout) for s in chosen]
+    result = {
+        "hparams": hp.name, "model": hp.model.model_dump(), "inner_steps": hp.training.inner_steps,
+        "batch_size": hp.training.batch_size, "seq_len": hp.training.seq_len, "replicas": args.replicas,
+        "pipeline_groups": args.groups, "stages": 2, "micro_batches": args.micro_batches, "windows": args.windows,
+        "runs": runs, "seconds": round(time.time() - started, 1),
+    }
+    if args.plot:
+        plot(result, args.plot)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for row in runs:
+            print(f"{row['setting']:>14}  held-out {row['final_heldout_loss']:.4f}  bytes {row['bytes']}  "
+                  f"{row['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Smoke test of the pipeline benchmark: a few windows at toy size; checks the JSON and the
+relations that must hold whatever the numbers (not timings, not loss targets)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_pipeline.py"
+
+
+def test_small_run_compares_the_settings(tmp_path):
+    cmd = [sys.executable, str(SCRIPT), "--json", "--small", "--windows", "2", "--ks", "4", "--replicas", "2",
+           "--groups", "1", "--eval-batches", "1", "--eval-every", "1", "--data-dir", str(tmp_path)]
+    result = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout)
+    runs = {row["setting"]: row for row in result["runs"]}
+    assert set(runs) == {"full", "pipe-dense", "all-sub-k4", "het-sub-k4"}
+    # a pipeline without compression is the same computation as a full replica
+    assert abs(runs["pipe-dense"]["final_heldout_loss"] - runs["full"]["final_heldout_loss"]) < 1e-3
+    assert runs["full"]["bytes"]["activations"] == 0
+    dense = runs["pipe-dense"]["boundary_bytes_per_micro_batch_both_directions"]["dense"]
+    sub = runs["het-sub-k4"]["boundary_bytes_per_micro_batch_both_directions"]["subspace"]
+    assert dense / sub > 7  # hidden 64, k 4: (2 x 256 B) / (18 + 16 B) per token, both directions
+    # all replicas compressed send twice the activation bytes of one compressed group out of two
+    assert runs["all-sub-k4"]["bytes"]["activations"] == 2 * runs["het-sub-k4"]["bytes"]["activations"]
+    for row in runs.values():
+        assert row["bytes"]["pseudo_gradient"] > 0
+        assert [p["window"] for p in row["curve"]] == [0, 1]
