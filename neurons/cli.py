@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("neurons.inspect", "judge a payload file as every node would; print the verdict as JSON"),
     "localnet": ("neurons.localnet.launcher", "run a whole subnet on this machine, every node its own process"),
     "status": ("neurons.status", "the network from chain and buckets: windows, payloads, weights, fingerprints"),
+    "memory": ("neurons.memory", "computed memory per device for a preset, role and torchrun world size"),
 }
 
 

@@ -77,6 +77,11 @@ class NodeConfig(BaseModel):
     # Prometheus endpoint (neurons.metrics): off unless a port is given; loopback unless told otherwise
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_address: str = Field(default="127.0.0.1", min_length=1)
+    # Multi-process nodes (neurons.distributed, docs/hardware.md): every inner batch is cut into
+    # this many micro-batches (default: the torchrun world size; a payload's bits depend on it).
+    micro_batches: int | None = Field(default=None, gt=0)
+    activation_checkpointing: bool = False  # recompute activations in the backward: less memory, same bits
+    memory_check: bool = True  # refuse to start when the computed memory per device does not fit
 
     @field_validator("behaviour")
     @classmethod
@@ -161,6 +166,9 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "--behaviour": ("behaviour", f"miners on a --devchain only: {', '.join(KINDS)} (default {HONEST})"),
     "--metrics.port": ("metrics_port", "serve Prometheus metrics on this port (default: off)"),
     "--metrics.address": ("metrics_address", "address the metrics endpoint binds (default 127.0.0.1)"),
+    "--micro-batches": ("micro_batches", "cut every inner batch into this many micro-batches (default: torchrun's world size)"),
+    "--activation-checkpointing": ("activation_checkpointing", "true: recompute activations in the backward (less memory)"),
+    "--memory-check": ("memory_check", "false: start although the computed memory per device does not fit"),
 }
 _SECRET_ENV = {
     "bucket.write_key_id": "TESSERA_BUCKET_WRITE_KEY_ID",

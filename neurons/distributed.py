@@ -29,10 +29,13 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from neurons.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,9 @@ log = logging.getLogger(__name__)
 GATHER_BUCKET = 1 << 21
 
 
-class DistributedError(RuntimeError):
-    """The torchrun environment is unusable; the message names the variable or setting to fix."""
+class DistributedError(ConfigError):
+    """The torchrun environment or the micro-batch setting is unusable; the message names the
+    variable or flag to fix (a start-up error: one line from ``neurons.cli``)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,23 @@ class World:
         return configured
 
 
+def check_micro_batches(batch_size: int, micro_batches: int | None, world: World) -> int:
+    """The micro-batch count a node of ``world`` trains with, or ``DistributedError`` naming the fix."""
+    m = micro_batches or world.size
+    if world.distributed and m != world.size:
+        raise DistributedError(f"--micro-batches {m} with {world.size} ranks: a world of N ranks trains N micro-batches "
+                               f"(one per rank); drop the flag or give {world.size}")
+    if batch_size % m:
+        raise DistributedError(f"batch_size {batch_size} does not split into {m} equal micro-batches: "
+                               f"use a world size / --micro-batches that divides {batch_size}")
+    return m
+
+
+# Followers wait in a broadcast while the leader catches up, joins or sleeps to the next window;
+# the default collective timeout (30 min on gloo) would end them in a long catch-up.
+COMMAND_TIMEOUT = timedelta(hours=24)
+
+
 def init_world(device: str, env: Mapping[str, str] | None = None) -> World:
     """Join the process group torchrun set up (gloo on CPU, nccl on CUDA); one process: nothing."""
     world = World.from_env(env)
@@ -95,7 +116,7 @@ def init_world(device: str, env: Mapping[str, str] | None = None) -> World:
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(world.local_rank)
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=COMMAND_TIMEOUT)
     log.info("rank %d of %d joined the node's process group (%s)", world.rank, world.size, backend)
     return world
 

@@ -28,6 +28,7 @@ from neurons.behaviours.context import WindowContext, read_peer_uploads
 from neurons.behaviours.kinds import BYTE_LEVEL_KINDS
 from neurons.behaviours.strategies import Behaviour, make_behaviour
 from neurons.data import assigned_batches
+from neurons.distributed import TRAIN
 from neurons.events import WindowRecord
 from neurons.fingerprint import model_fingerprint
 from neurons.gather import WindowGather, fetch_budget
@@ -48,6 +49,7 @@ from neurons.node import (
     wait_for_window_open,
     warn_if_excluded,
 )
+from neurons.parallel_train import make_trainer, train_handler
 from neurons.standing import log_standing
 from neurons.state import save_node_state
 from neurons.train import InnerTrainer
@@ -69,7 +71,8 @@ class Miner:
         self.behaviour = behaviour or make_behaviour(node.config.behaviour)
         hp = node.hparams
         self.shards = open_shards(node)
-        self.trainer = InnerTrainer(node.model, hp.training, node.config.device)
+        # one process: an InnerTrainer; rank 0 of several: the same, with the followers training along
+        self.trainer = make_trainer(node.model, hp.training, node.config.device, node.world, node.config.micro_batches)
         self.compressor = ErrorFeedbackCompressor(
             node.shapes, chunk_size=hp.codec.chunk_size, topk_per_chunk=hp.codec.topk_per_chunk,
             beta=hp.codec.ef_beta, device=node.config.device,
@@ -80,6 +83,12 @@ class Miner:
         self.train_seconds: float | None = None
         # θ_{w+1}'s fingerprint per window w, to compare with what validators published
         self.fingerprints: dict[int, str] = {}
+
+    @staticmethod
+    def follower_handlers(model, hparams, config, world) -> dict:
+        """What a rank other than 0 does for a miner (``neurons.node.follow_leader``): train."""
+        trainer = InnerTrainer(model, hparams.training, config.device, config.micro_batches or world.size, world)
+        return {TRAIN: train_handler(trainer)}
 
     def run(self) -> None:
         node = self.node

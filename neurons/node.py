@@ -22,9 +22,20 @@ from compression.budget import PayloadCapError, check_payload_cap
 from neurons import metrics
 from neurons.config import NodeConfig
 from neurons.dataset import open_run_data
+from neurons.distributed import (
+    STOP,
+    Command,
+    World,
+    check_micro_batches,
+    close_world,
+    follow,
+    init_world,
+    send,
+)
 from neurons.events import EventLog, WindowRecord
 from neurons.fingerprint import model_fingerprint
 from neurons.gather import UpdateLimits, WindowGather, apply_gather, gather_window
+from neurons.memory import MemoryEstimate, check_memory, device_memory, local_world_size
 from neurons.model import build_model, param_shapes
 from neurons.peers import PeerDirectory
 from neurons.progress import progress
@@ -75,6 +86,7 @@ class Node:
     window: int = 0
     extra_state: dict[str, torch.Tensor] = field(default_factory=dict)
     origin: RunOrigin | None = None  # None only for nodes assembled by hand (tests): origin block 0
+    world: World = field(default_factory=World)  # this node's processes (torchrun); rank 0 is this one
 
     @property
     def name(self) -> str:
@@ -89,8 +101,11 @@ class Node:
         return not self.stop.wait(max(0.0, unix_time - time.time()))
 
 
-def build_node(config: NodeConfig, stop: threading.Event) -> Node:
+def build_node(config: NodeConfig, stop: threading.Event, world: World | None = None) -> Node:
     hparams = load_hparams(config.hparams)
+    est = check_fits_device(config, hparams, world or World())  # before any chain or bucket I/O
+    if est is not None:
+        log.info("memory per device: %.2f GiB needed (computed, neurons.memory), fits", est.needed_bytes / 2**30)
     preflight(config, hparams)  # wallet, chain, role, bucket keys: nothing is committed before they work
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -117,15 +132,16 @@ def build_node(config: NodeConfig, stop: threading.Event) -> Node:
     )
     log.info("run %s starts at block %d; the head (block %d) is in window %d", hparams.run_id, origin.start_block,
              chain.block(), (chain.block() - origin.start_block) // hparams.window.blocks_per_window)
-    return assemble_node(config, hparams, chain, signer, uid, store, stop, origin)
+    return assemble_node(config, hparams, chain, signer, uid, store, stop, origin, world)
 
 
 def assemble_node(
     config: NodeConfig, hparams: Hparams, chain: Chain, signer: HotkeySigner, uid: int, store: ObjectStore,
-    stop: threading.Event, origin: RunOrigin | None = None,
+    stop: threading.Event, origin: RunOrigin | None = None, world: World | None = None,
 ) -> Node:
     """A Node from the parts that need I/O to obtain; the rest (θ0, clock, peers, log) follows from them."""
-    model = build_model(hparams.model, hparams.seed).to(config.device)
+    world = world or World()
+    model = node_model(config, hparams, world)
     try:  # payloads every reader would refuse: fail now, naming the numbers, not in a window
         codec = CodecParams(chunk_size=hparams.codec.chunk_size, topk_per_chunk=hparams.codec.topk_per_chunk)
         check_payload_cap(param_shapes(model), codec, hparams.codec.max_payload_bytes, hparams.name)
@@ -138,8 +154,41 @@ def assemble_node(
         config=config, hparams=hparams, chain=chain, signer=signer, uid=uid, clock=clock, store=store,
         peers=PeerDirectory.for_node(chain, local_subnet=config.devchain is not None),
         model=model, shapes=param_shapes(model),
-        events=EventLog(config.state_dir / "events.jsonl"), stop=stop, origin=origin,
+        events=EventLog(config.state_dir / "events.jsonl"), stop=stop, origin=origin, world=world,
     )
+
+
+def node_model(config: NodeConfig, hparams: Hparams, world: World) -> torch.nn.Module:
+    """θ0 on the node's device, after checking that this rank's device can hold the node: the
+    micro-batch rule and the computed memory per device (``neurons.memory``) fail now, in one
+    line, not in the middle of a window."""
+    check_fits_device(config, hparams, world)
+    model = build_model(hparams.model, hparams.seed).to(config.device)
+    if config.activation_checkpointing:  # recomputation gives the same bits (tests/neurons/test_memory.py)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def check_fits_device(config: NodeConfig, hparams: Hparams, world: World) -> MemoryEstimate | None:
+    """The micro-batch rule, then the computed memory per device against this rank's device
+    (None when ``--memory-check false``); a typed one-line error if either fails."""
+    check_micro_batches(hparams.training.batch_size, config.micro_batches, world)
+    if not config.memory_check:
+        return None
+    available = device_memory(config.device, local_world_size())
+    return check_memory(hparams, config.role, world.size, config.device, available, config.activation_checkpointing)
+
+
+def follow_leader(config: NodeConfig, world: World, runner) -> int:
+    """Ranks other than 0: no chain, no bucket, no wallet; the model, doing the leader's commands
+    (``runner.follower_handlers``) until it says stop."""
+    hparams = load_hparams(config.hparams)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model = node_model(config, hparams, world)
+    done = follow(world, runner.follower_handlers(model, hparams, config, world))
+    log.info("rank %d of %d stopped after %d commands", world.rank, world.size, done)
+    return 0
 
 
 def open_shards(node: Node) -> TokenShards:
@@ -312,13 +361,28 @@ def publish_fingerprint(node: Node, window: int, fingerprint: str, accepted: lis
 
 
 def run_node(role: str, args, runner) -> int:
-    """Validate settings, build the node, run ``runner(node).run()`` until done or signalled."""
-    import signal
-    import sys
+    """Validate settings, build the node, run ``runner(node).run()`` until done or signalled.
 
+    Under ``torchrun --nproc_per_node N`` rank 0 is the node (chain, storage, signing) and the
+    other ranks follow it (``follow_leader``; ``neurons.distributed``)."""
     from neurons.config import node_config_from_args
 
     config = node_config_from_args(role, args)  # a ConfigError ends the start as one line (neurons.cli)
+    world = init_world(config.device)  # torchrun's ranks; one process without it
+    config = config.model_copy(update={"device": world.device(config.device)})
+    try:
+        if not world.leader:
+            return follow_leader(config, world, runner)
+        return _lead(role, config, world, runner)
+    finally:
+        close_world(world)
+
+
+def _lead(role: str, config: NodeConfig, world: World, runner) -> int:
+    """Rank 0 (or the only process): the node itself; the followers stop when it returns."""
+    import signal
+    import sys
+
     if config.metrics_port is not None:
         try:
             metrics.serve(config.metrics_port, config.metrics_address)
@@ -328,9 +392,10 @@ def run_node(role: str, args, runner) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    node = build_node(config, stop)
+    node = build_node(config, stop, world)
     metrics.node_info(role, node.uid, node.hparams.run_id)
     runner(node).run()
+    send(Command(STOP), world)  # an exception instead ends the process; torchrun then ends the followers
     log.info("%s stopped at window %d", node.name, node.window)
     return 0
 

@@ -20,6 +20,7 @@ import torch
 from neurons import metrics
 from neurons.checkpoint import CheckpointManifest, checkpoint_bytes
 from neurons.data import Assignments, assigned_batches, heldout_batches, random_batches
+from neurons.distributed import EVALUATE
 from neurons.events import WindowRecord
 from neurons.fetch import FetchedPayload
 from neurons.fingerprint import model_fingerprint
@@ -38,6 +39,7 @@ from neurons.node import (
     wait_for_slot_close,
     warn_if_excluded,
 )
+from neurons.parallel_eval import evaluate_handler, measure_candidates
 from neurons.state import save_node_state
 from neurons.train import evaluate
 from neurons.verdicts import log_window, rejection_details, weights_line, window_verdicts
@@ -46,7 +48,7 @@ from protocol.acceptance import RejectReason, Stage1Result
 from protocol.keys import checkpoint_key
 from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update
 from scoring.gauntlet import AlreadyScoredError, WindowEvidence, WindowResult, score_window
-from scoring.lossscore import LossMeasurement, measure_update, reference_losses, sequence_losses
+from scoring.lossscore import LossMeasurement, sequence_losses
 from scoring.outliers import norm_outliers, scaled_to, typical_norm, update_norm
 from scoring.state import ScoreBook, ScoreBookError
 from scoring.sync import sync_score
@@ -86,6 +88,11 @@ class Validator:
             node.chain, node.signer, node.uid, version_key=hp.scoring.weights_version_key,
             windows_per_weights=hp.scoring.windows_per_weights, name=node.name,
         )
+
+    @staticmethod
+    def follower_handlers(model, hparams, config, world) -> dict:
+        """What a rank other than 0 does for a validator (``neurons.node.follow_leader``): stage 2."""
+        return {EVALUATE: evaluate_handler(model, world)}
 
     def run(self) -> None:
         start_window(self.node)
@@ -189,15 +196,10 @@ class Validator:
         before_rand = sequence_losses(node.model, rand)
         candidates = sorted(u for u, r in results.items() if r.passed)
         own = {uid: assigned_batches(self.shards, hp.seed, uid, w, n, t.batch_size, t.seq_len) for uid in candidates}
-        out = {}
-        for uid in candidates:
-            update = scaled_to(fetched[uid].decoded.update, stage1.norms[uid], stage1.typical_norm)
-            out[uid] = measure_update(node.model, update, hp.outer.outer_lr, own[uid], rand, sequence_losses, before_rand)
-        if self.reference is not None and candidates:
-            # the previous window's aggregate on the same sequences (scoring.lossscore.reference_t)
-            ref_own, ref_rand = reference_losses(node.model, self.reference, hp.outer.outer_lr, own, rand, sequence_losses)
-            out = {uid: m.with_reference(ref_own[uid], ref_rand) for uid, m in out.items()}
-        return out
+        updates = {u: scaled_to(fetched[u].decoded.update, stage1.norms[u], stage1.typical_norm) for u in candidates}
+        # every rank of the node measures a share of the candidates (neurons.parallel_eval); with the
+        # previous window's aggregate as reference on the same sequences (scoring.lossscore.reference_t)
+        return measure_candidates(node.world, node.model, updates, hp.outer.outer_lr, own, rand, before_rand, self.reference)
 
     def maybe_set_weights(self, w: int, weights: dict[int, float]) -> WeightsOutcome:
         """Hand the window's weights to the schedule, which sets them when the chain allows."""

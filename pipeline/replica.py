@@ -32,7 +32,7 @@ class WindowStats:
     per_boundary_bytes: tuple[int, ...]
 
 
-def _stage_optimizer(stage: Stage, cfg: TrainingConfig) -> torch.optim.AdamW:
+def stage_optimizer(stage: Stage, cfg: TrainingConfig) -> torch.optim.AdamW:
     # The lr is set before every step from the schedule; this one is a placeholder.
     params = list(stage.params.values())
     return torch.optim.AdamW(
@@ -68,7 +68,7 @@ class PipelineReplica:
         self.n_micro = n_micro
         self.vocab = int(model.config.vocab_size)
         self.stages = [Stage(model, span) for span in split_layers(model.config.num_hidden_layers, n_stages)]
-        self.optimizers = [_stage_optimizer(stage, cfg) for stage in self.stages]
+        self.optimizers = [stage_optimizer(stage, cfg) for stage in self.stages]
         self.codecs: list[Codec] = []
         self.global_step = 0
 

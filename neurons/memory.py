@@ -1,0 +1,246 @@
+"""Memory per device for a preset, a role and a world size, checked before a node builds its model.
+
+A node that does not fit dies in the middle of a window (an OOM in the backward, or the kernel's
+OOM killer), after it registered and committed. The start-up check computes what one device will
+hold and refuses with one line that names the world size or the memory needed.
+
+What is counted (bytes per device; P parameters, computed from the preset's shapes):
+
+- miner, replicated data parallel (what ``torchrun --nproc_per_node N`` runs: every rank holds
+  the whole model): fp32 θ 4P, fp32 gradients 4P, AdamW moments 8P, the window's θ_w copy 4P,
+  the error-feedback buffer 4P → 24P; plus the activations kept for the backward of one
+  micro-batch of ``batch_size / N`` rows; plus the gradient gather buffer of
+  ``neurons.distributed.ordered_sum_`` (N × 2^21 values, only when N > 1).
+- validator (stage 2 is forward only): fp32 θ 4P, the reference aggregate 4P, the saved θ while
+  a dense update is applied 4P, the outer step's dense aggregate 4P → 16P; plus one evaluation
+  batch's logits (``batch_size`` rows: stage 2 evaluates whole batches).
+- activations per token and layer, in elements: 10·h + 3·kv + 4·i (norm inputs/outputs with
+  their fp32 upcast, q/k/v and the rotated q/k, attention output, the SwiGLU's gate, up, silu
+  and product), times 2 bytes under bf16 autocast (training on CUDA) or 4 (CPU, and stage 2's
+  fp32 evaluation); CPU attention also keeps the s×s probabilities per head. Logits: 10 bytes per
+  token and vocabulary entry under autocast (bf16 logits, their fp32 copy, the log-softmax), 8 in
+  fp32. With activation checkpointing only each
+  layer's input (h) stays, plus one layer recomputed at a time.
+- ``sharded`` (FSDP2 ``fully_shard``; *not built*, for planning): the 24P of the miner divided by
+  N, plus two layers gathered in full, plus the same activations.
+
+These are estimates from shapes (docs/hardware.md marks them "computed"); they ignore the
+allocator's fragmentation and CUDA's own context, hence ``HEADROOM``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from neurons.config import ConfigError
+from protocol.hparams import Hparams, ModelConfig
+
+GIB = 1024**3
+HEADROOM = 1.10  # fragmentation, CUDA context, workspace: ask for 10 % more than counted
+GATHER_BUCKET = 1 << 21  # neurons.distributed.GATHER_BUCKET (kept equal by a test)
+MINER_STATE_BYTES = 24  # per parameter, replicated miner
+VALIDATOR_STATE_BYTES = 16  # per parameter
+LAYOUTS = ("replicated", "sharded")
+
+
+class MemoryBudgetError(ConfigError):
+    """The node would not fit its device; the message names the world size or memory it needs
+    (a start-up error: ``neurons.cli`` prints it as one line)."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    preset: str
+    role: str
+    world_size: int
+    layout: str
+    device: str
+    checkpointing: bool
+    params: int
+    state_bytes: int  # weights, gradients, optimizer, window buffers
+    activation_bytes: int  # kept for the backward (miner) or one evaluation batch (validator)
+    buffer_bytes: int  # collectives' scratch
+
+    @property
+    def total_bytes(self) -> int:
+        return self.state_bytes + self.activation_bytes + self.buffer_bytes
+
+    @property
+    def needed_bytes(self) -> int:
+        """What the check asks the device to have free: the total plus ``HEADROOM``."""
+        return int(self.total_bytes * HEADROOM)
+
+
+def param_count(m: ModelConfig) -> int:
+    """Parameters of the preset's Llama (no biases), without building it."""
+    head_dim = m.hidden_size // m.num_heads
+    kv = m.num_kv_heads * head_dim
+    h, i = m.hidden_size, m.intermediate_size
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
+    embeddings = m.vocab_size * h * (1 if m.tie_embeddings else 2)
+    return embeddings + m.num_layers * per_layer + h
+
+
+def activation_bytes(m: ModelConfig, rows: int, seq_len: int, device: str, checkpointing: bool, backward: bool) -> int:
+    """Bytes held for one forward of ``rows`` × ``seq_len`` (kept for the backward if ``backward``).
+    Training autocasts to bf16 on CUDA; evaluation (stage 2) runs in fp32 everywhere."""
+    cuda = device.startswith("cuda")
+    bf16 = cuda and backward
+    elem = 2 if bf16 else 4
+    tokens = rows * seq_len
+    kv = m.num_kv_heads * (m.hidden_size // m.num_heads)
+    layer = (10 * m.hidden_size + 3 * kv + 4 * m.intermediate_size) * elem
+    if not cuda:
+        layer += m.num_heads * seq_len * elem  # the math kernel's s×s probabilities, per head
+    logits = tokens * m.vocab_size * (10 if bf16 else 8)
+    if not backward:  # forward only: one layer alive at a time
+        return tokens * layer + logits
+    if checkpointing:
+        return tokens * (m.num_layers * m.hidden_size * elem + layer) + logits
+    return tokens * m.num_layers * layer + logits
+
+
+def estimate(
+    hp: Hparams, role: str, world_size: int = 1, device: str = "cuda", checkpointing: bool = False,
+    layout: str = "replicated",
+) -> MemoryEstimate:
+    """Bytes one device holds for ``role`` at ``world_size`` ranks (see the module's notes)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}")
+    m, t = hp.model, hp.training
+    p = param_count(m)
+    if role == "validator":
+        state = VALIDATOR_STATE_BYTES * p
+        act = activation_bytes(m, t.batch_size, t.seq_len, device, checkpointing, backward=False)
+        return MemoryEstimate(hp.name, role, world_size, layout, device, checkpointing, p, state, act, 0)
+    rows = max(1, t.batch_size // world_size)
+    act = activation_bytes(m, rows, t.seq_len, device, checkpointing, backward=True)
+    if layout == "sharded":
+        layer = 2 * m.hidden_size * m.hidden_size + 3 * m.hidden_size * m.intermediate_size
+        state = MINER_STATE_BYTES * p // world_size + 2 * 4 * max(layer, m.vocab_size * m.hidden_size)
+    else:
+        state = MINER_STATE_BYTES * p
+    buffers = 4 * GATHER_BUCKET * (world_size + 1) if world_size > 1 else 0
+    return MemoryEstimate(hp.name, role, world_size, layout, device, checkpointing, p, state, act, buffers)
+
+
+def device_memory(device: str, local_world_size: int = 1) -> int:
+    """Bytes this rank may use: a GPU's free memory, or on CPU the host's available memory
+    shared by the ranks on this host."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    return available_ram() // max(1, local_world_size)
+
+
+def available_ram(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """MemAvailable from /proc/meminfo (what can be allocated without swapping), in bytes."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import psutil  # not Linux, or an unreadable meminfo
+
+    return int(psutil.virtual_memory().available)
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def smallest_world(hp: Hparams, role: str, device: str, checkpointing: bool, available: int) -> int | None:
+    """The smallest world size (a divisor of batch_size: the micro-batch rule) that fits, or None."""
+    if role == "validator":
+        return None  # more ranks split candidates, not the per-device model or batch
+    sizes = [n for n in range(1, hp.training.batch_size + 1) if hp.training.batch_size % n == 0]
+    for n in sizes:
+        if estimate(hp, role, n, device, checkpointing).needed_bytes <= available:
+            return n
+    return None
+
+
+def check_memory(
+    hp: Hparams, role: str, world_size: int, device: str, available: int, checkpointing: bool = False
+) -> MemoryEstimate:
+    """The estimate if it fits in ``available`` bytes; else ``MemoryBudgetError`` in one line."""
+    est = estimate(hp, role, world_size, device, checkpointing)
+    if est.needed_bytes <= available:
+        return est
+    head = (f"{hp.name} {role} needs {gib(est.needed_bytes)} per device at world size {world_size} "
+            f"(state {gib(est.state_bytes)}, activations {gib(est.activation_bytes)}, +{HEADROOM - 1:.0%}) "
+            f"but {device} has {gib(available)} free")
+    fits_at = smallest_world(hp, role, device, checkpointing, available)
+    if fits_at is not None and fits_at > world_size:
+        raise MemoryBudgetError(f"{head}: run it with torchrun --nproc_per_node {fits_at} (world size {fits_at})")
+    floor = estimate(hp, role, hp.training.batch_size if role == "miner" else world_size, device, checkpointing)
+    raise MemoryBudgetError(
+        f"{head}; more ranks cannot bring it under {gib(floor.needed_bytes)} (every rank holds the whole model): "
+        f"use devices with at least that much memory (sharded training is not built yet: docs/hardware.md)"
+    )
+
+
+def table(presets: list[str], roles: list[str], worlds: list[int], device: str, checkpointing: bool) -> list[dict]:
+    from protocol.hparams import load_hparams
+
+    rows = []
+    for name in presets:
+        hp = load_hparams(name)
+        for role in roles:
+            for n in worlds:
+                layouts = LAYOUTS if role == "miner" else ("replicated",)
+                for layout in layouts:
+                    est = estimate(hp, role, n, device, checkpointing, layout)
+                    row = asdict(est)
+                    row.update(needed_bytes=est.needed_bytes, total_gib=round(est.total_bytes / GIB, 2), needed_gib=round(est.needed_bytes / GIB, 2))
+                    rows.append(row)
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    presets = args.hparams.split(",")
+    worlds = [int(x) for x in args.world_size.split(",")]
+    rows = table(presets, args.role.split(","), worlds, args.device, args.activation_checkpointing)
+    if args.json:
+        print(json.dumps({"computed": True, "headroom": HEADROOM, "rows": rows}, indent=1))
+        return 0
+    print(f"{'preset':>6} {'role':>9} {'N':>3} {'layout':>10} {'params':>14} {'state':>11} {'activations':>11} "
+          f"{'needed':>11}")
+    for r in rows:
+        print(f"{r['preset']:>6} {r['role']:>9} {r['world_size']:>3} {r['layout']:>10} {r['params']:>14,} "
+              f"{gib(r['state_bytes']):>11} {gib(r['activation_bytes']):>11} {gib(r['needed_bytes']):>11}")
+    return 0
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Computed memory per device (neurons.memory): preset x role x world size."
+    parser.add_argument("--hparams", default="tiny,150M,1B,8B,70B", help="preset name(s), comma separated")
+    parser.add_argument("--role", default="miner,validator", help="miner, validator or both")
+    parser.add_argument("--world-size", default="1,2,8", help="world size(s), comma separated")
+    parser.add_argument("--device", default="cuda", help="cuda (bf16 autocast) or cpu (fp32)")
+    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def local_world_size(env=None) -> int:
+    env = os.environ if env is None else env
+    try:
+        return max(1, int(env.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="python -m neurons.memory")
+    configure(p)
+    a = p.parse_args()
+    sys.exit(a.func(a))

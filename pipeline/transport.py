@@ -1,0 +1,159 @@
+"""Stage-to-stage links over plain TCP: length-prefixed messages, a handshake, deadlines.
+
+Why plain sockets rather than torch.distributed: a pipeline group is a handful of machines on
+the open internet, each behind its own NAT or firewall. One TCP connection per boundary, opened
+by the upstream stage to the downstream stage's public port, is all the group needs; a
+torch.distributed group wants a rendezvous store every rank reaches, a fixed world, and it
+takes the whole group down with an opaque error when one rank goes away. Here a lost or silent
+partner is a :class:`StageLost` naming the boundary, the peer and the fix, raised within the
+deadline, and the caller decides to skip the window.
+
+Each message: 1-byte tag, 4-byte little-endian length, body. The reader checks the tag and the
+length against the caller's cap before reading the body (a peer's bytes are hostile).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+_PREFIX = struct.Struct("<BI")
+TAG_HELLO, TAG_FRAME, TAG_SCALAR, TAG_BYE = 1, 2, 3, 4
+_TAGS = {TAG_HELLO, TAG_FRAME, TAG_SCALAR, TAG_BYE}
+MAX_HELLO_BYTES = 4096
+
+
+class StageLost(ConnectionError):
+    """The partner stage disconnected, timed out or spoke out of turn; the window is lost."""
+
+
+class Hello(BaseModel):
+    """The handshake: both ends must be the same run, group and layout, adjacent stages."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str = Field(min_length=1, max_length=128)
+    group: str = Field(min_length=1, max_length=64)
+    stage: int = Field(ge=0)
+    n_stages: int = Field(ge=2, le=64)
+    window: int = Field(ge=0)
+
+
+@dataclass
+class Link:
+    """One boundary's connection, seen from one end."""
+
+    sock: socket.socket
+    peer: str  # "stage 1/2 at 127.0.0.1:5000", for messages
+    timeout: float
+
+    def _send(self, tag: int, body: bytes) -> None:
+        try:
+            self.sock.sendall(_PREFIX.pack(tag, len(body)) + body)
+        except OSError as exc:
+            raise StageLost(f"sending to {self.peer} failed ({exc}); is that stage still running?") from exc
+
+    def _recv_exact(self, n: int, deadline: float) -> bytes:
+        chunks, got = [], 0
+        while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StageLost(f"{self.peer} sent nothing for {self.timeout:.1f} s; it is stalled or gone")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(min(n - got, 1 << 20))
+            except TimeoutError as exc:
+                raise StageLost(f"{self.peer} sent nothing for {self.timeout:.1f} s; it is stalled or gone") from exc
+            except OSError as exc:
+                raise StageLost(f"connection to {self.peer} broke ({exc}); restart that stage") from exc
+            if not chunk:
+                raise StageLost(f"{self.peer} closed the connection; restart that stage to resume the group")
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def _recv(self, want_tag: int, max_bytes: int) -> bytes:
+        deadline = time.monotonic() + self.timeout
+        tag, length = _PREFIX.unpack(self._recv_exact(_PREFIX.size, deadline))
+        if tag == TAG_BYE and want_tag != TAG_BYE:
+            raise StageLost(f"{self.peer} left the window early (it skipped or failed)")
+        if tag not in _TAGS or tag != want_tag:
+            raise StageLost(f"{self.peer} sent message tag {tag}, expected {want_tag}")
+        if length > max_bytes:
+            raise StageLost(f"{self.peer} announced {length} bytes, more than the {max_bytes} this boundary allows")
+        return self._recv_exact(length, deadline)
+
+    def send_frame(self, frame: bytes) -> None:
+        self._send(TAG_FRAME, frame)
+
+    def recv_frame(self, max_bytes: int) -> bytes:
+        return self._recv(TAG_FRAME, max_bytes)
+
+    def send_scalar(self, value: float) -> None:
+        self._send(TAG_SCALAR, struct.pack("<d", value))
+
+    def recv_scalar(self) -> float:
+        (value,) = struct.unpack("<d", self._recv(TAG_SCALAR, 8).ljust(8, b"\0")[:8])
+        return value
+
+    def bye(self) -> None:
+        """Tell the partner this end is leaving the window (best effort: it may be gone already)."""
+        try:
+            self.sock.sendall(_PREFIX.pack(TAG_BYE, 0))
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _handshake(link: Link, mine: Hello) -> Hello:
+    link._send(TAG_HELLO, mine.model_dump_json().encode())
+    raw = link._recv(TAG_HELLO, MAX_HELLO_BYTES)
+    try:
+        theirs = Hello.model_validate(json.loads(raw))
+    except (ValidationError, ValueError) as exc:
+        raise StageLost(f"{link.peer} sent a malformed handshake: {exc}") from exc
+    same = (theirs.run_id, theirs.group, theirs.n_stages, theirs.window) == (
+        mine.run_id, mine.group, mine.n_stages, mine.window)
+    if not same or abs(theirs.stage - mine.stage) != 1:
+        raise StageLost(
+            f"{link.peer} is {theirs.model_dump()}, not the adjacent stage of {mine.model_dump()}; "
+            "check --group, --stage and the hparams on both machines"
+        )
+    return theirs
+
+
+def accept_upstream(server: socket.socket, mine: Hello, timeout: float) -> Link:
+    """Downstream end: wait (up to ``timeout``) for stage ``mine.stage - 1`` to connect."""
+    server.settimeout(timeout)
+    try:
+        sock, addr = server.accept()
+    except TimeoutError as exc:
+        raise StageLost(f"stage {mine.stage - 1}/{mine.n_stages} did not connect within {timeout:.1f} s") from exc
+    link = Link(sock, f"stage {mine.stage - 1}/{mine.n_stages} at {addr[0]}:{addr[1]}", timeout)
+    _handshake(link, mine)
+    return link
+
+
+def connect_downstream(host: str, port: int, mine: Hello, timeout: float) -> Link:
+    """Upstream end: connect to stage ``mine.stage + 1``, retrying until ``timeout`` (it may start later)."""
+    deadline = time.monotonic() + timeout
+    peer = f"stage {mine.stage + 1}/{mine.n_stages} at {host}:{port}"
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=max(0.1, deadline - time.monotonic()))
+            break
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise StageLost(f"could not reach {peer} within {timeout:.1f} s ({exc})") from exc
+            time.sleep(0.1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    link = Link(sock, peer, timeout)
+    _handshake(link, mine)
+    return link

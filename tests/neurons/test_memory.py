@@ -1,0 +1,142 @@
+"""The computed memory per device, and the start-up refusal that names what is needed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neurons import distributed
+from neurons.cli import main, one_line_errors
+from neurons.distributed import DistributedError, World, check_micro_batches
+from neurons.memory import (
+    GATHER_BUCKET,
+    GIB,
+    MemoryBudgetError,
+    available_ram,
+    check_memory,
+    estimate,
+    param_count,
+)
+from neurons.model import build_model
+from neurons.train import InnerTrainer
+from protocol.hparams import load_hparams
+
+PRESETS = ("tiny", "150M", "1B", "8B", "70B")
+
+
+def test_param_count_matches_the_built_model():
+    hp = load_hparams("tiny")
+    assert param_count(hp.model) == sum(p.numel() for p in build_model(hp.model, hp.seed).parameters())
+
+
+@pytest.mark.parametrize(("preset", "billions"), [("150M", 0.154), ("1B", 1.236), ("8B", 8.030), ("70B", 70.554)])
+def test_param_count_of_the_large_presets(preset, billions):
+    # Llama-3 8B / 70B shapes give their published parameter counts (8.03e9, 70.55e9)
+    assert param_count(load_hparams(preset).model) / 1e9 == pytest.approx(billions, abs=5e-4)
+
+
+def test_the_gather_bucket_is_the_one_the_node_uses():
+    assert GATHER_BUCKET == distributed.GATHER_BUCKET
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_more_ranks_never_need_more_activation_memory_and_sharding_cuts_state(preset):
+    hp = load_hparams(preset)
+    one, eight = estimate(hp, "miner", 1), estimate(hp, "miner", 8)
+    assert eight.activation_bytes < one.activation_bytes
+    assert eight.state_bytes == one.state_bytes == 24 * one.params  # replicated: every rank holds it all
+    assert estimate(hp, "miner", 8, layout="sharded").state_bytes < eight.state_bytes / 4
+    assert estimate(hp, "miner", 1, checkpointing=True).activation_bytes < one.activation_bytes
+    validator = estimate(hp, "validator", 1)
+    assert validator.state_bytes == 16 * validator.params
+
+
+def test_8b_miner_on_one_h200_is_refused_naming_the_memory_needed():
+    hp = load_hparams("8B")
+    with pytest.raises(MemoryBudgetError) as exc:
+        check_memory(hp, "miner", 8, "cuda:0", available=141 * GIB)
+    text = str(exc.value)
+    assert "\n" not in text
+    assert "8B miner needs" in text and "at world size 8" in text and "141.0 GiB free" in text
+    assert "more ranks cannot bring it under" in text  # replicated: the state alone is 180 GiB
+
+
+def test_a_preset_that_fits_at_more_ranks_names_that_world_size():
+    hp = load_hparams("150M")
+    needed_at_8 = estimate(hp, "miner", 8).needed_bytes
+    with pytest.raises(MemoryBudgetError, match=r"torchrun --nproc_per_node (2|4|8) \(world size (2|4|8)\)"):
+        check_memory(hp, "miner", 1, "cuda:0", available=needed_at_8)
+    assert check_memory(hp, "miner", 8, "cuda:0", available=needed_at_8).world_size == 8
+
+
+def test_every_preset_fits_somewhere_or_says_so():
+    for preset in PRESETS:
+        hp = load_hparams(preset)
+        for role in ("miner", "validator"):
+            est = estimate(hp, role, 8)
+            assert check_memory(hp, role, 8, "cuda", available=est.needed_bytes) == est
+            with pytest.raises(MemoryBudgetError, match=f"{preset} {role} needs"):
+                check_memory(hp, role, 8, "cuda", available=est.needed_bytes - 1)
+
+
+def test_refusal_is_one_cli_line_without_a_fix_suffix():
+    hp = load_hparams("70B")
+    with pytest.raises(MemoryBudgetError) as exc:
+        check_memory(hp, "validator", 1, "cuda", available=80 * GIB)
+    (line,) = one_line_errors(exc.value)
+    assert line.startswith("70B validator needs") and "-- fix" not in line
+
+
+def test_available_ram_reads_meminfo(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemAvailable:    1234567 kB\n")
+    assert available_ram(meminfo) == 1234567 * 1024
+
+
+def test_micro_batch_rule_is_a_startup_error():
+    assert check_micro_batches(8, None, World(0, 2, 0)) == 2
+    assert check_micro_batches(8, 4, World()) == 4
+    with pytest.raises(DistributedError, match="--micro-batches 4 with 2 ranks"):
+        check_micro_batches(8, 4, World(0, 2, 0))
+    with pytest.raises(DistributedError, match="batch_size 8 does not split into 3"):
+        check_micro_batches(8, None, World(0, 3, 0))
+
+
+def test_activation_checkpointing_gives_the_same_bits():
+    hp = load_hparams("tiny")
+    g = torch.Generator().manual_seed(3)
+    batches = list(torch.randint(0, hp.model.vocab_size, (2, hp.training.batch_size, 64), generator=g).unbind(0))
+    thetas = []
+    for checkpointing in (False, True):
+        model = build_model(hp.model, hp.seed)
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        InnerTrainer(model, hp.training, "cpu").train_window(batches)
+        thetas.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(thetas[0], thetas[1])
+
+
+def test_memory_command_prints_the_table(capsys):
+    assert main(["memory", "--hparams", "8B", "--world-size", "8", "--role", "miner", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"computed": true' in out and '"world_size": 8' in out and '"layout": "sharded"' in out
+
+
+def test_a_node_that_does_not_fit_refuses_before_building_its_model(monkeypatch):
+    """assemble_node checks memory before θ0 is built and before chain, storage or signer are
+    touched (all None here): a 2 MiB device cannot hold even the tiny miner."""
+    import threading
+    from types import SimpleNamespace
+
+    from neurons import node as node_module
+
+    monkeypatch.setattr(node_module, "device_memory", lambda device, ranks: 2 * 2**20)
+    monkeypatch.setattr(node_module, "build_model", lambda *a: pytest.fail("built the model before the check"))
+    config = SimpleNamespace(device="cpu", role="miner", micro_batches=None, memory_check=True,
+                             activation_checkpointing=False)
+    hp = load_hparams("tiny")
+    with pytest.raises(MemoryBudgetError, match=r"^tiny miner needs .* at world size 1 .* but cpu has 2.0 MiB free"):
+        node_module.assemble_node(config, hp, None, None, 0, None, threading.Event())
+    with pytest.raises(DistributedError, match="--micro-batches 3 with 2 ranks"):
+        node_module.assemble_node(config.__class__(**{**vars(config), "micro_batches": 3}), hp, None, None, 0, None,
+                                  threading.Event(), world=World(0, 2, 0))
