@@ -64,6 +64,8 @@ class NodeConfig(BaseModel):
     data_dir: Path | None = None
     device: str = "cpu"
     threads: int | None = Field(default=None, gt=0)
+    # validators: stage-2 measurements per window (scoring.sampling); None measures every candidate
+    eval_budget: int | None = Field(default=None, gt=0)
     max_windows: int | None = Field(default=None, gt=0, description="stop after this many windows")
     # Extra wait after an upload slot closes before gathering, to absorb clock skew between the
     # chain's timestamps and the storage server's LastModified.
@@ -162,6 +164,8 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "--data-dir": ("data_dir", "pre-tokenised shards (default: the embedded corpus)"),
     "--device": ("device", "torch device"),
     "--threads": ("threads", "torch CPU threads"),
+    "--validator.eval-budget": ("eval_budget", "validators: stage-2 measurements per window, a secret sample "
+                                               "that measures every miner within a few windows (default: all)"),
     "--max-windows": ("max_windows", "stop after this many windows"),
     "--behaviour": ("behaviour", f"miners on a --devchain only: {', '.join(KINDS)} (default {HONEST})"),
     "--metrics.port": ("metrics_port", "serve Prometheus metrics on this port (default: off)"),

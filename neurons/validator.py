@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -50,6 +51,7 @@ from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketc
 from scoring.gauntlet import AlreadyScoredError, WindowEvidence, WindowResult, score_window
 from scoring.lossscore import LossMeasurement, sequence_losses
 from scoring.outliers import norm_outliers, scaled_to, typical_norm, update_norm
+from scoring.sampling import StageTwoSample, sample_candidates
 from scoring.state import ScoreBook, ScoreBookError
 from scoring.sync import sync_score
 from scoring.weights import GatePolicy
@@ -80,6 +82,7 @@ class Validator:
         self.copies = CopyMemory(hp.scoring.copy_memory_windows)
         self.copy_policy = CopyPolicy(overlap=hp.scoring.copy_overlap_threshold)
         self.secret = _validator_secret(node.config.state_dir / "validator.secret")
+        self.eval_budget = node.config.eval_budget  # stage-2 measurements per window (None: all)
         t = hp.training
         # The last applied aggregate: stage 2's reference update (None until a window was applied here).
         self.reference: dict[str, torch.Tensor] | None = None
@@ -120,7 +123,8 @@ class Validator:
         base = model_fingerprint(node.model)
         stage1 = self.stage1(w, {uid: gathered.fetched[uid] for uid in miners}, base)
         times["filter"], tick = time.time() - tick, time.time()
-        measurements = self.stage2(w, gathered.fetched, stage1, miners)
+        sample = self.sample(w, stage1, miners)
+        measurements = self.stage2(w, gathered.fetched, stage1, miners, sample.chosen)
         times["loss"], tick = time.time() - tick, time.time()
         metrics.observe("evaluate", times["loss"])
         metrics.peers((r.passed, str(r.reason)) for r in stage1.results.values())
@@ -131,15 +135,15 @@ class Validator:
         try:
             hotkeys = {n.uid: n.hotkey for n in metagraph.neurons}
             evidence = WindowEvidence(w, hotkeys, list(stage1.results.values()), measurements, stage1.sync)
-            result = score_window(self.book, evidence, hp.scoring, hp.outer, burn_uid=hp.scoring.burn_uid, seed=hp.run_id)
+            result = score_window(self.book, evidence, hp.scoring, hp.outer, burn_uid=hp.scoring.burn_uid,
+                                  seed=hp.run_id, gate=self.gate(sample))
         except AlreadyScoredError:
             # killed after saving the book but before saving θ: the window is re-applied, not re-scored
             log.info("%s window %d was scored before a restart", node.name, w)
             result = WindowResult(w, {}, {}, {}, {})
         self.book.save(self.book_path)
         weights_set = self.maybe_set_weights(w, result.weights)
-        verdicts = window_verdicts(w, stage1.results, self.book, result.scores, result.weights,
-                                   GatePolicy.from_config(hp.scoring))
+        verdicts = window_verdicts(w, stage1.results, self.book, result.scores, result.weights, self.gate(sample))
         log_window(log, node.name, w, verdicts,
                    weights_line(weights_set.status, weights_set.note, result.weights, hp.scoring.burn_uid))
         times["score"] = time.time() - tick
@@ -181,20 +185,33 @@ class Validator:
         self.copies.remember(w, {u: s for u, s in sketches.items() if results[u].passed})
         return Stage1(results, sync, norms, typical_norm(norms))
 
+    def sample(self, w: int, stage1: Stage1, miners: list[int]) -> StageTwoSample:
+        """Who stage 2 measures this window: every candidate, or with ``--validator.eval-budget``
+        a secret sample that still measures every miner within a few windows (``scoring.sampling``)."""
+        passed = [u for u, r in stage1.results.items() if r.passed]
+        return sample_candidates(passed, miners, w, self.secret, self.eval_budget)
+
+    def gate(self, sample: StageTwoSample) -> GatePolicy:
+        """The payment gate, its staleness widened by the windows the sample may leave a miner out."""
+        policy = GatePolicy.from_config(self.node.hparams.scoring)
+        return replace(policy, stale_windows=policy.stale_windows + sample.excused_windows)
+
     def stage2(
-        self, w: int, fetched: dict[int, FetchedPayload], stage1: Stage1, miners: list[int]
+        self, w: int, fetched: dict[int, FetchedPayload], stage1: Stage1, miners: list[int],
+        chosen: Collection[int] | None = None,
     ) -> dict[int, LossMeasurement]:
-        """Every candidate that passed stage 1, measured alone on θ_w (then reverted), with
-        per-sequence losses on its assigned data and on random data no registered miner was given.
-        Each update is measured at most at the window's median norm, as the aggregate's clip would
-        apply it: a larger step buys no larger LossScore (``scoring.outliers``)."""
+        """Every candidate that passed stage 1 (of ``chosen`` when given), measured alone on θ_w
+        (then reverted), with per-sequence losses on its assigned data and on random data no
+        registered miner was given. Each update is measured at most at the window's median norm,
+        as the aggregate's clip would apply it: a larger step buys no larger LossScore
+        (``scoring.outliers``)."""
         results = stage1.results
         node, hp = self.node, self.node.hparams
         t, n = hp.training, hp.scoring.eval_batches
         given = Assignments(hp.seed, tuple(miners), t.inner_steps * t.batch_size)
         rand = random_batches(self.shards, self.secret, w, n, t.batch_size, t.seq_len, exclude=given)
         before_rand = sequence_losses(node.model, rand)
-        candidates = sorted(u for u, r in results.items() if r.passed)
+        candidates = sorted(u for u, r in results.items() if r.passed and (chosen is None or u in chosen))
         own = {uid: assigned_batches(self.shards, hp.seed, uid, w, n, t.batch_size, t.seq_len) for uid in candidates}
         updates = {u: scaled_to(fetched[u].decoded.update, stage1.norms[u], stage1.typical_norm) for u in candidates}
         # every rank of the node measures a share of the candidates (neurons.parallel_eval); with the

@@ -135,6 +135,70 @@ def similarity(a: IndexSketch, b: IndexSketch) -> Similarity:
     return Similarity(containment, float((sa == sb).mean()), int(both.size))
 
 
+# Shared-hash pairs expanded at a time by ``shared_counts`` (memory stays bounded when many
+# uploads share most hashes, e.g. a flood of copies).
+_PAIRS_PER_BLOCK = 1 << 22
+
+
+def shared_counts(rows: list[IndexSketch], cols: list[IndexSketch]) -> np.ndarray:
+    """|hashes(a) ∩ hashes(b)| for every a in ``rows`` and b in ``cols`` (int64, rows x cols).
+
+    One sort and a search over all sketches at once instead of a comparison per pair: every hash
+    of a row sketch is looked up among the column sketches' sorted hashes, and each (row, column)
+    pair that shares it is counted."""
+    out = np.zeros((len(rows), len(cols)), np.int64)
+    if not rows or not cols:
+        return out
+    col_hashes = np.concatenate([s.hashes for s in cols])
+    col_owner = np.repeat(np.arange(len(cols)), [s.hashes.size for s in cols])
+    order = np.argsort(col_hashes, kind="stable")
+    col_hashes, col_owner = col_hashes[order], col_owner[order]
+    block: list[int] = []
+    pairs = 0
+    for i, sk in enumerate(rows):
+        lo = np.searchsorted(col_hashes, sk.hashes, "left")
+        n = np.searchsorted(col_hashes, sk.hashes, "right") - lo
+        block.append(i)
+        pairs += int(n.sum())
+        if pairs >= _PAIRS_PER_BLOCK or i == len(rows) - 1:
+            _count_block(out, rows, block, col_hashes, col_owner)
+            block, pairs = [], 0
+    return out
+
+
+def _count_block(
+    out: np.ndarray, rows: list[IndexSketch], block: list[int], col_hashes: np.ndarray, col_owner: np.ndarray
+) -> None:
+    hashes = np.concatenate([rows[i].hashes for i in block])
+    owner = np.repeat(np.asarray(block), [rows[i].hashes.size for i in block])
+    lo = np.searchsorted(col_hashes, hashes, "left")
+    n = np.searchsorted(col_hashes, hashes, "right") - lo
+    total = int(n.sum())
+    if total == 0:
+        return
+    # entry e matches column entries lo_e .. lo_e + n_e - 1: expand them all with one arange
+    offset = np.cumsum(n) - n
+    at = np.repeat(lo - offset, n) + np.arange(total)
+    pair = np.repeat(owner, n) * out.shape[1] + col_owner[at]
+    out += np.bincount(pair, minlength=out.size).reshape(out.shape)
+
+
+def containment_bound(shared: int, a: IndexSketch, b: IndexSketch) -> float:
+    """The most ``similarity(a, b).containment`` can be when the sketches share ``shared`` hashes:
+    its Jaccard estimate counts shared hashes among the k smallest of the union, so it is at most
+    shared / k, and containment grows with the Jaccard estimate."""
+    k = min(a.hashes.size, b.hashes.size)
+    if k == 0:
+        return 0.0
+    jaccard = min(1.0, shared / k)
+    return min(1.0, jaccard * (a.total + b.total) / (1.0 + jaccard) / min(a.total, b.total))
+
+
+def _may_duplicate(shared: int, a: IndexSketch, b: IndexSketch, policy: CopyPolicy) -> bool:
+    # below both containment thresholds no rule of ``is_duplicate`` can fire: skip the exact test
+    return containment_bound(shared, a, b) >= min(policy.overlap, policy.sign_overlap)
+
+
 def is_duplicate(s: Similarity, policy: CopyPolicy) -> bool:
     if s.containment >= policy.overlap:
         return True
@@ -178,14 +242,18 @@ def find_copies(
 
     Within the window, duplicates are grouped transitively; the member with the earliest storage
     LastModified (ties: lower uid) is the original, unless it too duplicates a remembered upload.
+    Only pairs whose shared hashes allow a duplicate (``containment_bound``) are compared exactly,
+    so the verdicts are those of comparing every pair, at a fraction of the cost.
     """
     ups = sorted(uploads, key=lambda u: (u.last_modified, u.uid))
+    old = list(memory.before(window))
+    shared = shared_counts([u.sketch for u in ups], [sk for _, _, sk in old] + [u.sketch for u in ups])
     findings: dict[int, CopyFinding] = {}
-    for up in ups:
-        best = _best_remembered(window, up.sketch, memory, policy)
+    for i, up in enumerate(ups):
+        best = _best_remembered(up.sketch, old, shared[i, : len(old)], policy)
         if best is not None:
             findings[up.uid] = CopyFinding(up.uid, best[1], best[0], best[2])
-    for group in _duplicate_groups(ups, policy):
+    for group in _duplicate_groups(ups, shared[:, len(old) :], policy):
         original = next((u for u in group if u.uid not in findings), None)
         if original is None:
             continue
@@ -197,18 +265,21 @@ def find_copies(
 
 
 def _best_remembered(
-    window: int, sketch: IndexSketch, memory: CopyMemory, policy: CopyPolicy
+    sketch: IndexSketch, old: list[tuple[int, int, IndexSketch]], shared: np.ndarray, policy: CopyPolicy
 ) -> tuple[int, int, Similarity] | None:
     best: tuple[int, int, Similarity] | None = None
-    for w, source, old in memory.before(window):
-        sim = similarity(sketch, old)
+    for (w, source, sk), common in zip(old, shared, strict=True):
+        if not _may_duplicate(int(common), sketch, sk, policy):
+            continue
+        sim = similarity(sketch, sk)
         if is_duplicate(sim, policy) and (best is None or sim.containment > best[2].containment):
             best = (w, source, sim)
     return best
 
 
-def _duplicate_groups(ups: list[Upload], policy: CopyPolicy) -> list[list[Upload]]:
-    """Connected components of the "is a duplicate of" graph, each in upload order."""
+def _duplicate_groups(ups: list[Upload], shared: np.ndarray, policy: CopyPolicy) -> list[list[Upload]]:
+    """Connected components of the "is a duplicate of" graph, each in upload order (``shared``:
+    the uploads' pairwise shared-hash counts)."""
     parent = list(range(len(ups)))
 
     def root(i: int) -> int:
@@ -219,7 +290,8 @@ def _duplicate_groups(ups: list[Upload], policy: CopyPolicy) -> list[list[Upload
 
     for i in range(len(ups)):
         for j in range(i + 1, len(ups)):
-            if is_duplicate(similarity(ups[i].sketch, ups[j].sketch), policy):
+            a, b = ups[i].sketch, ups[j].sketch
+            if _may_duplicate(int(shared[i, j]), a, b, policy) and is_duplicate(similarity(a, b), policy):
                 parent[root(j)] = root(i)
     groups: dict[int, list[Upload]] = {}
     for i, up in enumerate(ups):

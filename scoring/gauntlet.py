@@ -135,9 +135,13 @@ def score_window(
     outer: OuterConfig,
     burn_uid: int | None = None,
     seed: str = "",
+    gate: GatePolicy | None = None,
 ) -> WindowResult:
-    """``update_book`` then final scores and weights: everything a validator needs per window."""
+    """``update_book`` then final scores and weights: everything a validator needs per window.
+
+    ``gate`` replaces the configured payment gate (a validator that samples stage 2 widens its
+    staleness by the windows the sampling excuses, ``scoring.sampling``)."""
     loss, t_stats = update_book(book, evidence, scoring, seed)
-    scores = final_scores(book, evidence.window, GatePolicy.from_config(scoring))
+    scores = final_scores(book, evidence.window, gate or GatePolicy.from_config(scoring))
     weights = compute_weights(scores, WeightPolicy.from_config(scoring, outer), burn_uid)
     return WindowResult(evidence.window, loss, t_stats, scores, weights)

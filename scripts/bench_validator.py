@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from compression import ErrorFeedbackCompressor, PayloadManifest, SparseUpdate, decode_message, encode_payload  # noqa: E402
 from neurons.corpus import DEFAULT_MAX_CHARS, ensure_embedded_data  # noqa: E402
 from neurons.data import assigned_batches  # noqa: E402
+from neurons.distributed import World  # noqa: E402
 from neurons.fetch import MAX_FETCH_WORKERS, FetchedPayload, fetch_many  # noqa: E402
 from neurons.fingerprint import model_fingerprint  # noqa: E402
 from neurons.gather import UpdateLimits, WindowGather, acceptance_rule_for, apply_gather, reference_update  # noqa: E402
@@ -175,21 +176,22 @@ def download(peer: Peer, rule: AcceptanceRule, deadline: float) -> tuple[int, by
     return peer.uid, peer.store.get(key, max_bytes=rule.max_bytes, deadline=deadline), stamp
 
 
-def scoring_validator(fx: Fixture, memory: CopyMemory) -> Validator:
+def scoring_validator(fx: Fixture, memory: CopyMemory, budget: int | None) -> Validator:
     """A Validator holding only what ``stage1`` and ``stage2`` read (no chain, bucket or wallet):
     the benchmark calls the validator's own methods instead of copies of them."""
     hp = fx.hp
     v = Validator.__new__(Validator)
-    v.node = SimpleNamespace(hparams=hp, model=fx.model, uid=0)
+    v.node = SimpleNamespace(hparams=hp, model=fx.model, uid=0, world=World())  # one process
     v.shards = fx.shards
     v.copies = memory
     v.copy_policy = CopyPolicy(overlap=hp.scoring.copy_overlap_threshold)
     v.secret = b"bench-validator-secret-32-bytes!"
     v.reference = fx.reference
+    v.eval_budget = budget
     return v
 
 
-def run_point(fx: Fixture, n: int, store_rw: ObjectStore, store_ro: ObjectStore) -> dict:
+def run_point(fx: Fixture, n: int, store_rw: ObjectStore, store_ro: ObjectStore, budget: int | None = None) -> dict:
     hp, shapes = fx.hp, fx.shapes
     uids = list(range(1, n + 1))
     payloads, hotkeys = make_payloads(fx, uids)
@@ -201,7 +203,7 @@ def run_point(fx: Fixture, n: int, store_rw: ObjectStore, store_ro: ObjectStore)
     # The slot is widened to the time the uploads took: the benchmark times reading, not racing.
     rule = replace(acceptance_rule_for(hp, WINDOW, slot_start, norms), slot_seconds=time.time() - slot_start + 60)
     peers = Directory(store_ro, hotkeys)
-    validator = scoring_validator(fx, remembered(fx, uids, hp.scoring.copy_memory_windows))
+    validator = scoring_validator(fx, remembered(fx, uids, hp.scoring.copy_memory_windows), budget)
     times: dict[str, float] = {}
 
     tick = time.perf_counter()
@@ -219,7 +221,8 @@ def run_point(fx: Fixture, n: int, store_rw: ObjectStore, store_ro: ObjectStore)
     times["decode"], tick = time.perf_counter() - tick, time.perf_counter()
     stage1 = validator.stage1(WINDOW, fetched, model_fingerprint(fx.model))
     times["stage1"], tick = time.perf_counter() - tick, time.perf_counter()
-    measurements = validator.stage2(WINDOW, fetched, stage1, uids)
+    sample = validator.sample(WINDOW, stage1, uids)
+    measurements = validator.stage2(WINDOW, fetched, stage1, uids, sample.chosen)
     times["stage2"], tick = time.perf_counter() - tick, time.perf_counter()
     order = [u for u in uids if fetched[u].ok]
     gathered = WindowGather(WINDOW, GatherSet(uids[: hp.outer.gather_peers], []),
@@ -228,7 +231,8 @@ def run_point(fx: Fixture, n: int, store_rw: ObjectStore, store_ro: ObjectStore)
     reference_update(gathered, shapes)
     times["aggregate"], tick = time.perf_counter() - tick, time.perf_counter()
     evidence = WindowEvidence(WINDOW, hotkeys, list(stage1.results.values()), measurements, stage1.sync)
-    score_window(ScoreBook(), evidence, hp.scoring, hp.outer, burn_uid=hp.scoring.burn_uid, seed=hp.run_id)
+    score_window(ScoreBook(), evidence, hp.scoring, hp.outer, burn_uid=hp.scoring.burn_uid, seed=hp.run_id,
+                 gate=validator.gate(sample))
     times["score"] = time.perf_counter() - tick
     fx.model.load_state_dict(theta)  # the next point starts from the same θ_w
 
@@ -242,6 +246,8 @@ def run_point(fx: Fixture, n: int, store_rw: ObjectStore, store_ro: ObjectStore)
         "stage_seconds": times,
         "candidates": passed,
         "evaluated": len(measurements),
+        "eval_budget": budget,
+        "sampling_period": sample.period,
         "rejected": {str(r.reason): sum(1 for x in stage1.results.values() if x.reason == r.reason)
                      for r in stage1.results.values() if not r.passed},
         "payload_bytes": round(sum(map(len, payloads.values())) / n),
@@ -285,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="embedded corpus cache")
     ap.add_argument("--corpus-chars", type=int, default=DEFAULT_MAX_CHARS, help="embedded corpus size (tests)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--eval-budget", type=int, default=None,
+                    help="the validator's stage-2 budget per window (scoring.sampling; default: every candidate)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -298,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         store_rw, store_ro = open_stores(stack, args.store, Path(root))
         for n in counts:
             try:
-                points.append(run_point(fx, n, store_rw, store_ro))
+                points.append(run_point(fx, n, store_rw, store_ro, args.eval_budget))
             except StorageError as exc:
                 raise SystemExit(f"bench_validator: storage failed at {n} miners: {exc}") from exc
     result = {

@@ -81,7 +81,7 @@ def decode_reference_payload(data: bytes, layouts: dict[str, ChunkLayout]) -> di
     for name, layout in layouts.items():
         begin, end = header[name]["data_offsets"]
         blob = torch.frombuffer(bytearray(body[begin:end]), dtype=torch.uint8)
-        kept = layout.n_kept
+        kept = layout.n_chunks * layout.k  # the reference keeps k in every chunk (no k + 1 chunks)
         table = blob[:16].clone().view(torch.float32)
         values = table[blob[16 : 16 + kept].to(torch.int64)]
         local = unpack12(blob[16 + kept :], kept).view(layout.n_chunks, layout.k)

@@ -1,13 +1,17 @@
+import numpy as np
 import torch
 
+import scoring.copycheck as copycheck
 from compression.sparse import SparseTensor, SparseUpdate
 from scoring.copycheck import (
     AGGREGATE_SOURCE,
     CopyMemory,
     CopyPolicy,
     Upload,
+    containment_bound,
     find_copies,
     is_duplicate,
+    shared_counts,
     similarity,
     sketch_update,
 )
@@ -134,3 +138,55 @@ def test_sketch_is_deterministic_and_bounded():
     assert s1.total == sum(st.indices.numel() for st in a.values())
     assert sketch_update({}).total == 0
     assert similarity(sketch_update({}), s1).containment == 0.0
+
+
+def mixed_window() -> tuple[list[Upload], CopyMemory, list[SparseUpdate]]:
+    """Honest uploads, exact, noisy and partial copies of each other and of remembered ones."""
+    common = field(0)
+    dense = [field(10 + i, common, own_scale=1.0 + 0.5 * i) for i in range(6)]
+    ups = [topk_update(d) for d in dense]
+    ups += [ups[0], noisy_copy(dense[1], ups[1], 0.05, 1), noisy_copy(dense[2], ups[2], 0.3, 2)]
+    ups.append({"a": ups[3]["a"]})  # part of uid 3's payload
+    old = [topk_update(field(50 + i, common)) for i in range(3)]
+    memory = CopyMemory(3)
+    memory.remember(4, {100 + i: sketch_update(u) for i, u in enumerate(old)})
+    ups.append(noisy_copy(field(50, common), old[0], 0.05, 3))  # a replay of a remembered upload
+    uploads = [Upload(uid, float(uid % 4), sketch_update(u, size=256)) for uid, u in enumerate(ups)]
+    return uploads, memory, ups
+
+
+def test_shared_counts_match_pairwise_intersections():
+    uploads, memory, _ = mixed_window()
+    rows = [u.sketch for u in uploads]
+    cols = [sk for _, _, sk in memory.before(5)] + rows
+    counts = shared_counts(rows, cols)
+    for i, a in enumerate(rows):
+        for j, b in enumerate(cols):
+            assert counts[i, j] == np.intersect1d(a.hashes, b.hashes).size
+    assert shared_counts([], cols).shape == (0, len(cols))
+
+
+def test_containment_bound_never_below_the_estimate():
+    uploads, memory, _ = mixed_window()
+    sketches = [u.sketch for u in uploads] + [sk for _, _, sk in memory.before(5)]
+    for a in sketches:
+        for b in sketches:
+            shared = np.intersect1d(a.hashes, b.hashes).size
+            assert containment_bound(shared, a, b) >= similarity(a, b).containment - 1e-12
+
+
+def test_prefiltered_verdicts_equal_comparing_every_pair(monkeypatch):
+    uploads, memory, _ = mixed_window()
+    fast = find_copies(5, uploads, memory, POLICY)
+    assert {6, 7, 10} <= set(fast)  # the exact copy, the noisy copy and the replay are caught
+    assert 3 in fast and fast[3].original == 9  # the partial copy (9 uploaded first) groups with 3
+    monkeypatch.setattr(copycheck, "_may_duplicate", lambda *args: True)  # compare every pair exactly
+    assert find_copies(5, uploads, memory, POLICY) == fast
+
+
+def test_shared_counts_bounded_blocks_give_the_same_counts(monkeypatch):
+    uploads, memory, _ = mixed_window()
+    rows = [u.sketch for u in uploads]
+    whole = shared_counts(rows, rows)
+    monkeypatch.setattr(copycheck, "_PAIRS_PER_BLOCK", 100)  # many small blocks
+    assert (shared_counts(rows, rows) == whole).all()

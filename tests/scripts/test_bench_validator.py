@@ -25,7 +25,8 @@ def miniature_hparams(path: Path) -> Path:
 
 
 def test_two_miners_time_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    bench_validator.main(["--miners", "2", "--json", "--store", "local", "--trained", "2",
+    """With a stage-2 budget of one, the validator's sampling measures one of the two candidates."""
+    bench_validator.main(["--miners", "2", "--json", "--store", "local", "--trained", "2", "--eval-budget", "1",
                           "--hparams", str(miniature_hparams(tmp_path / "h.json")),
                           "--data-dir", str(tmp_path / "data"), "--corpus-chars", "150000"])
     result = json.loads(capsys.readouterr().out)
@@ -34,6 +35,7 @@ def test_two_miners_time_every_stage(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert set(point["stage_seconds"]) == set(bench_validator.STAGES)
     assert all(s > 0 for s in point["stage_seconds"].values())
     assert point["seconds_per_window"] == pytest.approx(sum(point["stage_seconds"].values()))
-    # the perturbed copies of trained updates pass stage 1 and are all measured in stage 2
-    assert point["candidates"] == point["evaluated"] == 2 and point["rejected"] == {}
+    # the perturbed copies of trained updates pass stage 1 (none is taken for a copy)
+    assert point["candidates"] == 2 and point["rejected"] == {}
+    assert point["eval_budget"] == 1 and point["sampling_period"] == 2 and point["evaluated"] == 1
     assert point["fetch_many_accepted"] == 2
