@@ -40,3 +40,23 @@ class StageCompressor:
 def payload_bytes(message: CompressedMessage) -> int:
     """Blob bytes of a message (what dominates the wire payload; the manifest is a few hundred)."""
     return sum(int(blob.numel()) for blob in message.blobs.values())
+
+
+class StagePayloadError(ValueError):
+    """A stage payload does not cover exactly the parameters of the layer range it names."""
+
+
+def check_stage_names(names: set[str], layers: LayerRange, model_names: set[str]) -> None:
+    """A reader's check (the payload is a peer's): the parameters must be exactly those the range owns.
+
+    A stage that sent fewer would silently not train part of its slice; one that sent more would
+    push updates into layers the group assigned to another stage (or to nobody)."""
+    if not 0 <= layers.start < layers.stop <= layers.num_layers:
+        raise StagePayloadError(f"layer range [{layers.start}:{layers.stop}] is not inside 0..{layers.num_layers}")
+    owned = {n for n in model_names if layers.owns(n)}
+    unknown = names - model_names
+    if unknown:
+        raise StagePayloadError(f"{layers.label}: parameters the model does not have: {sorted(unknown)[:3]}")
+    if names != owned:
+        extra, missing = sorted(names - owned), sorted(owned - names)
+        raise StagePayloadError(f"{layers.label}: names outside the range {extra[:3]}, missing from it {missing[:3]}")

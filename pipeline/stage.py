@@ -44,8 +44,8 @@ class LayerRange:
     def owns(self, name: str) -> bool:
         """Whether parameter ``name`` of the full model belongs to this stage."""
         if name.startswith("model.layers."):
-            index = int(name.split(".")[2])
-            return self.start <= index < self.stop
+            index = name.split(".")[2]
+            return index.isdigit() and self.start <= int(index) < self.stop
         if name.startswith("model.embed_tokens."):
             return self.first
         return self.last  # model.norm.*, lm_head.*

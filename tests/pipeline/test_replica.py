@@ -49,3 +49,24 @@ def test_a_compressed_replica_stays_in_the_subspace_and_learns(small_model, basi
     assert float(drift.abs().max()) > 0
     assert torch.allclose(drift, drift @ basis @ basis.T, atol=1e-6)
     assert not torch.equal(params["lm_head.weight"], dict(before.named_parameters())["lm_head.weight"])
+
+
+def test_a_stage_payload_must_cover_exactly_the_range_it_names(small_model):
+    import pytest
+
+    from pipeline.payload import StagePayloadError, check_stage_names
+    from pipeline.stage import LayerRange
+
+    names = {n for n, _ in small_model.named_parameters()}
+    first, second = LayerRange(0, 1, 2), LayerRange(1, 2, 2)
+    mine = {n for n in names if first.owns(n)}
+    check_stage_names(mine, first, names)
+    with pytest.raises(StagePayloadError, match="outside the range"):
+        check_stage_names(mine | {"lm_head.weight"}, first, names)
+    with pytest.raises(StagePayloadError, match="missing from it"):
+        check_stage_names(mine - {"model.embed_tokens.weight"}, first, names)
+    with pytest.raises(StagePayloadError, match="does not have"):
+        check_stage_names(mine | {"model.layers.7.mlp.down_proj.weight"}, first, names)
+    with pytest.raises(StagePayloadError, match="not inside"):
+        check_stage_names(set(), LayerRange(1, 5, 2), names)
+    check_stage_names({n for n in names if second.owns(n)}, second, names)
