@@ -1,9 +1,10 @@
 """A node of two CPU processes (gloo on 127.0.0.1) gives the bytes and scores of one process.
 
 Two ranks are spawned as torchrun would start them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*). The
-leader runs two miner windows through ``LeaderTrainer`` (the follower starts from other weights
-and must receive θ, the optimizer state and the batches) with an outer step in between that
-only the leader applies, then one stage 2 over three candidates split over both ranks. The same
+leader runs two miner windows through ``LeaderTrainer`` with an outer step in between that only
+the leader applies, then one stage 2 over three candidates split over both ranks. The follower
+runs the node's own follower path (``neurons.node.follow_leader``) from other weights, so it must
+receive θ, the optimizer state and the batches, and it must never open the chain or a bucket. The same
 code in this process, one rank, must give byte-identical payloads and identical measurements.
 """
 
@@ -20,22 +21,21 @@ import torch.multiprocessing as mp
 
 from compression import ErrorFeedbackCompressor, PayloadManifest, encode_payload
 from compression.sparse import SparseTensor
+from neurons import node
+from neurons.config import NodeConfig
 from neurons.distributed import (
-    EVALUATE,
     STOP,
-    TRAIN,
     Command,
     DistributedError,
     World,
     close_world,
-    follow,
     init_world,
     ordered_sum_,
     send,
 )
 from neurons.model import build_model
-from neurons.parallel_eval import evaluate_handler, measure_candidates
-from neurons.parallel_train import make_trainer, train_handler
+from neurons.parallel_eval import measure_candidates
+from neurons.parallel_train import make_trainer
 from neurons.train import InnerTrainer, MicroBatchError
 from protocol.hparams import load_hparams
 from scoring.lossscore import loss_score, sequence_losses
@@ -97,22 +97,48 @@ def _stage2(model, hp, world: World) -> dict:
     return {uid: (m, loss_score(m)) for uid, m in measured.items()}
 
 
+class _BothRoles:
+    """A runner whose followers take both roles' commands, as ``follow_leader`` asks a runner."""
+
+    @staticmethod
+    def follower_handlers(model, hparams, config, world):
+        from neurons.miner import Miner
+        from neurons.validator import Validator
+
+        return {**Miner.follower_handlers(model, hparams, config, world),
+                **Validator.follower_handlers(model, hparams, config, world)}
+
+
+def _follower_config(state_dir: str) -> NodeConfig:
+    """A follower's settings name a chain file and a bucket that do not exist: it must touch neither."""
+    bucket = {"endpoint_url": "http://127.0.0.1:9", "name": "no-such-bucket", "write_key_id": "w", "write_secret": "w",
+              "read_key_id": "r", "read_secret": "r"}
+    return NodeConfig(role="miner", netuid=1, devchain=Path(state_dir) / "absent.sqlite", hparams="tiny",
+                      bucket=bucket, state_dir=Path(state_dir), threads=1)
+
+
+def _no_io(*args, **kwargs):
+    raise AssertionError("a follower rank opened the chain or a bucket")
+
+
 def _rank_main(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(RANKS),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     world = init_world("cpu")
     hp = load_hparams("tiny")
-    # the follower starts from other weights: θ must come from the leader
-    model = build_model(hp.model, hp.seed if world.leader else hp.seed + 1)
+    # the follower starts from other weights (θ0 of another seed): θ must come from the leader
+    model = build_model(hp.model, hp.seed)
+    if not world.leader:
+        node.build_model = lambda cfg, seed: build_model(cfg, seed + 1)
     try:
         if world.leader:
             result = {"payloads": _miner_windows(model, hp, world), "stage2": _stage2(model, hp, world)}
             send(Command(STOP), world)
             Path(out).write_bytes(pickle.dumps(result))
-        else:
-            trainer = InnerTrainer(model, hp.training, "cpu", micro_batches=RANKS, world=world)
-            follow(world, {TRAIN: train_handler(trainer), EVALUATE: evaluate_handler(model, world)})
+        else:  # the node's follower path: build the model (with the start-up checks), then follow
+            node.open_chain = node.S3Store = node.open_run_data = _no_io
+            assert node.follow_leader(_follower_config(str(Path(out).parent)), world, _BothRoles) == 0
     finally:
         close_world(world)
 
