@@ -25,7 +25,7 @@ What is counted (bytes per device; P parameters, computed from the preset's shap
   N, plus two layers gathered in full, plus the same activations.
 
 These are estimates from shapes (docs/hardware.md marks them "computed"); they ignore the
-allocator's fragmentation and CUDA's own context, hence ``HEADROOM``.
+allocator's fragmentation and CUDA's own context, hence ``HEADROOM`` (measured on CPU).
 """
 
 from __future__ import annotations
@@ -41,7 +41,11 @@ from neurons.config import ConfigError
 from protocol.hparams import Hparams, ModelConfig
 
 GIB = 1024**3
-HEADROOM = 1.10  # fragmentation, CUDA context, workspace: ask for 10 % more than counted
+# What the allocator holds beyond the live tensors counted here. CPU: measured, the tiny miner's
+# window grows the process's peak RSS by 1.9-2.2x the computed bytes (glibc keeps freed blocks;
+# `tessera memory --hparams tiny --device cpu --measure`). CUDA: not measured (no GPU in this
+# task); the caching allocator's fragmentation plus the CUDA context, assumed 20 %.
+HEADROOM = {"cpu": 2.5, "cuda": 1.20}
 GATHER_BUCKET = 1 << 21  # neurons.distributed.GATHER_BUCKET (kept equal by a test)
 MINER_STATE_BYTES = 24  # per parameter, replicated miner
 VALIDATOR_STATE_BYTES = 16  # per parameter
@@ -71,9 +75,13 @@ class MemoryEstimate:
         return self.state_bytes + self.activation_bytes + self.buffer_bytes
 
     @property
+    def headroom(self) -> float:
+        return HEADROOM["cuda" if self.device.startswith("cuda") else "cpu"]
+
+    @property
     def needed_bytes(self) -> int:
-        """What the check asks the device to have free: the total plus ``HEADROOM``."""
-        return int(self.total_bytes * HEADROOM)
+        """What the check asks the device to have free: the total times ``HEADROOM``."""
+        return int(self.total_bytes * self.headroom)
 
 
 def param_count(m: ModelConfig) -> int:
@@ -176,7 +184,7 @@ def check_memory(
     if est.needed_bytes <= available:
         return est
     head = (f"{hp.name} {role} needs {gib(est.needed_bytes)} per device at world size {world_size} "
-            f"(state {gib(est.state_bytes)}, activations {gib(est.activation_bytes)}, +{HEADROOM - 1:.0%}) "
+            f"(state {gib(est.state_bytes)}, activations {gib(est.activation_bytes)}, x{est.headroom:g} allocator headroom) "
             f"but {device} has {gib(available)} free")
     fits_at = smallest_world(hp, role, device, checkpointing, available)
     if fits_at is not None and fits_at > world_size:
@@ -205,7 +213,76 @@ def table(presets: list[str], roles: list[str], worlds: list[int], device: str, 
     return rows
 
 
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("no VmRSS in /proc/self/status")
+
+
+def _warm_kernels(hp: Hparams, device: str) -> None:
+    """One forward/backward of a one-layer, narrow copy of the preset, then freed."""
+    import torch
+
+    from neurons.model import build_model
+
+    small = hp.model.model_copy(update={"num_layers": 1, "hidden_size": 64, "intermediate_size": 128,
+                                        "num_heads": 2, "num_kv_heads": 2})
+    model = build_model(small, 0).to(device)
+    batch = torch.zeros(1, 8, dtype=torch.long, device=device)
+    model(input_ids=batch, labels=batch).loss.backward()
+    del model
+
+
+def measure_miner_window(hp: Hparams, device: str) -> dict:
+    """Run one miner window (θ_w copy, H inner steps, Δ, error feedback + compression) on
+    synthetic tokens and report the memory it took: on CPU the growth of the process's peak
+    RSS over its RSS before the model existed (Linux), on CUDA ``max_memory_allocated``."""
+    import resource
+
+    import torch
+
+    from compression import ErrorFeedbackCompressor
+    from neurons.model import build_model
+    from neurons.train import InnerTrainer
+
+    cuda = device.startswith("cuda")
+    _warm_kernels(hp, device)  # the kernels' own code and workspaces are not the node's per-model memory
+    baseline = 0 if cuda else _rss_bytes()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    model = build_model(hp.model, hp.seed).to(device)
+    trainer = InnerTrainer(model, hp.training, device)
+    c = hp.codec
+    compressor = ErrorFeedbackCompressor({n: tuple(p.shape) for n, p in model.named_parameters()},
+                                         chunk_size=c.chunk_size, topk_per_chunk=c.topk_per_chunk, beta=c.ef_beta,
+                                         device=device)
+    t = hp.training
+    g = torch.Generator().manual_seed(0)
+    batches = list(torch.randint(0, hp.model.vocab_size, (t.inner_steps, t.batch_size, t.seq_len), generator=g))
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train_window(batches)
+    with torch.no_grad():
+        delta = {n: base[n] - p for n, p in model.named_parameters()}
+    compressor.compress(delta)
+    if cuda:
+        peak = int(torch.cuda.max_memory_allocated(device))
+    else:  # ru_maxrss is in KiB on Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    est = estimate(hp, "miner", 1, device)
+    return {"preset": hp.name, "device": device, "measured_bytes": peak, "computed_bytes": est.total_bytes,
+            "how": "cuda max_memory_allocated" if cuda else "peak RSS growth over the RSS before the model"}
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.measure:
+        from protocol.hparams import load_hparams
+
+        result = measure_miner_window(load_hparams(args.hparams), args.device)
+        print(json.dumps(result) if args.json else
+              f"{result['preset']} miner window on {result['device']}: measured {gib(result['measured_bytes'])} "
+              f"({result['how']}), computed {gib(result['computed_bytes'])}")
+        return 0
     presets = args.hparams.split(",")
     worlds = [int(x) for x in args.world_size.split(",")]
     rows = table(presets, args.role.split(","), worlds, args.device, args.activation_checkpointing)
@@ -228,6 +305,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda", help="cuda (bf16 autocast) or cpu (fp32)")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--measure", action="store_true",
+                        help="run one miner window of the (single) --hparams preset on --device and print what it took")
     parser.set_defaults(func=run)
 
 
