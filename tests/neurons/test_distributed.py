@@ -39,6 +39,7 @@ from neurons.parallel_train import make_trainer
 from neurons.train import InnerTrainer, MicroBatchError
 from protocol.hparams import load_hparams
 from scoring.lossscore import loss_score, sequence_losses
+from tests.neurons.distributed_workers import ordered_sum_inputs, ordered_sum_main
 
 WINDOWS = 2
 RANKS = 2
@@ -198,3 +199,19 @@ def test_ordered_sum_is_a_no_op_on_one_process():
     t = torch.arange(5.0)
     ordered_sum_([t], World())
     assert torch.equal(t, torch.arange(5.0))
+
+
+def test_ordered_sum_adds_in_rank_order_on_three_ranks(tmp_path):
+    """Three ranks (past two, addition order shows: (a + b) + c is not a + (b + c)): every tensor
+    becomes (x_0 + x_1) + x_2, the order one process accumulates its micro-batches in."""
+    ranks, out = 3, tmp_path / "sum.pkl"
+    mp.start_processes(ordered_sum_main, args=(_free_port(), str(out), ranks), nprocs=ranks, start_method="spawn")
+    got = pickle.loads(out.read_bytes())
+    inputs = ordered_sum_inputs(ranks)
+    for i, tensor in enumerate(got):
+        expected = inputs[0][i].clone()
+        for r in range(1, ranks):
+            expected += inputs[r][i]
+        assert torch.equal(tensor, expected)
+    other_order = inputs[0][0] + (inputs[1][0] + inputs[2][0])
+    assert not torch.equal(other_order, got[0])  # the inputs are such that the order shows
