@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "localnet": ("neurons.localnet.launcher", "run a whole subnet on this machine, every node its own process"),
     "status": ("neurons.status", "the network from chain and buckets: windows, payloads, weights, fingerprints"),
     "memory": ("neurons.memory", "computed memory per device for a preset, role and torchrun world size"),
+    "stage": ("neurons.stage", "one stage of a pipeline group: a slice of layers, TCP to its neighbour stages"),
 }
 
 

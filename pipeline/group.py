@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -55,14 +55,24 @@ def run_window(
     global_step: int,
     up: Link | None,
     down: Link | None,
+    before_done: Callable[[], None] | None = None,
+    on_skip: Callable[[], None] | None = None,
 ) -> WindowOutcome:
-    """Train this stage's part of ``window``; on a lost neighbour, restore θ_w and skip."""
+    """Train this stage's part of ``window``; on a lost neighbour, restore θ_w and skip.
+
+    ``before_done`` runs after training, still inside the window (e.g. compress and exchange
+    what the neighbours need); ``on_skip`` undoes whatever it changed when the window is dropped.
+    """
     params = {n: p.detach().clone() for n, p in worker.stage.params.items()}
     optimizer_state = copy.deepcopy(worker.optimizer.state_dict())
     try:
         losses = worker.train_window(batches, global_step, up, down)
+        if before_done is not None:
+            before_done()
         _agree_done(up, down)
     except StageLost as exc:
+        if on_skip is not None:
+            on_skip()
         for link in (up, down):
             if link is not None:
                 link.bye()

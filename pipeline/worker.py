@@ -101,7 +101,7 @@ class StageWorker:
             if up is not None:
                 self._send(up, FrameKind.GRADIENT, self.codec.encode_gradient(x.grad))
         self._clip(up, down)
-        return float(sum(loss.detach() for loss in losses)) if losses else math.nan
+        return float(sum(loss.detach() for loss in losses)) if losses else math.nan  # nan: not the last stage
 
     def _clip(self, up: Link | None, down: Link | None) -> None:
         mine = sum(float(p.grad.double().pow(2).sum()) for p in self.stage.params.values() if p.grad is not None)
@@ -125,14 +125,17 @@ class StageWorker:
     def train_window(
         self, batches: Sequence[torch.Tensor], global_step: int, up: Link | None, down: Link | None
     ) -> list[float]:
-        """H inner steps; the last stage returns the losses (others NaN). Raises StageLost if a
-        neighbour goes away: the caller drops the window and keeps θ_w."""
+        """H inner steps; the last stage returns the step losses, the others (which never see a
+        loss) an empty list. Raises StageLost if a neighbour goes away: the caller drops the
+        window and keeps θ_w."""
         self.stage.model.train()
         losses = []
         for i, batch in enumerate(batches):
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_schedule(global_step + i)
-            losses.append(self._step(batch, up, down))
+            loss = self._step(batch, up, down)
+            if down is None:
+                losses.append(loss)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.constraint is not None:
