@@ -4,8 +4,8 @@ boundaries: held-out loss at equal steps, and the bytes each setting sends.
 M replicas train one shared model on the project's own data (the embedded stdlib corpus, each
 replica on its assigned batches), window by window: H inner steps from θ_w, a SparseLoCo payload
 per stage (error feedback + top-k + 2-bit + index coding, the real codec), deterministic
-aggregation, outer step. G of the M replicas are 2-stage pipeline groups (in-process GPipe, every
-boundary frame encoded and decoded as bytes). Settings:
+aggregation, outer step. G of the M replicas are pipeline groups (in-process GPipe, every
+boundary frame encoded and decoded as bytes; ``--stages`` sets how many stages a group has). Settings:
 
     full           all M replicas full (no boundaries)
     pipe-dense     G pipeline groups with float32 boundaries, the rest full
@@ -71,7 +71,7 @@ def _shrink(hp: Hparams, args: argparse.Namespace) -> Hparams:
 class Network:
     """One run of one setting: the global θ, the replicas, the byte counters."""
 
-    def __init__(self, hp: Hparams, setting: Setting, replicas: int, n_micro: int) -> None:
+    def __init__(self, hp: Hparams, setting: Setting, replicas: int, n_micro: int, stages: int) -> None:
         self.hp = hp
         self.setting = setting
         self.model = build_model(hp.model, hp.seed)
@@ -86,7 +86,7 @@ class Network:
             compressed = r < setting.compressed_groups
             piped = compressed or r < setting.dense_groups
             self.replicas.append(PipelineReplica(
-                build_model(hp.model, hp.seed), n_stages=2 if piped else 1, cfg=hp.training,
+                build_model(hp.model, hp.seed), n_stages=stages if piped else 1, cfg=hp.training,
                 constraint=constraint if compressed else None, n_micro=n_micro,
                 lr_schedule=lambda step: lr_at(step, hp.training),
             ))
@@ -108,6 +108,7 @@ class Network:
             self.bytes["activation_gradients"] += stats.gradient_bytes
             if len(rep.stages) > 1:
                 kind = "subspace" if rep.constraint is not None else "dense"
+                # one boundary, both directions, one micro-batch (every boundary carries the same)
                 per_micro = stats.per_boundary_bytes[0] // (stats.steps * rep.n_micro)
                 self.boundary_bytes_per_micro_batch[kind] = per_micro
             for comp in comps:
@@ -120,7 +121,7 @@ class Network:
 
 def run_setting(hp: Hparams, setting: Setting, args: argparse.Namespace, shards: TokenShards, heldout) -> dict:
     started = time.time()
-    net = Network(hp, setting, args.replicas, args.micro_batches)
+    net = Network(hp, setting, args.replicas, args.micro_batches, args.stages)
     curve = []
     for w in range(args.windows):
         train_loss = net.window(shards, w)
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hparams", default="tiny")
     parser.add_argument("--layers", type=int, default=4, help="model depth (the pipeline splits it in two)")
     parser.add_argument("--replicas", type=int, default=4, help="M")
-    parser.add_argument("--groups", type=int, default=2, help="G of the M replicas are 2-stage pipeline groups")
+    parser.add_argument("--groups", type=int, default=2, help="G of the M replicas are pipeline groups")
+    parser.add_argument("--stages", type=int, default=2, help="stages per pipeline group (<= --layers)")
     parser.add_argument("--ks", default="4,16", help="subspace dimensions to compare (comma-separated)")
     parser.add_argument("--windows", type=int, default=12)
     parser.add_argument("--inner-steps", type=int, default=0, help="H (default: the preset's)")
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "hparams": hp.name, "model": hp.model.model_dump(), "inner_steps": hp.training.inner_steps,
         "batch_size": hp.training.batch_size, "seq_len": hp.training.seq_len, "replicas": args.replicas,
-        "pipeline_groups": args.groups, "stages": 2, "micro_batches": args.micro_batches, "windows": args.windows,
+        "pipeline_groups": args.groups, "stages": args.stages, "micro_batches": args.micro_batches, "windows": args.windows,
         "runs": runs, "seconds": round(time.time() - started, 1),
     }
     if args.plot:
