@@ -77,12 +77,19 @@ class _Plan:
         self.k = torch.cat([lay.chunk_ks() for lay in layouts])
         self.uniform_k = layouts[0].k if all(lay.extra == 0 and lay.k == layouts[0].k for lay in layouts) else None
         self.chunk_end = torch.cumsum(self.k, 0) - 1
+        self.chunk_of_value = torch.arange(self.k.numel()).repeat_interleave(self.k)
         self.limit = torch.tensor([lay.chunk_elems for lay in layouts]).repeat_interleave(chunks)
         self.blob_of_chunk = torch.arange(len(layouts)).repeat_interleave(chunks)
         # Where each kept value's chunk begins, all parameters laid end to end.
         sizes = [lay.numel for lay in layouts]
         self.offsets = [sum(sizes[:i]) for i in range(len(layouts))]
         self.origins = ChunkOrigins.of(list(layouts), self.offsets).repeat(self.k)
+        # Per kept value: its blob, that blob's offset among all parameters and its value table row.
+        self.blob_of_value = torch.arange(len(layouts)).repeat_interleave(self.runs)
+        self.value_offset = torch.tensor(self.offsets, dtype=torch.int64)[self.blob_of_value]
+        self.table_row = 4 * self.blob_of_value
+        # Tiles narrower than a row: chunk order is not flat order, the values need sorting.
+        self.needs_sort = any(lay.tile_cols != lay.cols for lay in layouts)
         self.real = _RealExtent.of(layouts, self.k) if any(lay.padded for lay in layouts) else None
 
     def per_value(self, per_blob: list[int]) -> torch.Tensor | int:
@@ -90,7 +97,7 @@ class _Plan:
         usual case for large models), which saves materialising it."""
         if all(v == per_blob[0] for v in per_blob):
             return per_blob[0]
-        return torch.tensor(per_blob, dtype=torch.int64).repeat_interleave(self.runs)
+        return torch.tensor(per_blob, dtype=torch.int64)[self.blob_of_value]  # a gather: cheaper than repeating
 
 
 @dataclass(frozen=True)
@@ -274,7 +281,7 @@ class _Decoding:
         else:
             steps = torch.cumsum(gaps + 1, 0)
             before = torch.cat([steps.new_zeros(1), steps[plan.chunk_end[:-1]]])
-            local = steps - before.repeat_interleave(plan.k) - 1
+            local = steps - before[plan.chunk_of_value] - 1
         out_of_range = torch.zeros(len(self.blobs), dtype=torch.bool)
         out_of_range.index_fill_(0, plan.blob_of_chunk[local[plan.chunk_end] >= plan.limit], True)
         self._fail_first(out_of_range, "index out of range of its chunk")
@@ -284,18 +291,21 @@ class _Decoding:
         return local
 
     def _to_sparse(self, local: torch.Tensor, codes: torch.Tensor) -> dict[str, SparseTensor]:
+        """All blobs at once: one table lookup, one sort. Blob i's flat positions (its offset
+        added) lie in [offset_i, offset_i + numel_i), so sorting them all keeps every blob's
+        values together and in name order; each blob's tensors are then views of the whole."""
         plan = self.plan
         flat = plan.origins.flat(local)
-        out, at = {}, 0
-        for b, offset in zip(self.blobs, plan.offsets, strict=True):
-            lay, indices = b.layout, flat[at : at + b.n] - offset
-            vals = torch.tensor(b.table, dtype=torch.float32)[codes[at : at + b.n]]
-            if lay.tile_cols != lay.cols:  # tiles narrower than a row: chunk order is not flat order
-                indices, order = torch.sort(indices)
-                vals = vals[order]
-            out[b.name] = SparseTensor(shape=lay.shape, indices=indices, values=vals)
-            at += b.n
-        return out
+        tables = torch.tensor([b.table for b in self.blobs], dtype=torch.float32).view(-1)
+        values = tables[plan.table_row + codes]
+        if plan.needs_sort:
+            flat, order = torch.sort(flat)
+            values = values[order]
+        indices = (flat - plan.value_offset).split(self.counts)
+        return {
+            b.name: SparseTensor(shape=b.layout.shape, indices=idx, values=vals)
+            for b, idx, vals in zip(self.blobs, indices, values.split(self.counts), strict=True)
+        }
 
 
 def _max_unary_bytes(layout: ChunkLayout, m: int) -> int:
