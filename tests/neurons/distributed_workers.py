@@ -14,7 +14,8 @@ from neurons.distributed import close_world, init_world, ordered_sum_
 
 def ordered_sum_main(rank: int, port: int, out: str, ranks: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(ranks),
-                      LOCAL_RANK=str(rank))
+                      LOCAL_RANK=str(rank),
+                      GLOO_SOCKET_IFNAME="lo")  # gloo's pairs on loopback whatever the hostname resolves to
     world = init_world("cpu")
     try:
         mine = ordered_sum_inputs(ranks)[rank]

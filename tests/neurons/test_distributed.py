@@ -124,7 +124,8 @@ def _no_io(*args, **kwargs):
 
 def _rank_main(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(RANKS),
-                      LOCAL_RANK=str(rank))
+                      LOCAL_RANK=str(rank),
+                      GLOO_SOCKET_IFNAME="lo")  # gloo's pairs on loopback whatever the hostname resolves to
     torch.set_num_threads(1)
     world = init_world("cpu")
     hp = load_hparams("tiny")
