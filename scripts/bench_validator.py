@@ -87,6 +87,42 @@ from storage import ObjectStore, StorageError  # noqa: E402
 
 WINDOW = 5  # any window after the first: the reference update exists
 STAGES = ("fetch", "decode", "stage1", "stage2", "aggregate", "score")
+BLOCK_SECONDS = 12.0  # a Bittensor block: a preset's window is blocks_per_window of them
+# Forward passes over ``eval_batches`` batches in stage 2 (neurons.parallel_eval): per candidate its
+# own data before and after, the random data after, its own data under the reference update;
+# per window the random data before and under the reference.
+PASSES_PER_CANDIDATE, PASSES_PER_WINDOW = 4, 2
+
+
+def forward_flops_per_token(hp: Hparams) -> float:
+    """Matmul FLOPs of one forward pass, per token: two per weight of every matmul (all but the
+    embedding lookup and the norms) plus causal attention (scores and mixing: 2 x 2 x hidden per
+    earlier position per layer, (seq_len + 1) / 2 positions on average)."""
+    m, seq = hp.model, hp.training.seq_len
+    kv_dim = m.num_kv_heads * (m.hidden_size // m.num_heads)
+    per_layer = 2 * m.hidden_size**2 + 2 * m.hidden_size * kv_dim + 3 * m.hidden_size * m.intermediate_size
+    weights = m.num_layers * per_layer + m.hidden_size * m.vocab_size
+    return 2.0 * weights + m.num_layers * 4.0 * m.hidden_size * (seq + 1) / 2
+
+
+def stage2_flops(hp: Hparams) -> tuple[float, float]:
+    """(FLOPs per candidate, FLOPs per window) of stage 2's forward passes for a preset."""
+    t = hp.training
+    pass_flops = forward_flops_per_token(hp) * hp.scoring.eval_batches * t.batch_size * t.seq_len
+    return PASSES_PER_CANDIDATE * pass_flops, PASSES_PER_WINDOW * pass_flops
+
+
+def projection(preset: str, tflops: float, miners: int, budget: int | None) -> dict:
+    """Computed, not measured: stage 2 of ``miners`` candidates of ``preset`` on a device that
+    sustains ``tflops`` TFLOP/s, against the preset's window."""
+    hp = load_hparams(preset)
+    per_candidate, per_window = stage2_flops(hp)
+    measured = miners if budget is None else min(miners, budget)
+    seconds = (measured * per_candidate + per_window) / (tflops * 1e12)
+    window = hp.window.blocks_per_window * BLOCK_SECONDS
+    return {"preset": preset, "assumed_tflops": tflops, "miners": miners, "eval_budget": budget,
+            "flops_per_candidate": per_candidate, "stage2_seconds": seconds, "window_seconds": window,
+            "margin": window / seconds}
 
 
 @dataclass
@@ -248,6 +284,7 @@ def run_point(fx: Fixture, n: int, store_rw: ObjectStore, store_ro: ObjectStore,
     real = fetch_many(peers, uids, rule, shapes, 600)
     fetch_many_seconds = time.perf_counter() - tick
     passed = sum(r.passed for r in stage1.results.values())
+    per_candidate, per_window = stage2_flops(hp)
     return {
         "miners": n,
         "seconds_per_window": sum(times.values()),
@@ -261,6 +298,8 @@ def run_point(fx: Fixture, n: int, store_rw: ObjectStore, store_ro: ObjectStore,
         "payload_bytes": round(sum(map(len, payloads.values())) / n),
         "fetch_many_seconds": fetch_many_seconds,
         "fetch_many_accepted": sum(f.ok for f in real.values()),
+        # the CPU's sustained rate in stage 2 (FLOPs counted by ``forward_flops_per_token``)
+        "stage2_tflops": (len(measurements) * per_candidate + per_window) / times["stage2"] / 1e12,
     }
 
 
@@ -301,6 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--eval-budget", type=int, default=None,
                     help="the validator's stage-2 budget per window (scoring.sampling; default: every candidate)")
+    ap.add_argument("--project", default="150M", help="preset whose stage 2 is computed (not measured) for 256 miners")
+    ap.add_argument("--device-tflops", default="40,400",
+                    help="sustained TFLOP/s assumed for the projection, comma-separated (e.g. fp32, bf16)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -320,6 +362,10 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "preset": hp.name, "store": args.store, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "trained": args.trained, "spread": args.spread, "setup_seconds": setup, "points": points,
+        "computed_not_measured": [
+            projection(args.project, float(tf), 256, budget)
+            for tf in args.device_tflops.split(",") if tf.strip() for budget in (None, 64)
+        ],
     }
     if args.json:
         print(json.dumps(result, indent=1))

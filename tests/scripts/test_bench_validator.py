@@ -38,4 +38,8 @@ def test_two_miners_time_every_stage(tmp_path: Path, capsys: pytest.CaptureFixtu
     # the perturbed copies of trained updates pass stage 1 (none is taken for a copy)
     assert point["candidates"] == 2 and point["rejected"] == {}
     assert point["eval_budget"] == 1 and point["sampling_period"] == 2 and point["evaluated"] == 1
-    assert point["fetch_many_accepted"] == 2
+    assert point["fetch_many_accepted"] == 2 and point["stage2_tflops"] > 0
+    # the 150M projection is computed from FLOPs, labelled as such, for each assumed device rate
+    projected = result["computed_not_measured"]
+    assert {(p["assumed_tflops"], p["eval_budget"]) for p in projected} == {(40.0, None), (40.0, 64), (400.0, None), (400.0, 64)}
+    assert all(p["preset"] == "150M" and p["margin"] > 0 for p in projected)
