@@ -11,6 +11,10 @@ boundary frame encoded and decoded as bytes; ``--stages`` sets how many stages a
     pipe-dense     G pipeline groups with float32 boundaries, the rest full
     all-sub-k{k}   all M replicas are pipeline groups with subspace boundaries of dimension k
     het-sub-k{k}   only the G pipeline groups use subspace boundaries, the rest full (heterogeneous)
+    het-sub-k{k}-keep  as het-sub at the smallest k, but compressed stages measure Δ from their
+                   projected start, leaving the full replicas' off-subspace updates alone
+    all-sub-k{k}-projagg  as all-sub at the smallest k, and every node projects the aggregate's
+                   o_proj/down_proj updates onto span(U) before the outer step
 
     .venv/bin/python scripts/bench_pipeline.py --json --data-dir /tmp/data-cache
 """
@@ -18,6 +22,7 @@ boundary frame encoded and decoded as bytes; ``--stages`` sets how many stages a
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -38,7 +43,7 @@ from neurons.train import evaluate, lr_at  # noqa: E402
 from pipeline.basis import subspace_basis  # noqa: E402
 from pipeline.payload import StageCompressor, payload_bytes  # noqa: E402
 from pipeline.replica import PipelineReplica  # noqa: E402
-from pipeline.subspace import SubspaceConstraint  # noqa: E402
+from pipeline.subspace import SubspaceConstraint, residual_writer_names  # noqa: E402
 from protocol.hparams import Hparams, load_hparams  # noqa: E402
 
 
@@ -48,6 +53,12 @@ class Setting:
     k: int | None  # None: no subspace anywhere
     compressed_groups: int  # how many replicas are compressed pipeline groups
     dense_groups: int  # how many are pipeline groups with float32 boundaries
+    # ablation: a compressed stage measures Δ from its projected start P(θ_w) instead of θ_w, so
+    # it does not pull back what full replicas put outside the subspace
+    delta_from_projected: bool = False
+    # ablation: every node projects the aggregate's residual-writer updates onto span(U) before the
+    # outer step, so θ stays in the subspace despite top-k (U is fixed: the same op on every node)
+    project_aggregate: bool = False
 
 
 def settings(replicas: int, groups: int, ks: list[int]) -> list[Setting]:
@@ -55,6 +66,8 @@ def settings(replicas: int, groups: int, ks: list[int]) -> list[Setting]:
     for k in ks:
         out.append(Setting(f"all-sub-k{k}", k, replicas, 0))
         out.append(Setting(f"het-sub-k{k}", k, groups, 0))
+    out.append(Setting(f"het-sub-k{min(ks)}-keep", min(ks), groups, 0, delta_from_projected=True))
+    out.append(Setting(f"all-sub-k{min(ks)}-projagg", min(ks), replicas, 0, project_aggregate=True))
     return out
 
 
@@ -76,9 +89,9 @@ class Network:
         self.setting = setting
         self.model = build_model(hp.model, hp.seed)
         self.shapes = param_shapes(self.model)
-        constraint = None
+        constraint = self.constraint = None
         if setting.k is not None:
-            constraint = SubspaceConstraint(subspace_basis(hp.seed, hp.model.hidden_size, setting.k))
+            constraint = self.constraint = SubspaceConstraint(subspace_basis(hp.seed, hp.model.hidden_size, setting.k))
             # A run with a pipeline section starts from θ0 with its residual writers in span(U).
             constraint.project_(dict(self.model.named_parameters()), anchor_embedding=None)
         self.replicas = []
@@ -102,6 +115,9 @@ class Network:
         for uid, (rep, comps) in enumerate(zip(self.replicas, self.compressors, strict=True), start=1):
             rep.model.load_state_dict(self.model.state_dict())
             rep.begin_window(w * t.inner_steps)
+            origin = start
+            if self.setting.delta_from_projected and rep.constraint is not None:
+                origin = {n: p.detach().clone() for n, p in rep.model.named_parameters()}
             stats = rep.train_window(assigned_batches(shards, self.hp.seed, uid, w, t.inner_steps, t.batch_size, t.seq_len))
             losses.append(stats.loss_mean)
             self.bytes["activations"] += stats.activation_bytes
@@ -112,11 +128,35 @@ class Network:
                 per_micro = stats.per_boundary_bytes[0] // (stats.steps * rep.n_micro)
                 self.boundary_bytes_per_micro_batch[kind] = per_micro
             for comp in comps:
-                payload = comp.compress(start)
+                payload = comp.compress(origin)
                 self.bytes["pseudo_gradient"] += payload_bytes(payload.message)
                 updates.append(decode_message(payload.message))
-        outer_step(self.model, aggregate(updates, self.shapes), lr=self.hp.outer.outer_lr)
+        dense = aggregate(updates, self.shapes)
+        if self.setting.project_aggregate and self.constraint is not None:
+            for name in residual_writer_names(dense):
+                dense[name] = self.constraint.project_columns(dense[name])
+        outer_step(self.model, dense, lr=self.hp.outer.outer_lr)
         return sum(losses) / len(losses)
+
+
+def off_subspace_fraction(net: Network) -> float | None:
+    """||W - U U^T W|| / ||W|| over the global model's residual writers: how far θ is from span(U)."""
+    if net.constraint is None:
+        return None
+    params = dict(net.model.named_parameters())
+    off = total = 0.0
+    with torch.no_grad():
+        for name in residual_writer_names(params):
+            w = params[name].double()
+            off += float((w - net.constraint.project_columns(w)).pow(2).sum())
+            total += float(w.pow(2).sum())
+    return round((off / total) ** 0.5, 4)
+
+
+def projected_copy(net: Network) -> torch.nn.Module:
+    model = copy.deepcopy(net.model)
+    net.constraint.project_(dict(model.named_parameters()), anchor_embedding=None)
+    return model
 
 
 def run_setting(hp: Hparams, setting: Setting, args: argparse.Namespace, shards: TokenShards, heldout) -> dict:
@@ -126,12 +166,17 @@ def run_setting(hp: Hparams, setting: Setting, args: argparse.Namespace, shards:
     for w in range(args.windows):
         train_loss = net.window(shards, w)
         if (w + 1) % args.eval_every == 0 or w == args.windows - 1:
-            curve.append({"window": w, "train_loss": round(train_loss, 4),
-                          "heldout_loss": round(evaluate(net.model, heldout), 4)})
+            point = {"window": w, "train_loss": round(train_loss, 4), "heldout_loss": round(evaluate(net.model, heldout), 4)}
+            if net.constraint is not None:  # the model compressed stages run: residual writers projected
+                point["heldout_loss_projected"] = round(evaluate(projected_copy(net), heldout), 4)
+            curve.append(point)
     return {
-        "setting": setting.name, "k": setting.k,
+        "setting": setting.name, "k": setting.k, "delta_from_projected": setting.delta_from_projected,
+        "project_aggregate": setting.project_aggregate,
         "compressed_groups": setting.compressed_groups, "dense_groups": setting.dense_groups,
-        "final_heldout_loss": curve[-1]["heldout_loss"], "curve": curve,
+        "final_heldout_loss": curve[-1]["heldout_loss"],
+        "final_heldout_loss_projected": curve[-1].get("heldout_loss_projected"), "curve": curve,
+        "off_subspace_fraction": off_subspace_fraction(net),
         "bytes": net.bytes, "boundary_bytes_per_micro_batch_both_directions": net.boundary_bytes_per_micro_batch,
         "seconds": round(time.time() - started, 1),
     }
