@@ -10,7 +10,8 @@ What is counted (bytes per device; P parameters, computed from the preset's shap
   the whole model): fp32 θ 4P, fp32 gradients 4P, AdamW moments 8P, the window's θ_w copy 4P,
   the error-feedback buffer 4P → 24P; plus the activations kept for the backward of one
   micro-batch of ``batch_size / N`` rows; plus the gradient gather buffer of
-  ``neurons.distributed.ordered_sum_`` (N × 2^21 values, only when N > 1).
+  ``neurons.distributed.ordered_sum_`` ((N + 2) × 2^21 values: the gathered parts, this rank's
+  slice, the sum; only when N > 1).
 - validator (stage 2 is forward only): fp32 θ 4P, the reference aggregate 4P, the saved θ while
   a dense update is applied 4P, the outer step's dense aggregate 4P → 16P; plus one evaluation
   batch's logits (``batch_size`` rows: stage 2 evaluates whole batches).
@@ -133,7 +134,7 @@ def estimate(
         state = MINER_STATE_BYTES * p // world_size + 2 * 4 * max(layer, m.vocab_size * m.hidden_size)
     else:
         state = MINER_STATE_BYTES * p
-    buffers = 4 * GATHER_BUCKET * (world_size + 1) if world_size > 1 else 0
+    buffers = 4 * GATHER_BUCKET * (world_size + 2) if world_size > 1 else 0
     return MemoryEstimate(hp.name, role, world_size, layout, device, checkpointing, p, state, act, buffers)
 
 
