@@ -182,6 +182,12 @@ def check_fits_device(config: NodeConfig, hparams: Hparams, world: World) -> Mem
 def follow_leader(config: NodeConfig, world: World, runner) -> int:
     """Ranks other than 0: no chain, no bucket, no wallet; the model, doing the leader's commands
     (``runner.follower_handlers``) until it says stop."""
+    import signal
+
+    # torchrun signals every rank at once; a follower that died at once would break the leader's
+    # collective mid-window. It ends on the leader's stop instead (or when the leader is gone).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     hparams = load_hparams(config.hparams)
     if config.threads:
         torch.set_num_threads(config.threads)

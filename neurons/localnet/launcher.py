@@ -22,6 +22,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +73,7 @@ class NodeSpec:
     start_window: int = 0  # for late joiners: start once the chain reaches this window
     process: subprocess.Popen | None = None
     kind: str = ""  # adversaries only: its behaviour (neurons.behaviours.kinds.ADVERSARIAL_KINDS)
+    ranks: int = 1  # processes of this node: more than one runs it under torchrun (docs/hardware.md)
 
     @property
     def state_dir_name(self) -> str:
@@ -125,6 +127,9 @@ def node_command(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, dat
         program = ["-m", "neurons.cli", "miner", "--behaviour", spec.kind]
     else:
         program = ["-m", "neurons.cli", spec.role]
+    if spec.ranks > 1:  # torchrun on loopback: rank 0 is the node, the others follow it
+        program = ["-m", "torch.distributed.run", "--nproc_per_node", str(spec.ranks), "--master_addr", "127.0.0.1",
+                   "--master_port", str(_free_port()), *program]
     return [
         sys.executable, *program,
         "--netuid", str(NETUID), "--devchain", str(workdir / "chain.sqlite"),
@@ -138,6 +143,12 @@ def node_command(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, dat
     ]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_node(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, data_dir: Path | None) -> None:
     env = dict(os.environ)
     env.update(
@@ -146,6 +157,8 @@ def start_node(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, data_
         TESSERA_BUCKET_READ_SECRET=spec.reader.secret_key,
         OMP_NUM_THREADS="1",
     )
+    if spec.ranks > 1:
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # the ranks' gloo pairs on loopback, whatever the hostname resolves to
     log = (workdir / "logs" / f"{spec.name}.log").open("ab")
     spec.process = subprocess.Popen(
         node_command(spec, workdir, endpoint, hparams, data_dir), env=env, stdout=log, stderr=subprocess.STDOUT
@@ -296,6 +309,9 @@ def run(args: argparse.Namespace) -> int:
     first = (chain.block() - args.origin_block) // hp.window.blocks_per_window
     for s in [s for s in specs if s.role == "miner"][args.miners - args.late_miners :]:
         s.start_window = first + args.late_by
+    for s in specs:
+        if s.role in ("miner", "validator"):
+            s.ranks = args.ranks
     dataset_keys = DatasetKeys.generate()  # the corpus goes to its own bucket, read as on a live network
     owner_keys = (Identity.generate("owner-rw", READ_WRITE, [OWNER_BUCKET]),
                   Identity.generate("owner-ro", READ_ONLY, [OWNER_BUCKET]))
@@ -351,6 +367,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--late-miners", type=int, default=0, help="how many of the miners start late")
     parser.add_argument("--late-by", type=int, default=2, help="windows the late miners wait")
     parser.add_argument("--workdir", default=None, help="default .tessera/localnet-<time>")
+    parser.add_argument("--ranks", type=int, default=1,
+                        help="processes per honest node: >1 starts each under torchrun, gloo on loopback (docs/hardware.md)")
     parser.add_argument("--json-out", default=None, help="summary JSON path (default <workdir>/summary.json)")
     parser.add_argument(
         "--adversaries", "--adversary", dest="adversaries", type=_adversary_kinds, action="extend", default=[],

@@ -216,3 +216,17 @@ def test_ordered_sum_adds_in_rank_order_on_three_ranks(tmp_path):
         assert torch.equal(tensor, expected)
     other_order = inputs[0][0] + (inputs[1][0] + inputs[2][0])
     assert not torch.equal(other_order, got[0])  # the inputs are such that the order shows
+
+
+def test_the_local_subnet_starts_a_ranked_node_under_torchrun_on_loopback(tmp_path):
+    from neurons.localnet.launcher import NodeSpec, node_command
+    from neurons.localnet.seaweedfs import READ_ONLY, READ_WRITE, Identity
+
+    keys = Identity.generate("w", READ_WRITE), Identity.generate("r", READ_ONLY)
+    spec = NodeSpec("miner-1", "miner", 1, "bucket-1", *keys)
+    assert node_command(spec, tmp_path, "http://127.0.0.1:1", "tiny", None)[1:4] == ["-m", "neurons.cli", "miner"]
+    spec.ranks = 2
+    cmd = node_command(spec, tmp_path, "http://127.0.0.1:1", "tiny", None)
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    assert cmd[cmd.index("--master_addr") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--master_port") + 2: cmd.index("--master_port") + 5] == ["-m", "neurons.cli", "miner"]
