@@ -110,6 +110,15 @@ def sketch_update(update: SparseUpdate, size: int = 2048) -> IndexSketch:
         return IndexSketch(np.zeros(0, np.uint64), np.zeros(0, bool), 0)
     hashes, positive = np.concatenate(keys), np.concatenate(signs)
     total = hashes.size
+    if total > size:
+        # Only the ``size`` smallest distinct hashes are kept: select candidates in linear time
+        # (every hash up to the size-th smallest, duplicates included, in their original order)
+        # instead of sorting them all; with duplicates among them, fewer than ``size`` distinct
+        # remain and the full sort below decides, so the sketch is the same either way.
+        cut = np.partition(hashes, size - 1)[size - 1]
+        at = np.flatnonzero(hashes <= cut)
+        if np.unique(hashes[at]).size == size:
+            hashes, positive = hashes[at], positive[at]
     hashes, first = np.unique(hashes, return_index=True)  # sorted; collisions are negligible
     positive = positive[first]
     return IndexSketch(hashes[:size].copy(), positive[:size].copy(), total)
@@ -194,9 +203,22 @@ def containment_bound(shared: int, a: IndexSketch, b: IndexSketch) -> float:
     return min(1.0, jaccard * (a.total + b.total) / (1.0 + jaccard) / min(a.total, b.total))
 
 
-def _may_duplicate(shared: int, a: IndexSketch, b: IndexSketch, policy: CopyPolicy) -> bool:
-    # below both containment thresholds no rule of ``is_duplicate`` can fire: skip the exact test
-    return containment_bound(shared, a, b) >= min(policy.overlap, policy.sign_overlap)
+def _may_duplicate(
+    shared: np.ndarray, rows: list[IndexSketch], cols: list[IndexSketch], policy: CopyPolicy
+) -> np.ndarray:
+    """Bool (rows x cols): pairs whose ``containment_bound`` reaches a threshold of
+    ``is_duplicate`` (below both no rule can fire, so the exact comparison is skipped)."""
+    def arrays(sketches: list[IndexSketch]) -> tuple[np.ndarray, np.ndarray]:
+        return (np.array([s.hashes.size for s in sketches], np.float64).reshape(-1, 1),
+                np.array([s.total for s in sketches], np.float64).reshape(-1, 1))
+
+    (size_a, total_a), (size_b, total_b) = arrays(rows), (x.T for x in arrays(cols))
+    k = np.minimum(size_a, size_b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        jaccard = np.minimum(1.0, shared / k)
+        bound = np.minimum(1.0, jaccard * (total_a + total_b) / (1.0 + jaccard) / np.minimum(total_a, total_b))
+    bound = np.where(k > 0, bound, 0.0)
+    return bound >= min(policy.overlap, policy.sign_overlap)
 
 
 def is_duplicate(s: Similarity, policy: CopyPolicy) -> bool:
@@ -247,13 +269,14 @@ def find_copies(
     """
     ups = sorted(uploads, key=lambda u: (u.last_modified, u.uid))
     old = list(memory.before(window))
-    shared = shared_counts([u.sketch for u in ups], [sk for _, _, sk in old] + [u.sketch for u in ups])
+    rows, cols = [u.sketch for u in ups], [sk for _, _, sk in old] + [u.sketch for u in ups]
+    may = _may_duplicate(shared_counts(rows, cols), rows, cols, policy)
     findings: dict[int, CopyFinding] = {}
     for i, up in enumerate(ups):
-        best = _best_remembered(up.sketch, old, shared[i, : len(old)], policy)
+        best = _best_remembered(up.sketch, old, may[i, : len(old)], policy)
         if best is not None:
             findings[up.uid] = CopyFinding(up.uid, best[1], best[0], best[2])
-    for group in _duplicate_groups(ups, shared[:, len(old) :], policy):
+    for group in _duplicate_groups(ups, may[:, len(old) :], policy):
         original = next((u for u in group if u.uid not in findings), None)
         if original is None:
             continue
@@ -265,21 +288,20 @@ def find_copies(
 
 
 def _best_remembered(
-    sketch: IndexSketch, old: list[tuple[int, int, IndexSketch]], shared: np.ndarray, policy: CopyPolicy
+    sketch: IndexSketch, old: list[tuple[int, int, IndexSketch]], may: np.ndarray, policy: CopyPolicy
 ) -> tuple[int, int, Similarity] | None:
     best: tuple[int, int, Similarity] | None = None
-    for (w, source, sk), common in zip(old, shared, strict=True):
-        if not _may_duplicate(int(common), sketch, sk, policy):
-            continue
+    for j in np.flatnonzero(may):  # in memory order, as comparing every remembered upload would
+        w, source, sk = old[j]
         sim = similarity(sketch, sk)
         if is_duplicate(sim, policy) and (best is None or sim.containment > best[2].containment):
             best = (w, source, sim)
     return best
 
 
-def _duplicate_groups(ups: list[Upload], shared: np.ndarray, policy: CopyPolicy) -> list[list[Upload]]:
-    """Connected components of the "is a duplicate of" graph, each in upload order (``shared``:
-    the uploads' pairwise shared-hash counts)."""
+def _duplicate_groups(ups: list[Upload], may: np.ndarray, policy: CopyPolicy) -> list[list[Upload]]:
+    """Connected components of the "is a duplicate of" graph, each in upload order (``may``:
+    the pairs that can be duplicates at all)."""
     parent = list(range(len(ups)))
 
     def root(i: int) -> int:
@@ -288,11 +310,9 @@ def _duplicate_groups(ups: list[Upload], shared: np.ndarray, policy: CopyPolicy)
             i = parent[i]
         return i
 
-    for i in range(len(ups)):
-        for j in range(i + 1, len(ups)):
-            a, b = ups[i].sketch, ups[j].sketch
-            if _may_duplicate(int(shared[i, j]), a, b, policy) and is_duplicate(similarity(a, b), policy):
-                parent[root(j)] = root(i)
+    for i, j in zip(*np.nonzero(np.triu(may, k=1)), strict=True):  # pairs i < j in row order
+        if is_duplicate(similarity(ups[i].sketch, ups[j].sketch), policy):
+            parent[root(j)] = root(i)
     groups: dict[int, list[Upload]] = {}
     for i, up in enumerate(ups):
         groups.setdefault(root(i), []).append(up)

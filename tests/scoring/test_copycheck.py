@@ -169,10 +169,15 @@ def test_shared_counts_match_pairwise_intersections():
 def test_containment_bound_never_below_the_estimate():
     uploads, memory, _ = mixed_window()
     sketches = [u.sketch for u in uploads] + [sk for _, _, sk in memory.before(5)]
-    for a in sketches:
-        for b in sketches:
-            shared = np.intersect1d(a.hashes, b.hashes).size
-            assert containment_bound(shared, a, b) >= similarity(a, b).containment - 1e-12
+    shared = shared_counts(sketches, sketches)
+    may = copycheck._may_duplicate(shared, sketches, sketches, POLICY)
+    for i, a in enumerate(sketches):
+        for j, b in enumerate(sketches):
+            sim = similarity(a, b)
+            assert containment_bound(int(shared[i, j]), a, b) >= sim.containment - 1e-12
+            assert may[i, j] == (containment_bound(int(shared[i, j]), a, b) >= 0.7)  # the matrix form agrees
+            if is_duplicate(sim, POLICY):
+                assert may[i, j]
 
 
 def test_prefiltered_verdicts_equal_comparing_every_pair(monkeypatch):
@@ -180,7 +185,8 @@ def test_prefiltered_verdicts_equal_comparing_every_pair(monkeypatch):
     fast = find_copies(5, uploads, memory, POLICY)
     assert {6, 7, 10} <= set(fast)  # the exact copy, the noisy copy and the replay are caught
     assert 3 in fast and fast[3].original == 9  # the partial copy (9 uploaded first) groups with 3
-    monkeypatch.setattr(copycheck, "_may_duplicate", lambda *args: True)  # compare every pair exactly
+    every_pair = lambda shared, rows, cols, policy: np.ones((len(rows), len(cols)), bool)  # noqa: E731
+    monkeypatch.setattr(copycheck, "_may_duplicate", every_pair)  # compare every pair exactly
     assert find_copies(5, uploads, memory, POLICY) == fast
 
 
@@ -190,3 +196,30 @@ def test_shared_counts_bounded_blocks_give_the_same_counts(monkeypatch):
     whole = shared_counts(rows, rows)
     monkeypatch.setattr(copycheck, "_PAIRS_PER_BLOCK", 100)  # many small blocks
     assert (shared_counts(rows, rows) == whole).all()
+
+
+def full_sort_sketch(update: SparseUpdate, size: int = 2048):
+    """The sketch by sorting every hash (what ``sketch_update`` computed before its selection)."""
+    keys, signs = [], []
+    for name in sorted(update):
+        st = update[name]
+        tag = np.uint64(copycheck.zlib.crc32(name.encode())) << np.uint64(32)
+        keys.append(copycheck._splitmix64(st.indices.numpy().astype(np.uint64) ^ tag))
+        signs.append(st.values.numpy() > 0)
+    hashes, first = np.unique(np.concatenate(keys), return_index=True)
+    return hashes[:size], np.concatenate(signs)[first][:size]
+
+
+def test_sketch_selection_equals_sorting_every_hash(monkeypatch):
+    _, _, ups = mixed_window()
+    for update in ups:
+        for size in (16, 256, 2048, 10**6):
+            got = sketch_update(update, size=size)
+            hashes, positive = full_sort_sketch(update, size)
+            assert np.array_equal(got.hashes, hashes) and np.array_equal(got.positive, positive)
+    # a hash with many collisions: the selection sees duplicates and the full sort decides
+    monkeypatch.setattr(copycheck, "_splitmix64", lambda x: x % np.uint64(97))
+    for size in (16, 96, 200):
+        got = sketch_update(ups[0], size=size)
+        hashes, positive = full_sort_sketch(ups[0], size)
+        assert np.array_equal(got.hashes, hashes) and np.array_equal(got.positive, positive)
