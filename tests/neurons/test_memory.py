@@ -140,3 +140,19 @@ def test_a_node_that_does_not_fit_refuses_before_building_its_model(monkeypatch)
     with pytest.raises(DistributedError, match="--micro-batches 3 with 2 ranks"):
         node_module.assemble_node(config.__class__(**{**vars(config), "micro_batches": 3}), hp, None, None, 0, None,
                                   threading.Event(), world=World(0, 2, 0))
+
+
+@pytest.mark.parametrize("role", ["miner", "validator"])
+def test_the_node_command_refuses_a_preset_that_does_not_fit_in_one_line(role, tmp_path, capsys, monkeypatch):
+    """`tessera miner|validator --hparams 70B` on this CPU: exit 2 and one line naming the memory,
+    before the chain (a file that does not exist) or the bucket (nothing listens) is touched."""
+    for var in ("TESSERA_BUCKET_WRITE_KEY_ID", "TESSERA_BUCKET_WRITE_SECRET", "TESSERA_BUCKET_READ_SECRET"):
+        monkeypatch.setenv(var, "x")
+    argv = [role, "--netuid", "1", "--hparams", "70B", "--devchain", str(tmp_path / "absent.sqlite"),
+            "--bucket.endpoint", "http://127.0.0.1:9", "--bucket.name", "unused", "--bucket.read-key-id", "r",
+            "--state-dir", str(tmp_path / "state")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"tessera {role}: error: 70B {role} needs") and "per device at world size 1" in err
+    assert not (tmp_path / "absent.sqlite").exists() and not (tmp_path / "state").exists()
