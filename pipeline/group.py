@@ -4,7 +4,8 @@ A stage that loses a neighbour mid-window (it crashed, was killed, or went silen
 its half of the computation, and what it trained so far was trained against a partner that is
 gone. So the window is dropped: the stage puts back θ_w and its optimizer state exactly as they
 were, tells its other neighbour it is leaving (so that one skips at once instead of waiting for
-its deadline), publishes nothing for the window and is ready for the next. A restarted stage
+its deadline), publishes nothing for the window and is ready for the next. A neighbour that
+sends a malformed or unexpected boundary frame is treated the same way. A restarted stage
 joins at the next window from θ_w like any node; nothing of the lost window survives anywhere.
 
 After the last inner step the stages exchange one "done" message along the chain (downstream,
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.transport import Link, StageLost
+from pipeline.wire import BoundaryError
 from pipeline.worker import StageWorker
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ def run_window(
         if before_done is not None:
             before_done()
         _agree_done(up, down)
-    except StageLost as exc:
+    except (StageLost, BoundaryError) as exc:  # a neighbour gone or sending what it must not
         if on_skip is not None:
             on_skip()
         for link in (up, down):

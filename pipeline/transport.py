@@ -98,7 +98,10 @@ class Link:
         self._send(TAG_SCALAR, struct.pack("<d", value))
 
     def recv_scalar(self) -> float:
-        (value,) = struct.unpack("<d", self._recv(TAG_SCALAR, 8).ljust(8, b"\0")[:8])
+        body = self._recv(TAG_SCALAR, 8)
+        if len(body) != 8:
+            raise StageLost(f"{self.peer} sent a {len(body)}-byte scalar, expected 8")
+        (value,) = struct.unpack("<d", body)
         return value
 
     def bye(self) -> None:

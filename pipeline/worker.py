@@ -22,8 +22,16 @@ from pipeline.codec import DenseCodec, SubspaceCodec
 from pipeline.replica import stage_optimizer
 from pipeline.stage import Stage, lm_loss
 from pipeline.subspace import SubspaceConstraint
-from pipeline.transport import Link
-from pipeline.wire import Expected, FrameKind, decode_frame, encode_frame, frame_bytes, id_bytes
+from pipeline.transport import Link, StageLost
+from pipeline.wire import (
+    BoundaryError,
+    Expected,
+    FrameKind,
+    decode_frame,
+    encode_frame,
+    frame_bytes,
+    id_bytes,
+)
 from protocol.hparams import TrainingConfig
 
 Codec = DenseCodec | SubspaceCodec
@@ -84,7 +92,7 @@ class StageWorker:
             if up is not None:
                 msg = self._recv(up, FrameKind.ACTIVATION, ids)
                 if msg.token_ids is not None and not torch.equal(msg.token_ids, ids):
-                    raise ValueError("the upstream stage sent token ids of another batch; the group's data is out of step")
+                    raise BoundaryError("the upstream stage sent token ids of another batch; the group's data is out of step")
                 x = self.codec.decode_activation(msg, ids).requires_grad_(True)
             out = self.stage.forward(x, ids)
             saved.append((x, out))
@@ -114,7 +122,7 @@ class StageWorker:
         if up is not None:
             up.send_scalar(total)
         if not math.isfinite(total) or total < 0:
-            raise ValueError(f"the group's squared gradient norm is {total}; a stage diverged or misbehaves")
+            raise StageLost(f"the group's squared gradient norm is {total}; a stage diverged or misbehaves")
         factor = min(1.0, self.cfg.grad_clip / (math.sqrt(total) + 1e-6))
         if factor < 1.0:
             with torch.no_grad():

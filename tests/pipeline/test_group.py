@@ -76,3 +76,29 @@ def test_a_killed_stage_makes_its_partner_skip_the_window_and_the_group_resumes(
     box = _window(worker0, restarted, batches, window=6)
     assert box[0].trained and box[1].trained and len(box[1].losses) == 3
     assert not torch.equal(worker0.stage.params["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+
+
+def test_a_neighbour_sending_a_malformed_frame_costs_the_window_not_the_process(small_model, batch):
+    worker0 = _worker(copy.deepcopy(small_model), 0)
+    before = {n: p.detach().clone() for n, p in worker0.stage.params.items()}
+    server = socket.create_server(("127.0.0.1", 0))
+    hello = dict(run_id="r", group="g", n_stages=2, window=0)
+
+    def hostile_downstream():
+        link = accept_upstream(server, Hello(stage=1, **hello), timeout=10)
+        for _ in range(2):  # the two micro-batches' activations
+            link.recv_frame(max_bytes=1 << 20)
+        link.send_frame(b"TSB1 not a gradient frame")
+        link.sock.recv(1 << 16)  # wait for stage 0's bye / close
+        link.close()
+
+    thread = threading.Thread(target=hostile_downstream)
+    thread.start()
+    link = connect_downstream("127.0.0.1", server.getsockname()[1], Hello(stage=0, **hello), timeout=10)
+    outcome = run_window(worker0, 0, [batch], 0, up=None, down=link)
+    link.close()
+    thread.join(timeout=10)
+    server.close()
+    assert not outcome.trained and "frame" in outcome.reason
+    for name, p in worker0.stage.params.items():
+        assert torch.equal(p, before[name]), name

@@ -88,3 +88,12 @@ def test_nobody_listening_is_reported_within_the_deadline():
         port = probe.getsockname()[1]  # closed again below: nothing listens there
     with pytest.raises(StageLost, match="could not reach stage 1/2"):
         connect_downstream("127.0.0.1", port, _hello(0), timeout=0.3)
+
+
+def test_a_short_scalar_is_refused():
+    up, box = _pair()
+    up._send(3, b"\x01")
+    with pytest.raises(StageLost, match="1-byte scalar"):
+        box["down"].recv_scalar()
+    up.close()
+    box["down"].close()
