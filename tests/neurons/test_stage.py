@@ -55,7 +55,7 @@ def _trained(path: Path) -> list[int]:
 @pytest.mark.integration
 def test_a_group_trains_survives_a_killed_stage_and_ends_on_one_theta(tmp_path):
     ensure_embedded_data(tmp_path / "data", 512, CHARS)  # once, before the stages race for it
-    hp, port, windows = _hparams(tmp_path), _free_port(), 6
+    hp, port, windows = _hparams(tmp_path), _free_port(), 4
     down = _start(tmp_path, hp, 1, port, windows)
     up = _start(tmp_path, hp, 0, port, windows)
     deadline = time.monotonic() + 120
