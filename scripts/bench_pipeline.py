@@ -200,6 +200,24 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def markdown(result: dict) -> str:
+    """The docs' table from a result (also from a saved one: --table-from)."""
+    head = ("| setting | pipeline groups (compressed) | k | held-out loss θ | held-out loss P(θ) | off-subspace |"
+            " pseudo-gradient B | activation B | activation-gradient B | boundary B / micro-batch |")
+    lines = [head, "|" + "---|" * 10]
+    for r in result["runs"]:
+        groups = r["compressed_groups"] or r["dense_groups"]
+        proj = r.get("final_heldout_loss_projected")
+        boundary = next(iter(r["boundary_bytes_per_micro_batch_both_directions"].values()), 0)
+        lines.append(
+            f"| {r['setting']} | {groups} ({r['compressed_groups']}) | {r['k'] or '-'} | {r['final_heldout_loss']:.4f} "
+            f"| {'-' if proj is None else f'{proj:.4f}'} | {'-' if r['off_subspace_fraction'] is None else r['off_subspace_fraction']} "
+            f"| {r['bytes']['pseudo_gradient']:,} | {r['bytes']['activations']:,} | {r['bytes']['activation_gradients']:,} "
+            f"| {boundary:,} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hparams", default="tiny")
@@ -219,7 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help="embedded corpus cache (default: a temp dir)")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of held-out loss per window")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--table-from", type=Path, default=None, help="print the markdown table of a saved --json result")
     args = parser.parse_args(argv)
+    if args.table_from is not None:
+        result = json.loads(args.table_from.read_text())
+        print(markdown(result))
+        if args.plot:
+            plot(result, args.plot)
+        return 0
     torch.set_num_threads(args.threads)
     hp = _shrink(load_hparams(args.hparams), args)
     ks = [int(k) for k in args.ks.split(",") if k]
