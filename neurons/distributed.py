@@ -9,14 +9,16 @@ send results back. A follower that gets ``stop`` (or sees the leader vanish) exi
 
 Exact data parallelism. A payload must not depend on how many processes made it, so every
 rank's arithmetic must be the arithmetic of one process. The rule (``neurons.train``): an inner
-step's batch of B rows is cut into M equal micro-batches of B/M consecutive rows; the gradient is
-``(g_0 + g_1 + … + g_{M-1}) / M``, summed left to right, where g_i is the unscaled gradient of
-micro-batch i's mean loss. One process with ``--micro-batches M`` accumulates them in that order;
-a world of M ranks computes g_r on rank r and sums the gathered g_0..g_{M-1} in rank order
-(``ordered_sum_``) — not ``all_reduce``, whose summation order is the backend's business and is
-not the single-process order once M > 2. Same kernels on the same shapes give the same g_i, so θ,
-Δ, the error feedback and the payload are the same bytes (on the same hardware class and the same
-number of CPU threads per process; tests/neurons/test_distributed.py checks it on CPU/gloo).
+step's batch of B rows is cut into M equal micro-batches of B/M consecutive rows, in G groups of
+k = M/G; the gradient is ``(S_0 + S_1 + … + S_{G-1}) / M`` summed left to right, where S_r is the
+left-to-right sum of group r's unscaled micro-batch gradients. A world of G ranks computes S_r on
+rank r and sums the gathered S_0..S_{G-1} in rank order (``ordered_sum_``) — not ``all_reduce``,
+whose summation order is the backend's business and is not the single-process order once G > 2.
+One process computes the same with ``InnerTrainer(micro_batches=M, groups=G)`` (with k = 1, any G
+is plain accumulation: ``--micro-batches M`` alone reproduces a world of M). Same kernels on the
+same shapes give the same gradients, so θ, Δ, the error feedback and the payload are the same
+bytes (on the same hardware class and the same number of CPU threads per process;
+tests/neurons/test_distributed.py checks it on CPU/gloo).
 
 Control messages travel with ``broadcast_object_list`` (pickle between our own processes, never
 peer bytes: updates are decoded and checked by the leader before they are sent); tensors travel
@@ -94,9 +96,9 @@ class World:
 def check_micro_batches(batch_size: int, micro_batches: int | None, world: World) -> int:
     """The micro-batch count a node of ``world`` trains with, or ``DistributedError`` naming the fix."""
     m = micro_batches or world.size
-    if world.distributed and m != world.size:
-        raise DistributedError(f"--micro-batches {m} with {world.size} ranks: a world of N ranks trains N micro-batches "
-                               f"(one per rank); drop the flag or give {world.size}")
+    if m % world.size:
+        raise DistributedError(f"--micro-batches {m} with {world.size} ranks: every rank takes the same number of "
+                               f"micro-batches; give a multiple of {world.size}")
     if batch_size % m:
         raise DistributedError(f"batch_size {batch_size} does not split into {m} equal micro-batches: "
                                f"use a world size / --micro-batches that divides {batch_size}")

@@ -9,7 +9,7 @@ What is counted (bytes per device; P parameters, computed from the preset's shap
 - miner, replicated data parallel (what ``torchrun --nproc_per_node N`` runs: every rank holds
   the whole model): fp32 θ 4P, fp32 gradients 4P, AdamW moments 8P, the window's θ_w copy 4P,
   the error-feedback buffer 4P → 24P; plus the activations kept for the backward of one
-  micro-batch of ``batch_size / N`` rows; plus the gradient gather buffer of
+  micro-batch of ``batch_size / M`` rows (M micro-batches, default N); plus the gradient gather buffer of
   ``neurons.distributed.ordered_sum_`` ((N + 2) × 2^21 values: the gathered parts, this rank's
   slice, the sum; only when N > 1).
 - validator (stage 2 is forward only): fp32 θ 4P, the reference aggregate 4P, the saved θ while
@@ -116,9 +116,10 @@ def activation_bytes(m: ModelConfig, rows: int, seq_len: int, device: str, check
 
 def estimate(
     hp: Hparams, role: str, world_size: int = 1, device: str = "cuda", checkpointing: bool = False,
-    layout: str = "replicated",
+    layout: str = "replicated", micro_batches: int | None = None,
 ) -> MemoryEstimate:
-    """Bytes one device holds for ``role`` at ``world_size`` ranks (see the module's notes)."""
+    """Bytes one device holds for ``role`` at ``world_size`` ranks, each batch cut into
+    ``micro_batches`` (default: one per rank) (see the module's notes)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}")
     m, t = hp.model, hp.training
@@ -127,7 +128,7 @@ def estimate(
         state = VALIDATOR_STATE_BYTES * p
         act = activation_bytes(m, t.batch_size, t.seq_len, device, checkpointing, backward=False)
         return MemoryEstimate(hp.name, role, world_size, layout, device, checkpointing, p, state, act, 0)
-    rows = max(1, t.batch_size // world_size)
+    rows = max(1, t.batch_size // (micro_batches or world_size))
     act = activation_bytes(m, rows, t.seq_len, device, checkpointing, backward=True)
     if layout == "sharded":
         layer = 2 * m.hidden_size * m.hidden_size + 3 * m.hidden_size * m.intermediate_size
@@ -166,34 +167,44 @@ def gib(n: int) -> str:
     return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
 
 
-def smallest_world(hp: Hparams, role: str, device: str, checkpointing: bool, available: int) -> int | None:
-    """The smallest world size (a divisor of batch_size: the micro-batch rule) that fits, or None."""
-    if role == "validator":
-        return None  # more ranks split candidates, not the per-device model or batch
-    sizes = [n for n in range(1, hp.training.batch_size + 1) if hp.training.batch_size % n == 0]
-    for n in sizes:
-        if estimate(hp, role, n, device, checkpointing).needed_bytes <= available:
-            return n
+def fitting_micro_batches(
+    hp: Hparams, world_size: int, device: str, checkpointing: bool, available: int
+) -> int | None:
+    """The fewest micro-batches (a multiple of the world size dividing batch_size: the rule in
+    ``neurons.distributed``) with which a miner fits, or None."""
+    b = hp.training.batch_size
+    for m in range(world_size, b + 1, world_size):
+        if b % m == 0 and estimate(hp, "miner", world_size, device, checkpointing,
+                                   micro_batches=m).needed_bytes <= available:
+            return m
     return None
 
 
 def check_memory(
-    hp: Hparams, role: str, world_size: int, device: str, available: int, checkpointing: bool = False
+    hp: Hparams, role: str, world_size: int, device: str, available: int, checkpointing: bool = False,
+    micro_batches: int | None = None,
 ) -> MemoryEstimate:
-    """The estimate if it fits in ``available`` bytes; else ``MemoryBudgetError`` in one line."""
-    est = estimate(hp, role, world_size, device, checkpointing)
+    """The estimate if it fits in ``available`` bytes; else ``MemoryBudgetError`` in one line
+    naming the micro-batches / world size that would fit, or the memory no setting goes under."""
+    m = micro_batches or world_size
+    est = estimate(hp, role, world_size, device, checkpointing, micro_batches=m)
     if est.needed_bytes <= available:
         return est
-    head = (f"{hp.name} {role} needs {gib(est.needed_bytes)} per device at world size {world_size} "
-            f"(state {gib(est.state_bytes)}, activations {gib(est.activation_bytes)}, x{est.headroom:g} allocator headroom) "
+    head = (f"{hp.name} {role} needs {gib(est.needed_bytes)} per device at world size {world_size}"
+            f"{f' with {m} micro-batches' if role == 'miner' else ''} (state {gib(est.state_bytes)}, "
+            f"activations {gib(est.activation_bytes)}, x{est.headroom:g} allocator headroom) "
             f"but {device} has {gib(available)} free")
-    fits_at = smallest_world(hp, role, device, checkpointing, available)
-    if fits_at is not None and fits_at > world_size:
-        raise MemoryBudgetError(f"{head}: run it with torchrun --nproc_per_node {fits_at} (world size {fits_at})")
-    floor = estimate(hp, role, hp.training.batch_size if role == "miner" else world_size, device, checkpointing)
+    fits = fitting_micro_batches(hp, world_size, device, checkpointing, available) if role == "miner" else None
+    if fits is not None and fits > m:
+        raise MemoryBudgetError(
+            f"{head}: cut each batch into {fits} micro-batches, with torchrun --nproc_per_node {fits} "
+            f"(world size {fits}) or --micro-batches {fits} on world size {world_size}"
+        )
+    floor = estimate(hp, role, world_size, device, checkpointing, micro_batches=hp.training.batch_size)
     raise MemoryBudgetError(
-        f"{head}; more ranks cannot bring it under {gib(floor.needed_bytes)} (every rank holds the whole model): "
-        f"use devices with at least that much memory (sharded training is not built yet: docs/hardware.md)"
+        f"{head}; no world size or micro-batch count brings it under {gib(floor.needed_bytes)} (every rank "
+        f"holds the whole model): use devices with at least that much memory (sharded training is not built yet: "
+        f"docs/hardware.md)"
     )
 
 

@@ -176,7 +176,8 @@ def check_fits_device(config: NodeConfig, hparams: Hparams, world: World) -> Mem
     if not config.memory_check:
         return None
     available = device_memory(config.device, local_world_size())
-    return check_memory(hparams, config.role, world.size, config.device, available, config.activation_checkpointing)
+    return check_memory(hparams, config.role, world.size, config.device, available, config.activation_checkpointing,
+                        config.micro_batches)
 
 
 def follow_leader(config: NodeConfig, world: World, runner) -> int:

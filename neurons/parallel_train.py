@@ -23,7 +23,7 @@ from neurons.distributed import (
     broadcast_tensors_,
     send,
 )
-from neurons.train import InnerTrainer, TrainStats
+from neurons.train import InnerTrainer, TrainStats, check_micro_batch_split
 from protocol.hparams import TrainingConfig
 
 
@@ -55,7 +55,9 @@ class LeaderTrainer:
 
     def train_window(self, batches: Sequence[torch.Tensor]) -> TrainStats:
         inner = self.inner
-        send(Command(TRAIN, {"global_step": inner.global_step, "sync_optimizer": not self.optimizer_synced}), inner.world)
+        args = {"global_step": inner.global_step, "sync_optimizer": not self.optimizer_synced,
+                "micro_batches": inner.micro_batches}
+        send(Command(TRAIN, args), inner.world)
         share_window(inner, batches, sync_optimizer=not self.optimizer_synced)
         self.optimizer_synced = True
         return inner.train_window(batches)
@@ -82,6 +84,9 @@ def train_handler(trainer: InnerTrainer):
     """A follower's ``train`` command: receive the window, train its share of every step."""
 
     def handle(command: Command) -> None:
+        # the leader's count wins (torchrun gives every rank the same flags; this keeps them in step)
+        check_micro_batch_split(trainer.cfg.batch_size, command.args["micro_batches"], trainer.groups)
+        trainer.micro_batches = command.args["micro_batches"]
         trainer.global_step = command.args["global_step"]
         batches = share_window(trainer, None, command.args["sync_optimizer"])
         trainer.train_window(batches)

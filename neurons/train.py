@@ -58,33 +58,42 @@ class MicroBatchError(ValueError):
     """The batch cannot be cut into the micro-batches asked for; the message names the numbers."""
 
 
+def check_micro_batch_split(batch_size: int, micro_batches: int, groups: int) -> None:
+    """``MicroBatchError`` unless ``batch_size`` rows cut into ``micro_batches`` equal blocks that
+    fall into ``groups`` equal groups (one per rank)."""
+    if micro_batches % groups:
+        raise MicroBatchError(f"--micro-batches {micro_batches} does not split over {groups} ranks: "
+                              f"give a multiple of {groups}")
+    if batch_size % micro_batches:
+        raise MicroBatchError(f"batch_size {batch_size} does not split into {micro_batches} equal micro-batches: "
+                              f"use a world size / --micro-batches that divides {batch_size}")
+
+
 class InnerTrainer:
     """AdamW over ``model``'s parameters; weight decay on matrices only (not on norm gains).
 
-    ``micro_batches`` M cuts every batch into M equal row blocks whose unscaled gradients are
-    summed in order and divided by M (``neurons.distributed`` states the rule). One process does
-    all M in turn; a ``world`` of M ranks does block ``rank`` each and sums them in rank order,
-    which gives the same bits. M = 1 (the default) is the plain full-batch step.
+    ``micro_batches`` M cuts every batch into M equal row blocks, taken in G ``groups`` of k = M/G
+    consecutive blocks; the step's gradient is ``(S_0 + S_1 + … + S_{G-1}) / M`` added left to
+    right, where S_r = g_{rk} + … + g_{rk+k-1} (also left to right) and g_i is block i's unscaled
+    gradient (``neurons.distributed`` states the rule). A ``world`` of G ranks computes S_rank on
+    each rank and sums them in rank order; one process with the same ``groups`` computes every
+    S_r in turn: the same bits. One process defaults to G = 1 (equal to G = M: with k = 1 both
+    are g_0 + g_1 + …); M = 1 (the default) is the plain full-batch step.
     """
 
     def __init__(
         self, model: torch.nn.Module, cfg: TrainingConfig, device: torch.device | str,
-        micro_batches: int = 1, world: World | None = None,
+        micro_batches: int = 1, world: World | None = None, groups: int | None = None,
     ):
         self.model = model
         self.cfg = cfg
         self.device = torch.device(device)
         self.world = world or World()
+        if self.world.distributed and groups not in (None, self.world.size):
+            raise MicroBatchError(f"{self.world.size} ranks make {self.world.size} micro-batch groups, not {groups}")
+        self.groups = self.world.size if self.world.distributed else groups or 1
         self.micro_batches = micro_batches
-        if self.world.distributed and micro_batches != self.world.size:
-            raise MicroBatchError(
-                f"{self.world.size} ranks need --micro-batches {self.world.size} (one micro-batch per rank), not {micro_batches}"
-            )
-        if cfg.batch_size % micro_batches:
-            raise MicroBatchError(
-                f"batch_size {cfg.batch_size} does not split into {micro_batches} equal micro-batches; "
-                f"use a world size / --micro-batches that divides it"
-            )
+        check_micro_batch_split(cfg.batch_size, micro_batches, self.groups)
         if any(p.device.type != self.device.type for p in model.parameters()):
             raise ValueError(f"move the model to {self.device} before building its trainer (optimizer state lives there)")
         self.global_step = 0
@@ -129,7 +138,7 @@ class InnerTrainer:
 
     def _gradients(self, batch: torch.Tensor) -> torch.Tensor:
         """Fill ``.grad`` with the step's gradient under the micro-batch rule; the step's loss."""
-        m = self.micro_batches
+        m, g = self.micro_batches, self.groups
         if m == 1:
             with _autocast(self.device):
                 loss = _lm_loss(self.model, batch)
@@ -138,25 +147,48 @@ class InnerTrainer:
         if batch.shape[0] % m:
             raise MicroBatchError(f"a batch of {batch.shape[0]} rows does not split into {m} micro-batches")
         blocks = batch.view(m, batch.shape[0] // m, *batch.shape[1:])
-        mine = [self.world.rank] if self.world.distributed else range(m)
-        losses = []
-        for i in mine:
+        k = m // g
+        losses = torch.zeros(m, dtype=torch.float32, device=self.device)
+        if self.world.distributed:  # this rank's group, then the groups' sums in rank order
+            self._accumulate(blocks, range(self.world.rank * k, (self.world.rank + 1) * k), losses)
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            ordered_sum_(grads, self.world)
+            ordered_sum_([losses], self.world)  # zeros elsewhere: every rank ends with all M losses
+        else:
+            grads = self._groups_in_turn(blocks, g, k, losses)
+        with torch.no_grad():
+            for t in grads:
+                t.div_(m)
+        return losses.mean()
+
+    def _accumulate(self, blocks: torch.Tensor, indices: range, losses: torch.Tensor) -> None:
+        """Backward of each block in order into ``.grad`` (None before the first: it assigns)."""
+        for i in indices:
             with _autocast(self.device):
                 loss = _lm_loss(self.model, blocks[i])
             loss.backward()  # accumulates into .grad: ((g_0 + g_1) + g_2) + …
-            losses.append(loss.detach().float().reshape(1))
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        losses_t = torch.cat(losses)
-        if self.world.distributed:
-            ordered_sum_(grads, self.world)
-            gathered = torch.zeros(m, dtype=losses_t.dtype, device=losses_t.device)
-            gathered[self.world.rank] = losses_t[0]
-            ordered_sum_([gathered], self.world)  # zeros elsewhere: every rank ends with all M losses
-            losses_t = gathered
-        with torch.no_grad():
-            for g in grads:
-                g.div_(m)
-        return losses_t.mean()
+            losses[i] = loss.detach().float()
+
+    def _groups_in_turn(self, blocks: torch.Tensor, g: int, k: int, losses: torch.Tensor) -> list[torch.Tensor]:
+        """One process: S_0, then S_0 + S_1, … exactly as ``ordered_sum_`` adds the ranks' sums."""
+        if g == 1:
+            self._accumulate(blocks, range(k), losses)
+            return [p.grad for p in self.model.parameters() if p.grad is not None]
+        total: list[torch.Tensor] | None = None
+        for r in range(g):
+            self.optimizer.zero_grad(set_to_none=True)  # each group starts as a rank does: no .grad
+            self._accumulate(blocks, range(r * k, (r + 1) * k), losses)
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if total is None:
+                total = [t.clone() for t in grads]
+            else:
+                with torch.no_grad():
+                    for acc, t in zip(total, grads, strict=True):
+                        acc += t
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        for p, t in zip(params, total, strict=True):
+            p.grad = t
+        return total
 
     def train_window(self, batches: Sequence[torch.Tensor]) -> TrainStats:
         """One inner step per batch; returns first/last/mean loss, steps and tokens seen."""

@@ -51,9 +51,17 @@ def _batches(hp, window: int) -> list[torch.Tensor]:
     return list(torch.randint(0, hp.model.vocab_size, (t.inner_steps, t.batch_size, t.seq_len), generator=g).unbind(0))
 
 
+# micro-batches per window: one per rank, then two per rank (each rank accumulates its pair first)
+MICRO_BATCHES = (RANKS, 2 * RANKS)
+
+
 def _miner_windows(model, hp, world: World) -> list[bytes]:
     """What the miner does per window, minus chain and storage: train, Δ, compress, encode."""
-    trainer = make_trainer(model, hp.training, "cpu", world, micro_batches=RANKS)
+    if world.distributed:
+        trainer = make_trainer(model, hp.training, "cpu", world, micro_batches=RANKS)
+        inner = trainer.inner
+    else:  # one process computing what a world of RANKS ranks does
+        trainer = inner = InnerTrainer(model, hp.training, "cpu", micro_batches=RANKS, groups=RANKS)
     codec = hp.codec
     compressor = ErrorFeedbackCompressor(
         {n: tuple(p.shape) for n, p in model.named_parameters()},
@@ -61,6 +69,7 @@ def _miner_windows(model, hp, world: World) -> list[bytes]:
     )
     payloads = []
     for w in range(WINDOWS):
+        inner.micro_batches = MICRO_BATCHES[w]
         base = {n: p.detach().clone() for n, p in model.named_parameters()}
         trainer.global_step = w * hp.training.inner_steps
         trainer.train_window(_batches(hp, w))
@@ -177,13 +186,30 @@ def test_two_ranks_give_the_single_process_stage2_measurements(two_ranks, one_ra
     assert all(m.own_reference for m, _ in two_ranks["stage2"].values())
 
 
-def test_micro_batches_must_match_the_world_and_divide_the_batch():
+def test_micro_batches_must_split_over_the_world_and_divide_the_batch():
     hp = load_hparams("tiny")
     model = build_model(hp.model, hp.seed)
-    with pytest.raises(MicroBatchError, match="--micro-batches 2"):
-        InnerTrainer(model, hp.training, "cpu", micro_batches=4, world=World(0, 2, 0))
+    with pytest.raises(MicroBatchError, match="--micro-batches 2 does not split over 4 ranks"):
+        InnerTrainer(model, hp.training, "cpu", micro_batches=2, world=World(0, 4, 0))
     with pytest.raises(MicroBatchError, match="batch_size 8 does not split into 3"):
         InnerTrainer(model, hp.training, "cpu", micro_batches=3)
+    with pytest.raises(MicroBatchError, match="2 ranks make 2 micro-batch groups, not 4"):
+        InnerTrainer(model, hp.training, "cpu", micro_batches=4, world=World(0, 2, 0), groups=4)
+
+
+def test_groups_change_the_bits_only_when_a_group_holds_several_micro_batches():
+    """k = 1: any grouping is plain accumulation. k = 2: (g0 + g1) + (g2 + g3) is its own rule,
+    which is why a single process must be told the world's group count to reproduce it."""
+    hp = load_hparams("tiny")
+    batch = _batches(hp, 0)[:1]
+
+    def theta(micro_batches, groups):
+        model = build_model(hp.model, hp.seed)
+        InnerTrainer(model, hp.training, "cpu", micro_batches=micro_batches, groups=groups).train_window(batch)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(theta(2, 1), theta(2, 2))
+    assert not torch.equal(theta(4, 1), theta(4, 2))
 
 
 def test_world_from_env():

@@ -58,15 +58,19 @@ def test_8b_miner_on_one_h200_is_refused_naming_the_memory_needed():
     text = str(exc.value)
     assert "\n" not in text
     assert "8B miner needs" in text and "at world size 8" in text and "141.0 GiB free" in text
-    assert "more ranks cannot bring it under" in text  # replicated: the state alone is 180 GiB
+    assert "no world size or micro-batch count brings it under" in text  # replicated: the state alone is 180 GiB
 
 
-def test_a_preset_that_fits_at_more_ranks_names_that_world_size():
+def test_a_preset_that_fits_with_more_micro_batches_names_the_world_size_and_the_flag():
     hp = load_hparams("150M")
     needed_at_8 = estimate(hp, "miner", 8).needed_bytes
-    with pytest.raises(MemoryBudgetError, match=r"torchrun --nproc_per_node (2|4|8) \(world size (2|4|8)\)"):
+    with pytest.raises(MemoryBudgetError, match=r"into 8 micro-batches, with torchrun --nproc_per_node 8 \(world size 8\) "
+                                                r"or --micro-batches 8 on world size 1"):
         check_memory(hp, "miner", 1, "cuda:0", available=needed_at_8)
     assert check_memory(hp, "miner", 8, "cuda:0", available=needed_at_8).world_size == 8
+    # accumulation on one device has the activations of one micro-batch (the state stays)
+    assert check_memory(hp, "miner", 1, "cuda:0", available=needed_at_8, micro_batches=8).activation_bytes == \
+        estimate(hp, "miner", 8).activation_bytes
 
 
 def test_every_preset_fits_somewhere_or_says_so():
@@ -96,8 +100,9 @@ def test_available_ram_reads_meminfo(tmp_path):
 def test_micro_batch_rule_is_a_startup_error():
     assert check_micro_batches(8, None, World(0, 2, 0)) == 2
     assert check_micro_batches(8, 4, World()) == 4
-    with pytest.raises(DistributedError, match="--micro-batches 4 with 2 ranks"):
-        check_micro_batches(8, 4, World(0, 2, 0))
+    assert check_micro_batches(8, 4, World(0, 2, 0)) == 4  # two per rank
+    with pytest.raises(DistributedError, match="--micro-batches 3 with 2 ranks: .* a multiple of 2"):
+        check_micro_batches(8, 3, World(0, 2, 0))
     with pytest.raises(DistributedError, match="batch_size 8 does not split into 3"):
         check_micro_batches(8, None, World(0, 3, 0))
 
