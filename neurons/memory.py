@@ -208,7 +208,10 @@ def check_memory(
     )
 
 
-def table(presets: list[str], roles: list[str], worlds: list[int], device: str, checkpointing: bool) -> list[dict]:
+def table(
+    presets: list[str], roles: list[str], worlds: list[int], device: str, checkpointing: bool,
+    micro_batches: int | None = None,
+) -> list[dict]:
     from protocol.hparams import load_hparams
 
     rows = []
@@ -218,7 +221,7 @@ def table(presets: list[str], roles: list[str], worlds: list[int], device: str, 
             for n in worlds:
                 layouts = LAYOUTS if role == "miner" else ("replicated",)
                 for layout in layouts:
-                    est = estimate(hp, role, n, device, checkpointing, layout)
+                    est = estimate(hp, role, n, device, checkpointing, layout, micro_batches=micro_batches)
                     row = asdict(est)
                     row.update(needed_bytes=est.needed_bytes, total_gib=round(est.total_bytes / GIB, 2), needed_gib=round(est.needed_bytes / GIB, 2))
                     rows.append(row)
@@ -297,7 +300,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     presets = args.hparams.split(",")
     worlds = [int(x) for x in args.world_size.split(",")]
-    rows = table(presets, args.role.split(","), worlds, args.device, args.activation_checkpointing)
+    if args.micro_batches and any(args.micro_batches % n for n in worlds):
+        print(f"tessera memory: --micro-batches {args.micro_batches} must be a multiple of every --world-size", file=sys.stderr)
+        return 2
+    rows = table(presets, args.role.split(","), worlds, args.device, args.activation_checkpointing, args.micro_batches)
     if args.json:
         print(json.dumps({"computed": True, "headroom": HEADROOM, "rows": rows}, indent=1))
         return 0
@@ -316,6 +322,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world-size", default="1,2,8", help="world size(s), comma separated")
     parser.add_argument("--device", default="cuda", help="cuda (bf16 autocast) or cpu (fp32)")
     parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--micro-batches", type=int, default=None,
+                        help="micro-batches per inner batch (default: the world size; a multiple of it)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--measure", action="store_true",
                         help="run one miner window of the (single) --hparams preset on --device and print what it took")
