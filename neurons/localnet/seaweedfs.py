@@ -133,6 +133,18 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+# SeaweedFS gives every bucket (a "collection") its own volumes and grows 7 at its first write
+# (replication 000). With a fixed -volume.max a subnet with many buckets ran out: the tenth bucket's
+# every put failed with InternalError "No writable volumes and no free volumes left".
+VOLUMES_PER_BUCKET = 8
+SPARE_VOLUMES = 16
+
+
+def volumes_for(buckets: int) -> int:
+    """Volume slots for ``buckets`` buckets (empty volumes are not preallocated: slots cost nothing)."""
+    return VOLUMES_PER_BUCKET * max(1, buckets) + SPARE_VOLUMES
+
+
 class SeaweedServer:
     """A SeaweedFS master+volume+filer+S3 process on ``host``, as a context manager.
 
@@ -154,7 +166,7 @@ class SeaweedServer:
         ports: SeaweedPorts | None = None,
         weed_bin: str | os.PathLike[str] | None = None,
         volume_size_limit_mb: int = 64,
-        max_volumes: int = 64,
+        max_volumes: int | None = None,
         startup_timeout: float = 60.0,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
@@ -170,7 +182,7 @@ class SeaweedServer:
         self.host = host
         self.weed_bin = Path(weed_bin) if weed_bin else find_weed()
         self.volume_size_limit_mb = volume_size_limit_mb
-        self.max_volumes = max_volumes
+        self.max_volumes = max_volumes or volumes_for(len(self.buckets))
         self.startup_timeout = startup_timeout
         self._fixed_ports = ports
         self.ports = ports or SeaweedPorts.free(host)

@@ -160,3 +160,14 @@ def test_restart_on_same_data_dir_keeps_objects(tmp_path: Path) -> None:
         assert store.get("w/1", 10) == b"kept"
         with pytest.raises(ObjectExists):
             store.put("w/1", b"again")
+
+
+def test_every_bucket_of_a_large_subnet_can_be_written(tmp_path: Path) -> None:
+    # 12 buckets, as a subnet of 5 miners, 2 adversaries, a validator, the owner and the dataset
+    # has: with a fixed 64 volume slots the last buckets' puts failed (7 volumes per bucket)
+    nodes = [Identity.generate(f"node{i}", READ_WRITE, [f"node{i}-bucket"]) for i in range(12)]
+    with SeaweedServer(tmp_path, nodes) as server:
+        for node in nodes:
+            store = server.store(node, f"{node.name}-bucket", retry=NO_RETRY)
+            store.put("w/1", b"payload")
+            assert store.get("w/1", 10) == b"payload"
