@@ -153,11 +153,10 @@ def digest(summary: dict, honest_only_loss: float | None, seconds: float, kind: 
     }
 
 
-def report(runs: list[RunSpec], settings: Settings, progress=None) -> dict:
+def report(runs: list[RunSpec], settings: Settings, progress=None, honest_only_loss: float | None = None) -> dict:
     """Run every planned subnet in order and digest each summary."""
     out: dict = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()},
                  "behaviours": {}}
-    honest_only_loss = None
     for run in runs:
         started = time.time()
         summary = run_localnet(run, settings)
@@ -207,12 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mixed", type=_kinds, default=None,
                         help="kinds of the mixed run, one adversary each (default: --behaviours)")
     parser.add_argument("--no-mixed", action="store_true", help="skip the mixed run")
+    parser.add_argument("--honest-only-loss", type=float, default=None,
+                        help="skip the honest-only run; compare with this loss from an earlier one")
     parser.add_argument("--pairs", action="store_true",
                         help="two kinds per run, one adversary each (half the runs), instead of --per-kind of one kind")
     parser.add_argument("--workdir", default=None, help="keep every run's files here (default: a temp dir)")
     args = parser.parse_args(argv)
     mixed = [] if args.no_mixed else (args.mixed or args.behaviours)
     runs = plan_runs(args.behaviours, args.per_kind, each=not args.only_mixed, mixed=mixed, pairs=args.pairs)
+    if args.honest_only_loss is not None:  # compare with an earlier honest-only run of the same settings
+        runs = [r for r in runs if r.name != HONEST_ONLY]
     with tempfile.TemporaryDirectory(prefix="attack-report-") as tmp:
         workdir = Path(args.workdir).resolve() if args.workdir else Path(tmp)
         settings = Settings(args.honest, args.validators, args.windows, args.block_time, args.hparams, workdir)
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {entry['outcome']}, {entry['seconds']} s, adversary share {entry['adversary_weight_share']}",
                   file=sys.stderr, flush=True)
 
-        result = report(runs, settings, progress)
+        result = report(runs, settings, progress, args.honest_only_loss)
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))
     else:
