@@ -429,5 +429,6 @@ def configure_role(parser, role: str, runner) -> None:
     from neurons.config import add_node_arguments
 
     add_node_arguments(parser)
-    parser.epilog = "Progress bars (neurons.progress) are drawn on a terminal only; TESSERA_NO_PROGRESS=1 turns them off."
+    progress = "Progress bars (neurons.progress) are drawn on a terminal only; TESSERA_NO_PROGRESS=1 turns them off."
+    parser.epilog = f"{parser.epilog}\n{progress}" if parser.epilog else progress  # after the secrets help
     parser.set_defaults(func=lambda args: run_node(role, args, runner))
