@@ -283,6 +283,8 @@ def run_point(fx: Fixture, n: int, store_rw: ObjectStore, store_ro: ObjectStore,
     tick = time.perf_counter()
     real = fetch_many(peers, uids, rule, shapes, 600)
     fetch_many_seconds = time.perf_counter() - tick
+    for uid in uids:  # objects are immutable (conditional put): the next point writes the same keys
+        store_rw.delete(payload_key(hp.run_id, WINDOW, uid))
     passed = sum(r.passed for r in stage1.results.values())
     per_candidate, per_window = stage2_flops(hp)
     return {
