@@ -200,6 +200,21 @@ def measure_update(
     return LossMeasurement.of(b_own, a_own, b_rand, a_rand)
 
 
+# fp32 logits of one forward pass stay under this many elements (1 GiB): a 128k-vocabulary model's
+# batch of 8 x 2048 tokens would otherwise hold 8 GiB of logits plus their log-softmax at once.
+MAX_LOGIT_ELEMENTS = 2**28
+
+
+def _rows_per_pass(batch: torch.Tensor, model: torch.nn.Module) -> int:
+    """Sequences per forward pass so that the logits fit ``MAX_LOGIT_ELEMENTS`` (at least one).
+    Small models keep whole batches, so their losses are bit-for-bit what they were."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not vocab or batch.dim() != 2:
+        return max(1, batch.shape[0])
+    per_row = batch.shape[1] * int(vocab)
+    return max(1, min(batch.shape[0], MAX_LOGIT_ELEMENTS // per_row))
+
+
 @torch.no_grad()
 def sequence_losses(model: torch.nn.Module, batches: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean next-token loss of every sequence of a causal LM (``model(input_ids=…).logits``),
@@ -212,10 +227,11 @@ def sequence_losses(model: torch.nn.Module, batches: Sequence[torch.Tensor]) -> 
     try:
         out = []
         for batch in batches:
-            batch = batch.to(device)
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
-            out.append(nll.view(batch.shape[0], -1).double().mean(dim=1).cpu())
+            for rows in batch.split(_rows_per_pass(batch, model)):
+                rows = rows.to(device)
+                logits = model(input_ids=rows, use_cache=False).logits[:, :-1].float()
+                nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1), reduction="none")
+                out.append(nll.view(rows.shape[0], -1).double().mean(dim=1).cpu())
         return torch.cat(out)
     finally:
         model.train(was_training)

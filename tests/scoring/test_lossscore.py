@@ -174,6 +174,25 @@ def test_sequence_losses_match_the_mean_lm_loss():
     assert float(per_seq.mean()) == pytest.approx(sum(means) / 2, rel=1e-5)
 
 
+def test_sequence_losses_split_large_logits_into_passes(monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from scoring import lossscore
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16)
+    model = LlamaForCausalLM(cfg)
+    batches = [torch.randint(0, 64, (5, 12))]
+    whole = sequence_losses(model, batches)
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda **kw: calls.append(kw["input_ids"].shape[0]) or forward(**kw))
+    monkeypatch.setattr(lossscore, "MAX_LOGIT_ELEMENTS", 2 * 12 * 64)  # two sequences' logits per pass
+    split = sequence_losses(model, batches)
+    assert calls == [2, 2, 1]
+    assert torch.allclose(split, whole, rtol=1e-5)
+
+
 def _with_improvability(seed: int, edge: float, n: int = 16):
     """Losses where each sequence has its own 'improvability' k_s (shared by every update, as
     measured on the real model) and the peer adds ``edge`` on its own sequences only."""
