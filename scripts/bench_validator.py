@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         for n in counts:
             try:
                 points.append(run_point(fx, n, store_rw, store_ro, args.eval_budget))
+                print(json.dumps(points[-1]), file=sys.stderr, flush=True)  # kept if a later point fails
             except StorageError as exc:
                 raise SystemExit(f"bench_validator: storage failed at {n} miners: {exc}") from exc
     result = {
