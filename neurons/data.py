@@ -25,6 +25,8 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import itertools
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
@@ -44,6 +46,8 @@ Split = Literal["train", "heldout"]
 class DataError(ValueError):
     """The shards cannot supply what was asked (too small for the split, bad arguments)."""
 
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SampleSpace:
@@ -194,24 +198,27 @@ def random_batches(
     """Training-split batches chosen by a validator's private ``secret``; unpredictable to miners.
 
     Samples in ``exclude`` (the window's assignments) are skipped: the pool is the secret
-    permutation's order with them left out, so it is still fixed by (secret, window, miners)."""
+    permutation's order with them left out, so it is still fixed by (secret, window, miners).
+    When the assignments cover nearly the whole split (many registered uids on a small corpus:
+    anyone can register), the pool is topped up with assigned samples in the same secret order
+    and a warning says so: a weaker test for a window, never a validator that stops."""
     if len(secret) < 16:
         raise DataError("the validator secret must be at least 16 bytes to be unguessable")
     space = SampleSpace.build(shards, seq_len, "train")
     key = _key(b"tessera-random", secret, window.to_bytes(8, "little"))
     count = _count(n_batches, batch_size)
+    if count > len(space):
+        raise DataError(f"the training split has {len(space)} samples of {seq_len} tokens; asked for {count}")
     taken = exclude.indices(space, window) if exclude is not None else set()
-    if count > len(space) - len(taken):
-        raise DataError(
-            f"only {len(space) - len(taken)} unassigned training samples of {seq_len} tokens; asked for {count}"
-        )
-    chosen: list[int] = []
-    position = 0
-    while len(chosen) < count:  # ends: enough free samples were checked to exist above
-        index = permuted_index(position, len(space), key)
-        if index not in taken:
-            chosen.append(index)
-        position += 1
+    order = (permuted_index(position, len(space), key) for position in range(len(space)))
+    if count <= len(space) - len(taken):
+        chosen = list(itertools.islice((i for i in order if i not in taken), count))
+    else:
+        log.warning("window %d: only %d of %d training samples are unassigned; the random pool takes %d "
+                    "assigned ones (a larger corpus avoids this)", window, len(space) - len(taken), len(space),
+                    count - (len(space) - len(taken)))
+        ordered = list(order)
+        chosen = ([i for i in ordered if i not in taken] + [i for i in ordered if i in taken])[:count]
     return space.batches(chosen, batch_size)
 
 
