@@ -49,6 +49,7 @@ class DataError(ValueError):
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class SampleSpace:
     """The samples of one split at one ``seq_len``: a global sample index maps to (shard, token start)."""
