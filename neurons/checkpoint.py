@@ -20,6 +20,7 @@ from safetensors.torch import save as safetensors_save
 from compression.safetensors_header import HeaderError, SafetensorsHeader, read_header
 from neurons.fingerprint import model_fingerprint
 from protocol.fingerprint_record import MAX_WINDOW
+from protocol.validation import describe
 
 CHECKPOINT_FORMAT_VERSION = 1
 _MANIFEST_KEY = "tessera.checkpoint"
@@ -138,15 +139,11 @@ def _read_manifest(header: SafetensorsHeader) -> CheckpointManifest:
     try:
         manifest = CheckpointManifest.model_validate_json(raw)
     except ValidationError as exc:
-        raise CheckpointFormatError(f"checkpoint manifest is invalid: {_first_error(exc)}") from exc
+        raise CheckpointFormatError(f"checkpoint manifest is invalid: {describe(exc, 'manifest')}") from exc
     if manifest.format_version != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointFormatError(f"checkpoint format {manifest.format_version}, this node reads {CHECKPOINT_FORMAT_VERSION}")
     return manifest
 
-
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    return f"{'.'.join(map(str, first['loc'])) or 'manifest'}: {first['msg']}"[:200]
 
 
 def _check_layout(header: SafetensorsHeader, params: dict[str, torch.nn.Parameter]) -> None:

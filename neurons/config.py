@@ -26,6 +26,7 @@ from pydantic import (
 
 from neurons.behaviours.kinds import HONEST, KINDS
 from protocol.hparams import PRESET_DIR
+from protocol.validation import first_problem
 
 
 class ConfigError(ValueError):
@@ -250,10 +251,9 @@ def node_config_from_args(role: str, args: argparse.Namespace, env: dict[str, st
     try:
         return NodeConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
+        where, msg = first_problem(exc, "config")
         # from None: the ValidationError's own text echoes the raw input, secrets included
-        raise ConfigError(f"invalid node setting {where}: {first['msg']} ({_hint(where)})") from None
+        raise ConfigError(f"invalid node setting {where}: {msg} ({_hint(where)})") from None
 
 
 def _hint(field: str) -> str:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
+from protocol.validation import describe
+
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 4 << 20  # a validator's record for thousands of uids is far below this
@@ -136,6 +138,5 @@ def _record_json(line: bytes) -> dict:
         # pydantic's parser: no recursion limit to hit, invalid UTF-8 and lone surrogates refused
         record = _RECORD.validate_json(line)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"{'.'.join(map(str, first['loc'])) or 'record'}: {first['msg']}") from exc
+        raise ValueError(describe(exc)) from exc
     return json.loads(json.dumps(asdict(record)))

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from compression.safetensors_header import HeaderError, SafetensorsHeader, read_header
 from neurons.checkpoint import DTYPE_NAMES, check_parameter_values
 from protocol.hparams import BoundsConfig
+from protocol.validation import describe
 from storage.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,7 @@ def _metadata(path: Path, header: SafetensorsHeader) -> StateMetadata:
     try:
         return StateMetadata.model_validate(header.metadata or {})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "metadata"
-        raise NodeStateError(f"node state {path}: metadata {where}: {first['msg']}") from exc
+        raise NodeStateError(f"node state {path}: metadata {describe(exc, 'metadata')}") from exc
 
 
 def _check_layout(path: Path, header: SafetensorsHeader, params: dict[str, torch.nn.Parameter]) -> None:

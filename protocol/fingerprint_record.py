@@ -13,6 +13,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from protocol.validation import describe
+
 MAX_RECORD_BYTES = 1 << 16
 MAX_FINGERPRINT_CHARS = 128
 MAX_GATHERED = 4096
@@ -50,10 +52,6 @@ class FingerprintRecord(BaseModel):
             # pydantic's JSON parser refuses deep nesting, lone surrogates and bad UTF-8 itself
             return cls.model_validate_json(data)
         except ValidationError as err:
-            raise FingerprintRecordError(f"fingerprint record is invalid: {_first_error(err)}") from err
+            raise FingerprintRecordError(f"fingerprint record is invalid: {describe(err)}") from err
 
 
-def _first_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(map(str, first["loc"])) or "record"
-    return f"{where}: {first['msg']}"[:200]

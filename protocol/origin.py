@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol.hparams import Hparams
 from protocol.keys import ObjectKeyError, payload_prefix
+from protocol.validation import describe
 
 MAX_ORIGIN_BYTES = 4096
 VERSION = 1
@@ -63,9 +64,7 @@ class RunOrigin(BaseModel):
         try:
             return cls.model_validate_json(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "record"
-            raise OriginError(f"origin record is invalid at {where}: {first['msg']}") from exc
+            raise OriginError(f"origin record is invalid at {describe(exc)}") from exc
         except (ValueError, UnicodeDecodeError) as exc:  # pydantic wraps most; be explicit anyway
             raise OriginError(f"origin record is not JSON: {exc}") from exc
 
