@@ -6,22 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from protocol.hparams import load_hparams
+from tests.scripts.miniature import miniature_hparams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 import bench_validator  # noqa: E402
-
-
-def miniature_hparams(path: Path) -> Path:
-    """The tiny preset shrunk to seconds: a 1-layer model, 2 inner steps of 4 short sequences."""
-    data = load_hparams("tiny").model_dump(mode="json")
-    data["model"].update(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
-                         num_kv_heads=2, max_seq_len=32)
-    data["training"].update(inner_steps=2, batch_size=4, seq_len=32, warmup_steps=2)
-    data["scoring"].update(eval_batches=1)
-    path.write_text(json.dumps(data))
-    return path
 
 
 def test_two_miners_time_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
