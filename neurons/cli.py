@@ -99,25 +99,26 @@ log = logging.getLogger("tessera")
 _STARTUP_ERRORS = (ConfigError, HparamsError, SigningError, ChainError, StorageError)
 
 
+# Where to fix a typed start-up error, most specific class first (NotRegisteredError is a ChainError,
+# BucketNotFound and AccessDenied are StorageErrors). ConfigError (self-check failures included)
+# is absent: its messages already name the flag or variable.
+_FIXES: tuple[tuple[type[BaseException], str], ...] = (
+    (HparamsError, "--hparams (TESSERA_HPARAMS): a preset name or the path of a valid hparams JSON"),
+    (SigningError, "--wallet.name / --wallet.hotkey / --wallet.path; create one with `btcli wallet create`"),
+    (NotRegisteredError,
+     "register the hotkey on the subnet (`btcli subnets register`, or `tessera chain register` on a devchain)"),
+    (ChainError, "--subtensor.network / --devchain / --netuid; `tessera doctor` checks them"),
+    (StorageUnavailable, "--bucket.endpoint (TESSERA_BUCKET_ENDPOINT)"),
+    (BucketNotFound, "--bucket.name (TESSERA_BUCKET_NAME)"),
+    (AccessDenied, "TESSERA_BUCKET_WRITE_KEY_ID / TESSERA_BUCKET_WRITE_SECRET; `tessera doctor` tells which"),
+)
+
+
 def fix_for(exc: BaseException) -> str | None:
     """The flag or variable behind a typed start-up error whose message does not name it."""
-    if isinstance(exc, ConfigError):  # self-check failures included (a StartupError is one)
-        return None  # their messages already name the flag or variable
-    if isinstance(exc, HparamsError):
-        return "--hparams (TESSERA_HPARAMS): a preset name or the path of a valid hparams JSON"
-    if isinstance(exc, SigningError):
-        return "--wallet.name / --wallet.hotkey / --wallet.path; create one with `btcli wallet create`"
-    if isinstance(exc, NotRegisteredError):
-        return "register the hotkey on the subnet (`btcli subnets register`, or `tessera chain register` on a devchain)"
-    if isinstance(exc, ChainError):
-        return "--subtensor.network / --devchain / --netuid; `tessera doctor` checks them"
-    if isinstance(exc, StorageUnavailable):
-        return "--bucket.endpoint (TESSERA_BUCKET_ENDPOINT)"
-    if isinstance(exc, BucketNotFound):
-        return "--bucket.name (TESSERA_BUCKET_NAME)"
-    if isinstance(exc, AccessDenied):
-        return "TESSERA_BUCKET_WRITE_KEY_ID / TESSERA_BUCKET_WRITE_SECRET; `tessera doctor` tells which"
-    return "`tessera doctor` checks the bucket settings"
+    if isinstance(exc, ConfigError):
+        return None
+    return next((fix for kind, fix in _FIXES if isinstance(exc, kind)), "`tessera doctor` checks the bucket settings")
 
 
 def one_line_errors(exc: BaseException) -> list[str]:
