@@ -126,15 +126,17 @@ class UpdateLimits:
 
 def apply_gather(
     model: torch.nn.Module, gathered: WindowGather, shapes, outer_lr: float, limits: UpdateLimits | None = None
-) -> bool:
+) -> dict[str, torch.Tensor] | None:
     """θ_{w+1} = θ_w − lr · aggregate(G(w)); a window with no accepted payload changes nothing.
 
     With ``limits``, each peer is also clipped to a share of ||θ_p|| (so hostile peers that are
     half the set still move θ by no more than that), and a step that would make θ non-finite or
     larger than ``max_abs_param`` is not taken at all. Both depend only on θ_w and the payloads,
-    so every node decides the same. Returns whether θ changed."""
+    so every node decides the same. Returns the dense update applied (a validator keeps it as the
+    next window's stage-2 reference: a direction that knows none of that window's assignments),
+    or None when θ did not change."""
     if not gathered.accepted:
-        return False
+        return None
     max_norms = None
     if limits is not None:
         norms = gathered.param_norms or parameter_norms(model)  # θ_w: measured once per window when gathered
@@ -143,15 +145,9 @@ def apply_gather(
     if limits is not None and not _step_stays_bounded(model, dense, outer_lr, limits.max_abs_param):
         log.error("window %d: the outer step would leave θ non-finite or beyond |θ| <= %g; not applied",
                   gathered.window, limits.max_abs_param)
-        return False
+        return None
     outer_step(model, dense, lr=outer_lr)
-    return True
-
-
-def reference_update(gathered: WindowGather, shapes) -> dict[str, torch.Tensor] | None:
-    """The window's aggregate, kept by a validator as the next window's stage-2 reference (a
-    direction that knows none of that window's assignments); None when nothing was gathered."""
-    return aggregate(gathered.updates, shapes) if gathered.accepted else None
+    return dense
 
 
 def _step_stays_bounded(model: torch.nn.Module, dense, lr: float, max_abs: float) -> bool:

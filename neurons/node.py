@@ -269,12 +269,13 @@ def gather(node: Node, also_fetch: Iterable[int] = ()) -> WindowGather:
     )
 
 
-def apply(node: Node, gathered: WindowGather) -> None:
-    """The outer step: θ_w → θ_{w+1}."""
+def apply(node: Node, gathered: WindowGather) -> dict[str, torch.Tensor] | None:
+    """The outer step: θ_w → θ_{w+1}; the dense update applied, or None (``apply_gather``)."""
     with metrics.timed("apply"):
         limits = UpdateLimits.from_hparams(node.hparams)
-        apply_gather(node.model, gathered, node.shapes, node.hparams.outer.outer_lr, limits)
+        applied = apply_gather(node.model, gathered, node.shapes, node.hparams.outer.outer_lr, limits)
     node.window = gathered.window + 1
+    return applied
 
 
 def advance(node: Node) -> WindowGather | None:

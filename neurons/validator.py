@@ -25,7 +25,7 @@ from neurons.distributed import EVALUATE
 from neurons.events import WindowRecord
 from neurons.fetch import FetchedPayload
 from neurons.fingerprint import model_fingerprint
-from neurons.gather import miner_uids, reference_update
+from neurons.gather import miner_uids
 from neurons.node import (
     Node,
     apply,
@@ -128,8 +128,7 @@ class Validator:
         times["loss"], tick = time.time() - tick, time.time()
         metrics.observe("evaluate", times["loss"])
         metrics.peers((r.passed, str(r.reason)) for r in stage1.results.values())
-        apply(node, gathered)
-        self.reference = reference_update(gathered, node.shapes)
+        self.reference = apply(node, gathered)  # the next window's stage-2 reference
         heldout = evaluate(node.model, self.heldout)
         metrics.loss("heldout", heldout)
         try:

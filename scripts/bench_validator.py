@@ -29,7 +29,7 @@ Stages (seconds, ``stage_seconds``):
 - ``stage2``: ``Validator.stage2`` (every candidate's update alone on θ_w, per-sequence losses on
   its own and on secret random data, the reference update's pass);
 - ``aggregate``: the outer step of the gather set and the next reference
-  (``neurons.gather.apply_gather`` + ``reference_update``);
+  (``neurons.gather.apply_gather``, which also returns the reference);
 - ``score``: score book, ratings and weights (``scoring.gauntlet.score_window``).
 
 ``fetch_many_seconds`` is the validator's own fetch function (``neurons.fetch.fetch_many``: fetch
@@ -61,7 +61,7 @@ from neurons.data import assigned_batches  # noqa: E402
 from neurons.distributed import World  # noqa: E402
 from neurons.fetch import MAX_FETCH_WORKERS, FetchedPayload, fetch_many  # noqa: E402
 from neurons.fingerprint import model_fingerprint  # noqa: E402
-from neurons.gather import UpdateLimits, WindowGather, acceptance_rule_for, apply_gather, reference_update  # noqa: E402
+from neurons.gather import UpdateLimits, WindowGather, acceptance_rule_for, apply_gather  # noqa: E402
 from neurons.model import build_model, param_shapes  # noqa: E402
 from neurons.peers import Peer  # noqa: E402
 from neurons.shards import TokenShards  # noqa: E402
@@ -271,8 +271,7 @@ def run_point(fx: Fixture, n: int, store_rw: ObjectStore, store_ro: ObjectStore,
     order = [u for u in uids if fetched[u].ok]
     gathered = WindowGather(WINDOW, GatherSet(uids[: hp.outer.gather_peers], []),
                             order[: hp.outer.gather_peers], fetched, norms)
-    apply_gather(fx.model, gathered, shapes, hp.outer.outer_lr, UpdateLimits.from_hparams(hp))
-    reference_update(gathered, shapes)
+    apply_gather(fx.model, gathered, shapes, hp.outer.outer_lr, UpdateLimits.from_hparams(hp))  # + the reference
     times["aggregate"], tick = time.perf_counter() - tick, time.perf_counter()
     evidence = WindowEvidence(WINDOW, hotkeys, list(stage1.results.values()), measurements, stage1.sync)
     score_window(ScoreBook(), evidence, hp.scoring, hp.outer, burn_uid=hp.scoring.burn_uid, seed=hp.run_id,
