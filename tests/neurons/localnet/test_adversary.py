@@ -59,12 +59,15 @@ def test_hostile_peers_cannot_crash_stall_or_poison_honest_nodes(tmp_path: Path)
     for w in windows:
         # the honest nodes (2 miners, 1 validator) hold one model after every window
         assert len(w["fingerprints"]) == 3 and len(set(w["fingerprints"].values())) == 1, (w, logs)
-        assert sorted(w["gathered"]) == sorted(summary["miners"]), (w, logs)
+        # only honest miners are aggregated; one that came up too late for the first window is
+        # outside the gather set until the weights that pay it are on chain (protocol.gather_set)
+        assert w["gathered"] and set(w["gathered"]) <= set(summary["miners"]), (w, logs)
         # every adversary was judged and refused, with a reason
         assert all(w["rejected"].get(str(uid)) for uid in hostile), (w, logs)
     # no honest node ever aggregated an adversary's payload, live or replayed
     for events in (net / "nodes").glob("*/events.jsonl"):
         assert not any(hostile & set(r["gathered"]) for r in read_records(events)), events
+    assert sorted(windows[-1]["gathered"]) == sorted(summary["miners"]), (windows[-1], logs)
     assert windows[-1]["loss"] < windows[0]["loss"], windows
     # and the attack was real: payloads landed in their slots, the hostile server was asked
     served = _served(net)
