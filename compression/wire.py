@@ -43,6 +43,26 @@ _MAX_HEADER_PER_PARAM = 1024
 
 Sign = Callable[[bytes], bytes]
 Verify = Callable[[bytes, bytes], bool]
+# (manifest, the whole model's shapes) -> the shapes a pipeline stage's payload must hold
+StagePart = Callable[["PayloadManifest", Mapping[str, tuple[int, ...]]], Mapping[str, tuple[int, ...]]]
+
+
+class StageClaim(BaseModel):
+    """What a pipeline stage's payload says about itself (docs/pipeline.md "In the network").
+
+    Its update covers only layers [layer_start, layer_stop) of the model (plus the embedding on the
+    first stage, the head on the last); the group trained on ``data_uid``'s assignment, the uid
+    of its stage 0. Readers check the range is the canonical one for (index, n_stages) and that
+    the update holds exactly its parameters; validators check the group claim."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    index: int = Field(ge=0, le=63)
+    n_stages: int = Field(ge=2, le=64)
+    layer_start: int = Field(ge=0)
+    layer_stop: int = Field(ge=1)
+    data_uid: int = Field(ge=0)
 
 
 class PayloadManifest(BaseModel):
@@ -64,9 +84,12 @@ class PayloadManifest(BaseModel):
     data_digest: str = Field(default="", max_length=256)
     # fingerprint of the model θ_w the sender trained from; validators compare it with their own
     base_fingerprint: str = Field(default="", max_length=128)
+    # set by a pipeline stage only; a whole-model payload leaves it out of the JSON entirely
+    pipeline_stage: StageClaim | None = None
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        dumped = self.model_dump(mode="json", exclude={"pipeline_stage"} if self.pipeline_stage is None else None)
+        return json.dumps(dumped, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def for_message(cls, msg: CompressedMessage, **fields: object) -> PayloadManifest:
@@ -220,16 +243,24 @@ def decode_payload(
     max_bytes: int,
     verify: Verify | None = None,
     codec: CodecParams | None = None,
+    stage_part: StagePart | None = None,
 ) -> DecodedPayload:
     """Parse, authenticate and decode a payload; any problem raises PayloadError(reason).
 
-    ``codec``, when given, is the only codec accepted (the network's hparams)."""
+    ``codec``, when given, is the only codec accepted (the network's hparams). A payload that
+    claims to be a pipeline stage's must decode to ``stage_part(manifest, expected_shapes)``, the
+    part of the model its claim covers (which raises PayloadError for a claim it refuses); a
+    reader without ``stage_part`` refuses such payloads."""
     if len(data) > max_bytes:
         raise PayloadError(f"payload of {len(data)} bytes exceeds the cap of {max_bytes}")
     header = _parse_header(data, len(expected_shapes))
     manifest, raw, sig = _read_manifest(header.metadata)
     if codec is not None and manifest.codec != codec:
         raise PayloadError(f"codec {manifest.codec} differs from the network's {codec}")
+    if manifest.pipeline_stage is not None:
+        if stage_part is None:
+            raise PayloadError("a pipeline stage's partial payload, which this reader does not accept")
+        expected_shapes = stage_part(manifest, expected_shapes)
     blobs = _slice_blobs(header, data)
     digest = content_hash(raw, blobs)
     _check_signature(digest, sig, verify)

@@ -81,6 +81,7 @@ def acceptance_rule_for(
         codec=CodecParams(chunk_size=hparams.codec.chunk_size, topk_per_chunk=hparams.codec.topk_per_chunk),
         bounds=ValueBounds.from_hparams(hparams),
         param_norms=param_norms,
+        num_layers=hparams.model.num_layers,
     )
 
 

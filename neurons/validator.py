@@ -50,7 +50,7 @@ from protocol.keys import checkpoint_key
 from scoring.copycheck import CopyMemory, CopyPolicy, Upload, find_copies, sketch_update
 from scoring.gauntlet import AlreadyScoredError, WindowEvidence, WindowResult, score_window
 from scoring.lossscore import LossMeasurement, sequence_losses
-from scoring.outliers import norm_outliers, scaled_to, typical_norm, update_norm
+from scoring.outliers import norm_outliers, scaled_to, typical_norms, update_norm
 from scoring.sampling import StageTwoSample, sample_candidates
 from scoring.state import ScoreBook, ScoreBookError
 from scoring.sync import sync_score
@@ -69,7 +69,8 @@ class Stage1:
     results: dict[int, Stage1Result]
     sync: dict[int, float]
     norms: dict[int, float] = field(default_factory=dict)  # update norm of every in-sync candidate
-    typical_norm: float | None = None  # their median (None with too few to say)
+    # per candidate, a typical update's norm over the same parameters (absent: too few to say)
+    typical: dict[int, float] = field(default_factory=dict)
 
 
 class Validator:
@@ -173,16 +174,20 @@ class Validator:
             sync[uid] = sync_score(f.decoded.manifest.base_fingerprint, base_fingerprint)
             if sync[uid] < self.node.hparams.scoring.min_sync_score:
                 results[uid] = Stage1Result.reject(uid, RejectReason.OUT_OF_SYNC, "trained from another θ")
-        norms = {u: update_norm(fetched[u].decoded.update) for u, r in results.items() if r.passed}
-        for uid, detail in norm_outliers(norms).items():  # boosting, not contribution (scoring.outliers)
+        passed = {u: fetched[u].decoded.update for u, r in results.items() if r.passed}
+        norms = {u: update_norm(update) for u, update in passed.items()}
+        typical = typical_norms(passed)
+        for uid, detail in norm_outliers(norms, typical).items():  # boosting, not contribution (scoring.outliers)
             results[uid] = Stage1Result.reject(uid, RejectReason.OUT_OF_BOUNDS, detail)
+        for uid, detail in stage_group_problems(fetched, results).items():
+            results[uid] = Stage1Result.reject(uid, RejectReason.UNGROUPED, detail)
         candidates = [fetched[u] for u, r in results.items() if r.passed]
         sketches = {f.uid: sketch_update(f.decoded.update) for f in candidates}
         uploads = [Upload(f.uid, f.last_modified or 0.0, sketches[f.uid]) for f in candidates]
         for uid, finding in find_copies(w, uploads, self.copies, self.copy_policy).items():
             results[uid] = Stage1Result.reject(uid, RejectReason.COPY, finding.detail)
         self.copies.remember(w, {u: s for u, s in sketches.items() if results[u].passed})
-        return Stage1(results, sync, norms, typical_norm(norms))
+        return Stage1(results, sync, norms, typical)
 
     def sample(self, w: int, stage1: Stage1, miners: list[int]) -> StageTwoSample:
         """Who stage 2 measures this window: every candidate, or with ``--validator.eval-budget``
@@ -211,8 +216,10 @@ class Validator:
         rand = random_batches(self.shards, self.secret, w, n, t.batch_size, t.seq_len, exclude=given)
         before_rand = sequence_losses(node.model, rand)
         candidates = sorted(u for u, r in results.items() if r.passed and (chosen is None or u in chosen))
-        own = {uid: assigned_batches(self.shards, hp.seed, uid, w, n, t.batch_size, t.seq_len) for uid in candidates}
-        updates = {u: scaled_to(fetched[u].decoded.update, stage1.norms[u], stage1.typical_norm) for u in candidates}
+        # a pipeline stage is measured on its group's data: stage 0's assignment (stage1 checked the claim)
+        own = {uid: assigned_batches(self.shards, hp.seed, data_uid(fetched[uid]), w, n, t.batch_size, t.seq_len)
+               for uid in candidates}
+        updates = {u: scaled_to(fetched[u].decoded.update, stage1.norms[u], stage1.typical.get(u)) for u in candidates}
         # every rank of the node measures a share of the candidates (neurons.parallel_eval); with the
         # previous window's aggregate as reference on the same sequences (scoring.lossscore.reference_t)
         return measure_candidates(node.world, node.model, updates, hp.outer.outer_lr, own, rand, before_rand, self.reference)
@@ -238,6 +245,34 @@ class Validator:
             pass
         except StorageError as exc:
             log.warning("%s could not publish checkpoint %d: %s", node.name, w, exc)
+
+
+def data_uid(payload: FetchedPayload) -> int:
+    """Whose assignment the payload was trained on: its own uid's, or its pipeline group's."""
+    claim = payload.decoded.manifest.pipeline_stage
+    return payload.uid if claim is None else claim.data_uid
+
+
+def stage_group_problems(fetched: dict[int, FetchedPayload], results: dict[int, Stage1Result]) -> dict[int, str]:
+    """uid -> why its pipeline-stage claim does not hold, for stages other than 0 still in the running.
+
+    A stage S > 0 trained on its group's data, the assignment of the group's stage 0 (``data_uid``).
+    The claim holds when that uid uploaded this window a stage-0 payload of the same group and
+    layout: otherwise any miner could name any uid's data as its own (and be measured on data
+    another miner trained on). Stage 0's own claim was checked by every reader (data_uid = uid)."""
+    problems = {}
+    for uid, f in sorted(fetched.items()):
+        claim = f.decoded.manifest.pipeline_stage if f.ok and results[uid].passed else None
+        if claim is None or claim.index == 0:
+            continue
+        lead = fetched.get(claim.data_uid)
+        lead_claim = lead.decoded.manifest.pipeline_stage if lead is not None and lead.ok else None
+        if lead_claim is None or (lead_claim.group, lead_claim.n_stages, lead_claim.index) != (
+            claim.group, claim.n_stages, 0
+        ):
+            problems[uid] = (f"claims stage {claim.index}/{claim.n_stages} of group {claim.group!r} on uid "
+                             f"{claim.data_uid}'s data, but uid {claim.data_uid} uploaded no stage 0 of that group")
+    return problems
 
 
 def _load_book(path) -> ScoreBook:

@@ -6,7 +6,9 @@ they fetched, so honest nodes agree on which payloads count. In order, cheapest 
 1. slot: the storage server's LastModified lies in the upload slot (``check_slot``);
 2. size: HEAD size under the cap, before anything is downloaded (``check_size``);
 3. decode + signature + codec: the wire format parses, is signed by the uid's hotkey and uses the
-   network's codec, and decodes to exactly the local model's shapes (``compression.wire``);
+   network's codec, and decodes to exactly the local model's shapes (``compression.wire``), or,
+   for a pipeline stage's payload, to exactly the shapes of the layer range it claims
+   (``stage_part``);
 4. identity: the manifest names this run, window, uid and hotkey;
 5. bounds: every value and every parameter's update norm is inside the network's bounds
    (``check_bounds``), a rule that holds however few honest peers are in the gather set.
@@ -36,10 +38,13 @@ from compression import (
     CodecParams,
     DecodedPayload,
     PayloadError,
+    PayloadManifest,
     SignatureError,
     SparseUpdate,
     decode_payload,
 )
+from compression.wire import StagePart
+from protocol.layers import owned_shapes, split_layers
 from protocol.signing import verify_signature
 
 log = logging.getLogger(__name__)
@@ -65,13 +70,14 @@ class RejectReason(StrEnum):
     OUT_OF_BOUNDS = "out_of_bounds"  # finite values or norms beyond the network's bounds
     OUT_OF_SYNC = "out_of_sync"  # the miner's model fingerprint disagrees with ours
     COPY = "copy"  # near-duplicate of another upload (same window, earlier, or remembered)
+    UNGROUPED = "ungrouped"  # a pipeline stage whose group's stage 0 uploaded nothing this window
 
 
 # Reasons a correct node can hit through no fault of its own (network trouble, a reload after
-# falling behind). They only stop payment through staleness; every other reason is evidence
+# falling behind, a pipeline partner whose upload failed). They only stop payment through staleness; every other reason is evidence
 # against the miner and counts as a failed window (see ``scoring.gauntlet``).
 EXCUSED_REASONS: frozenset[RejectReason] = frozenset(
-    {RejectReason.MISSING, RejectReason.LATE, RejectReason.OUT_OF_SYNC}
+    {RejectReason.MISSING, RejectReason.LATE, RejectReason.OUT_OF_SYNC, RejectReason.UNGROUPED}
 )
 
 
@@ -146,6 +152,8 @@ class AcceptanceRule:
     bounds: ValueBounds | None = None
     # ||θ_p|| of the local model θ_w, per parameter, for the update-norm bound
     param_norms: Mapping[str, float] | None = None
+    # the model's decoder layers, to judge a pipeline stage's partial payload; None refuses those
+    num_layers: int | None = None
 
 
 def parameter_norms(model: torch.nn.Module) -> dict[str, float]:
@@ -218,9 +226,11 @@ def _judge(
     def reject(reason: RejectReason, detail: str) -> PayloadVerdict:
         return PayloadVerdict(Stage1Result.reject(uid, reason, detail))
 
+    part = stage_part(rule.num_layers) if rule.num_layers is not None else None
     try:
         decoded = decode_payload(
-            data, shapes, rule.max_bytes, verify=lambda msg, sig: verify_signature(hotkey, msg, sig), codec=rule.codec
+            data, shapes, rule.max_bytes, verify=lambda msg, sig: verify_signature(hotkey, msg, sig), codec=rule.codec,
+            stage_part=part,
         )
     except SignatureError as exc:
         return reject(RejectReason.BAD_SIGNATURE, exc.reason)
@@ -234,6 +244,30 @@ def _judge(
         if problem is not None:
             return reject(problem.reason, problem.detail)
     return PayloadVerdict(Stage1Result.accept(uid), decoded)
+
+
+def stage_part(num_layers: int) -> StagePart:
+    """How a reader cuts the model for a pipeline stage's payload (``compression.StageClaim``):
+    the claimed range must be the canonical split for (index, n_stages), stage 0 must train on its
+    own uid's data, and the payload then holds exactly that range's parameters."""
+
+    def part(manifest: PayloadManifest, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        claim = manifest.pipeline_stage
+        if claim is None:
+            return dict(shapes)
+        if not claim.index < claim.n_stages <= num_layers:
+            raise PayloadError(f"pipeline stage {claim.index}/{claim.n_stages} does not exist for {num_layers} layers")
+        span = split_layers(num_layers, claim.n_stages)[claim.index]
+        if (claim.layer_start, claim.layer_stop) != (span.start, span.stop):
+            raise PayloadError(
+                f"pipeline stage {claim.index}/{claim.n_stages} holds layers [{span.start}:{span.stop}], "
+                f"the payload claims [{claim.layer_start}:{claim.layer_stop}]"
+            )
+        if claim.index == 0 and claim.data_uid != manifest.uid:
+            raise PayloadError(f"stage 0 trains on its own uid's data, the payload names uid {claim.data_uid}")
+        return owned_shapes(shapes, span)
+
+    return part
 
 
 def contained(uid: int, what: str, judge: Callable[[], T]) -> T | Stage1Result:

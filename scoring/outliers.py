@@ -8,14 +8,16 @@ honest payload x3 next to three honest ones held about 40 % of the miner weight 
 (``scripts/attack_report.py --behaviours scaled``).
 
 So the validator, with at least ``MIN_PEERS`` candidates in a window:
-1. rejects an update whose norm is more than ``NORM_OUTLIER_FACTOR`` x the window's median norm
-   (a fault, ``out_of_bounds``);
-2. measures every other update scaled down to at most the median norm, as the aggregate's clip
-   would apply it, so scaling up below the factor buys nothing in the measurement either.
+1. rejects an update whose norm is more than ``NORM_OUTLIER_FACTOR`` x the window's typical norm
+   over the same parameters (``typical_norms``: per parameter the median; a fault, ``out_of_bounds``);
+2. measures every other update scaled down to at most that typical norm, as the aggregate's
+   per-parameter clip would apply it, so scaling up below the factor buys nothing in the
+   measurement either.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping
 
@@ -33,21 +35,41 @@ def update_norm(update: SparseUpdate) -> float:
 
 
 def typical_norm(norms: Mapping[int, float]) -> float | None:
-    """The window's median update norm; None with fewer than MIN_PEERS candidates."""
+    """The median of ``norms``; None with fewer than MIN_PEERS of them."""
     if len(norms) < MIN_PEERS:
         return None
     return statistics.median(norms.values())
 
 
-def norm_outliers(norms: Mapping[int, float], factor: float = NORM_OUTLIER_FACTOR) -> dict[int, str]:
-    """uid -> why its update is an outlier, for every norm above ``factor`` x the median."""
-    median = typical_norm(norms)
-    if median is None or median <= 0:
-        return {}
+def typical_norms(updates: Mapping[int, SparseUpdate]) -> dict[int, float]:
+    """Per uid, the norm a typical update of the window has over the same parameters: the root of
+    the sum, over its parameters, of the median per-parameter norm among the updates holding it.
+
+    Whole-model updates are all compared with the same number. A pipeline stage's partial update
+    (``compression.StageClaim``) is compared with the window's updates restricted to its layers,
+    and a whole-model update is not called boosted because half the window sent halves. A uid is
+    absent when one of its parameters is held by fewer than MIN_PEERS updates."""
+    held: dict[str, dict[int, float]] = {}
+    for uid, update in updates.items():
+        for name, t in update.items():
+            held.setdefault(name, {})[uid] = float(t.values.double().norm())
+    typical = {name: typical_norm(per_uid) for name, per_uid in held.items()}
+    out = {}
+    for uid, update in updates.items():
+        parts = [typical[name] for name in update]
+        if parts and all(p is not None for p in parts):
+            out[uid] = math.sqrt(sum(p * p for p in parts))
+    return out
+
+
+def norm_outliers(
+    norms: Mapping[int, float], typical: Mapping[int, float], factor: float = NORM_OUTLIER_FACTOR
+) -> dict[int, str]:
+    """uid -> why its update is an outlier, for every norm above ``factor`` x its typical norm."""
     return {
-        uid: f"update norm {norm:.3g} is {norm / median:.1f}x the window's median {median:.3g}"
+        uid: f"update norm {norm:.3g} is {norm / typical[uid]:.1f}x the window's typical {typical[uid]:.3g}"
         for uid, norm in sorted(norms.items())
-        if norm > factor * median
+        if typical.get(uid, 0.0) > 0 and norm > factor * typical[uid]
     }
 
 
