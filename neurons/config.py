@@ -47,6 +47,56 @@ class BucketConfig(BaseModel):
     read_secret: SecretStr
 
 
+def host_port(value: str, flag: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets) as a pair; ValueError naming the flag otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{flag} must be HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+class PipelineStageConfig(BaseModel):
+    """A miner that is one stage of a pipeline group (docs/pipeline.md "In the network"): it trains
+    layers of ``protocol.layers.split_layers`` with its neighbours over TCP and uploads the
+    pseudo-gradient of its own layers. The operator names the group and the neighbours."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    stage: str = Field(pattern=r"^[0-9]{1,2}/[0-9]{1,2}$")
+    listen: str | None = None  # HOST:PORT the upstream stage connects to (every stage but the first)
+    next: str | None = None  # HOST:PORT of the downstream stage (every stage but the last)
+    timeout: float = Field(default=20.0, gt=0, le=600)
+
+    @property
+    def index(self) -> int:
+        return int(self.stage.partition("/")[0])
+
+    @property
+    def n_stages(self) -> int:
+        return int(self.stage.partition("/")[2])
+
+    @property
+    def listen_address(self) -> tuple[str, int] | None:
+        return host_port(self.listen, "--pipeline.listen") if self.listen is not None else None
+
+    @property
+    def next_address(self) -> tuple[str, int] | None:
+        return host_port(self.next, "--pipeline.next") if self.next is not None else None
+
+    @model_validator(mode="after")
+    def _neighbours(self) -> PipelineStageConfig:
+        if not 0 <= self.index < self.n_stages or self.n_stages < 2:
+            raise ValueError(f"--pipeline.stage must be S/N with 0 <= S < N and N >= 2, got {self.stage!r}")
+        if (self.index > 0) != (self.listen is not None):
+            raise ValueError("every stage but the first needs --pipeline.listen HOST:PORT (and the first none)")
+        if (self.index < self.n_stages - 1) != (self.next is not None):
+            raise ValueError("every stage but the last needs --pipeline.next HOST:PORT (and the last none)")
+        _ = self.listen_address, self.next_address  # malformed HOST:PORT fails now, naming the flag
+        return self
+
+
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -85,6 +135,7 @@ class NodeConfig(BaseModel):
     micro_batches: int | None = Field(default=None, gt=0)
     activation_checkpointing: bool = False  # recompute activations in the backward: less memory, same bits
     memory_check: bool = True  # refuse to start when the computed memory per device does not fit
+    pipeline: PipelineStageConfig | None = None  # miners: this node is one stage of a pipeline group
 
     @field_validator("behaviour")
     @classmethod
@@ -118,6 +169,8 @@ class NodeConfig(BaseModel):
             raise ValueError("give exactly one of --subtensor.network or --devchain")
         if self.archive_endpoint is not None and self.network is None:
             raise ValueError("--subtensor.archive-endpoint goes with --subtensor.network (a devchain keeps every block)")
+        if self.pipeline is not None and self.role != "miner":
+            raise ValueError("--pipeline.* flags are for miners (a pipeline stage is a miner)")
         return self
 
 
@@ -174,6 +227,11 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "--micro-batches": ("micro_batches", "cut every inner batch into this many micro-batches (default: torchrun's world size)"),
     "--activation-checkpointing": ("activation_checkpointing", "true: recompute activations in the backward (less memory)"),
     "--memory-check": ("memory_check", "false: start although the computed memory per device does not fit"),
+    "--pipeline.group": ("pipeline.group", "miners: run as one stage of this pipeline group (docs/pipeline.md)"),
+    "--pipeline.stage": ("pipeline.stage", "S/N: this miner is stage S of the group's N (0-based)"),
+    "--pipeline.listen": ("pipeline.listen", "HOST:PORT the upstream stage connects to (stages S > 0)"),
+    "--pipeline.next": ("pipeline.next", "HOST:PORT of the downstream stage (stages S < N-1)"),
+    "--pipeline.timeout": ("pipeline.timeout", "seconds a neighbour stage may stay silent (default 20.0)"),
 }
 _SECRET_ENV = {
     "bucket.write_key_id": "TESSERA_BUCKET_WRITE_KEY_ID",

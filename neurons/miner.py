@@ -21,6 +21,7 @@ from compression import (
     ErrorFeedbackCompressor,
     PayloadManifest,
     SparseUpdate,
+    StageClaim,
     encode_payload,
 )
 from neurons import metrics
@@ -69,20 +70,30 @@ class Miner:
     def __init__(self, node: Node, behaviour: Behaviour | None = None) -> None:
         self.node = node
         self.behaviour = behaviour or make_behaviour(node.config.behaviour)
-        hp = node.hparams
         self.shards = open_shards(node)
-        # one process: an InnerTrainer; rank 0 of several: the same, with the followers training along
-        self.trainer = make_trainer(node.model, hp.training, node.config.device, node.world, node.config.micro_batches)
-        self.compressor = ErrorFeedbackCompressor(
-            node.shapes, chunk_size=hp.codec.chunk_size, topk_per_chunk=hp.codec.topk_per_chunk,
-            beta=hp.codec.ef_beta, device=node.config.device,
-        )
+        self.trainer, self.compressor = self.make_trainer()
         # Last measured time to train + compress one window, to skip a window we cannot finish
         # in time. Before the first measurement assume half a window: a miner that comes up late
         # in a window waits for the next one instead of training into a slot it would miss.
         self.train_seconds: float | None = None
         # θ_{w+1}'s fingerprint per window w, to compare with what validators published
         self.fingerprints: dict[int, str] = {}
+
+    def make_trainer(self) -> tuple[InnerTrainer, ErrorFeedbackCompressor]:
+        """What trains a window and what compresses its Δ: the whole model here, one pipeline
+        stage's layers in ``neurons.stage_miner``."""
+        node, hp = self.node, self.node.hparams
+        # one process: an InnerTrainer; rank 0 of several: the same, with the followers training along
+        trainer = make_trainer(node.model, hp.training, node.config.device, node.world, node.config.micro_batches)
+        compressor = ErrorFeedbackCompressor(
+            node.shapes, chunk_size=hp.codec.chunk_size, topk_per_chunk=hp.codec.topk_per_chunk,
+            beta=hp.codec.ef_beta, device=node.config.device,
+        )
+        return trainer, compressor
+
+    def stage_claim(self) -> StageClaim | None:
+        """What the payload says about the part of θ it covers: None, the whole model."""
+        return None
 
     @staticmethod
     def follower_handlers(model, hparams, config, world) -> dict:
@@ -227,6 +238,7 @@ class Miner:
         manifest = PayloadManifest.for_message(
             message, run_id=hp.run_id, window=w, uid=node.uid, hotkey=node.signer.hotkey,
             global_step=(w + 1) * hp.training.inner_steps, base_fingerprint=model_fingerprint(node.model),
+            pipeline_stage=self.stage_claim(),
         )
         return encode_payload(message, manifest, sign=node.signer.sign)
 
@@ -291,6 +303,10 @@ def run(args) -> int:
         from neurons.localnet.adversary import serve
 
         return serve(config, config.behaviour)
+    if config.pipeline is not None:  # one stage of a pipeline group: trains its layers with its neighbours
+        from neurons.stage_miner import StageMiner
+
+        return run_node("miner", args, StageMiner)
     return run_node("miner", args, Miner)
 
 

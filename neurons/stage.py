@@ -90,7 +90,7 @@ class StageProcess:
         self.constraint = None
         if hp.pipeline is not None:
             basis = subspace_basis(hp.seed, hp.model.hidden_size, hp.pipeline.subspace_dim, hp.pipeline.basis_seed_tag)
-            self.constraint = SubspaceConstraint(basis)
+            self.constraint = SubspaceConstraint(basis, project_weights=hp.pipeline.boundary == "exact")
             self.constraint.project_(dict(model.named_parameters()), anchor_embedding=None)
         self.stage = Stage(model, split_layers(hp.model.num_layers, self.n)[self.index])
         self.anchor = dict(model.named_parameters())[EMBED_NAME].detach().clone()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -107,34 +107,16 @@ class InnerTrainer:
         )
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The AdamW moments and step count per parameter, as plain tensors (safetensors-ready),
-        so a restarted miner continues with the same optimizer instead of fresh moments."""
-        out = {}
-        for name, p in self.model.named_parameters():
-            for key, value in self.optimizer.state.get(p, {}).items():
-                out[f"{name}.{key}"] = value.detach().reshape(()) if key == "step" else value.detach()
-        return out
+        """The AdamW moments and step count per parameter (``optimizer_state_tensors``)."""
+        return optimizer_state_tensors(self.model.named_parameters(), self.optimizer)
 
     def reset_optimizer(self) -> None:
         """Fresh AdamW moments for every parameter (as a new trainer would have)."""
         self.optimizer.state.clear()
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore what :meth:`state_tensors` returned; a parameter missing from ``state`` keeps
-        fresh moments (e.g. state saved before any training)."""
-        for name, p in self.model.named_parameters():
-            keys = ("step", "exp_avg", "exp_avg_sq")
-            if not all(f"{name}.{k}" in state for k in keys):
-                continue
-            for k in keys[1:]:
-                if tuple(state[f"{name}.{k}"].shape) != tuple(p.shape):
-                    raise ValueError(f"optimizer state {name}.{k} has shape {tuple(state[f'{name}.{k}'].shape)}")
-            step = state[f"{name}.step"].to(torch.float32)
-            self.optimizer.state[p] = {
-                "step": step.to(p.device) if self.optimizer.defaults.get("fused") else step.cpu(),
-                "exp_avg": state[f"{name}.exp_avg"].to(device=p.device, dtype=p.dtype).clone(),
-                "exp_avg_sq": state[f"{name}.exp_avg_sq"].to(device=p.device, dtype=p.dtype).clone(),
-            }
+        """Restore what :meth:`state_tensors` returned (``load_optimizer_state``)."""
+        load_optimizer_state(self.model.named_parameters(), self.optimizer, state)
 
     def _gradients(self, batch: torch.Tensor) -> torch.Tensor:
         """Fill ``.grad`` with the step's gradient under the micro-batch rule; the step's loss."""
@@ -224,6 +206,38 @@ class InnerTrainer:
 
 
 @torch.no_grad()
+def optimizer_state_tensors(
+    named: Iterable[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer
+) -> dict[str, torch.Tensor]:
+    """The AdamW moments and step count per parameter, as plain tensors (safetensors-ready),
+    so a restarted miner continues with the same optimizer instead of fresh moments."""
+    out = {}
+    for name, p in named:
+        for key, value in optimizer.state.get(p, {}).items():
+            out[f"{name}.{key}"] = value.detach().reshape(()) if key == "step" else value.detach()
+    return out
+
+
+def load_optimizer_state(
+    named: Iterable[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer, state: dict[str, torch.Tensor]
+) -> None:
+    """Restore what ``optimizer_state_tensors`` returned; a parameter missing from ``state`` keeps
+    fresh moments (e.g. state saved before any training). ValueError on a shape that does not fit."""
+    for name, p in named:
+        keys = ("step", "exp_avg", "exp_avg_sq")
+        if not all(f"{name}.{k}" in state for k in keys):
+            continue
+        for k in keys[1:]:
+            if tuple(state[f"{name}.{k}"].shape) != tuple(p.shape):
+                raise ValueError(f"optimizer state {name}.{k} has shape {tuple(state[f'{name}.{k}'].shape)}")
+        step = state[f"{name}.step"].to(torch.float32)
+        optimizer.state[p] = {
+            "step": step.to(p.device) if optimizer.defaults.get("fused") else step.cpu(),
+            "exp_avg": state[f"{name}.exp_avg"].to(device=p.device, dtype=p.dtype).clone(),
+            "exp_avg_sq": state[f"{name}.exp_avg_sq"].to(device=p.device, dtype=p.dtype).clone(),
+        }
+
+
 def evaluate(model: torch.nn.Module, batches: Sequence[torch.Tensor], autocast: bool = False) -> float:
     """Token-weighted mean next-token loss (float32 unless ``autocast``: scoring compares small deltas)."""
     if not batches:

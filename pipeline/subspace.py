@@ -29,12 +29,20 @@ def residual_writer_names(names: Iterable[str]) -> list[str]:
 
 
 class SubspaceConstraint:
-    """Projects a model's residual writers (and its embedding drift) onto span(U)."""
+    """Projects a model's residual writers (and its embedding drift) onto span(U).
 
-    def __init__(self, basis: torch.Tensor) -> None:
+    ``project_weights=False`` is the *projected boundary* variant (``pipeline.boundary:
+    projected``): the weights stay free and only what crosses a boundary is projected, so the
+    receiving stage sees ``embed(tokens) + U Uᵀ (h − embed(tokens))`` instead of ``h``. That
+    boundary is lossy, but the group trains the network's own θ through it rather than a
+    projected copy of θ; in a network whose full replicas keep θ's residual writers out of span(U),
+    only this variant's updates still improve θ (docs/pipeline.md, "Which boundary")."""
+
+    def __init__(self, basis: torch.Tensor, project_weights: bool = True) -> None:
         if basis.ndim != 2 or basis.shape[1] >= basis.shape[0]:
             raise ValueError(f"basis must be (hidden, k) with k < hidden, got {tuple(basis.shape)}")
         self.basis = basis
+        self.project_weights = project_weights
 
     @property
     def k(self) -> int:
@@ -55,7 +63,10 @@ class SubspaceConstraint:
         """In place: residual writers into span(U); the embedding to anchor + projected drift.
 
         ``params`` may hold any subset of the model (a stage's slice); what is absent is skipped.
+        Nothing happens for a projected-boundary constraint (``project_weights=False``).
         """
+        if not self.project_weights:
+            return
         for name in residual_writer_names(params):
             params[name].copy_(self.project_columns(params[name]))
         if EMBED_NAME in params and anchor_embedding is not None:

@@ -42,6 +42,8 @@ class Hello(BaseModel):
     stage: int = Field(ge=0)
     n_stages: int = Field(ge=2, le=64)
     window: int = Field(ge=0)
+    # in a network, whose data assignment the group trains on (stage 0's uid), passed down the chain
+    data_uid: int | None = Field(default=None, ge=0)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Link:
     sock: socket.socket
     peer: str  # "stage 1/2 at 127.0.0.1:5000", for messages
     timeout: float
+    hello: Hello | None = None  # what the partner said at the handshake
 
     def _send(self, tag: int, body: bytes) -> None:
         try:
@@ -129,19 +132,39 @@ def _handshake(link: Link, mine: Hello) -> Hello:
             f"{link.peer} is {theirs.model_dump()}, not the adjacent stage of {mine.model_dump()}; "
             "check --group, --stage and the hparams on both machines"
         )
+    link.hello = theirs
     return theirs
 
 
-def accept_upstream(server: socket.socket, mine: Hello, timeout: float) -> Link:
-    """Downstream end: wait (up to ``timeout``) for stage ``mine.stage - 1`` to connect."""
-    server.settimeout(timeout)
-    try:
-        sock, addr = server.accept()
-    except TimeoutError as exc:
-        raise StageLost(f"stage {mine.stage - 1}/{mine.n_stages} did not connect within {timeout:.1f} s") from exc
-    link = Link(sock, f"stage {mine.stage - 1}/{mine.n_stages} at {addr[0]}:{addr[1]}", timeout)
-    _handshake(link, mine)
-    return link
+def accept_upstream(server: socket.socket, mine: Hello, timeout: float, keep_trying: bool = False) -> Link:
+    """Downstream end: wait (up to ``timeout``) for stage ``mine.stage - 1`` to connect.
+
+    With ``keep_trying`` (a stage in a network, one connection per window), a connection whose
+    handshake fails is closed and the next one awaited until the deadline: the partner's attempt
+    from a window this stage skipped can still sit in the listen backlog, and taking it as this
+    window's answer would make both stages skip again, window after window."""
+    deadline = time.monotonic() + timeout
+    failure: StageLost | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise failure or StageLost(f"stage {mine.stage - 1}/{mine.n_stages} did not connect within {timeout:.1f} s")
+        server.settimeout(left)
+        try:
+            sock, addr = server.accept()
+        except TimeoutError as exc:
+            if failure is not None:
+                raise failure from exc
+            raise StageLost(f"stage {mine.stage - 1}/{mine.n_stages} did not connect within {timeout:.1f} s") from exc
+        link = Link(sock, f"stage {mine.stage - 1}/{mine.n_stages} at {addr[0]}:{addr[1]}", timeout)
+        try:
+            _handshake(link, mine)
+            return link
+        except StageLost as exc:
+            link.close()
+            if not keep_trying:
+                raise
+            failure = exc
 
 
 def connect_downstream(host: str, port: int, mine: Hello, timeout: float) -> Link:

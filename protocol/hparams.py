@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -150,6 +151,11 @@ class PipelineConfig(_Strict):
     basis_seed_tag: str = Field(
         default="tessera-subspace", min_length=1, max_length=64,
         description="mixed with the run seed to derive the frozen basis every node computes alone",
+    )
+    boundary: Literal["exact", "projected"] = Field(
+        default="projected",
+        description="exact: a stage keeps its residual writers in span(U), so boundaries rebuild exactly; "
+        "projected: weights stay free and only the boundary is projected (docs/pipeline.md 'Which boundary')",
     )
 
 

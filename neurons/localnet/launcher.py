@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -74,6 +74,7 @@ class NodeSpec:
     process: subprocess.Popen | None = None
     kind: str = ""  # adversaries only: its behaviour (neurons.behaviours.kinds.ADVERSARIAL_KINDS)
     ranks: int = 1  # processes of this node: more than one runs it under torchrun (docs/hardware.md)
+    pipeline: list[str] = field(default_factory=list)  # a pipeline stage's --pipeline.* flags (else empty)
 
     @property
     def state_dir_name(self) -> str:
@@ -88,6 +89,7 @@ def _register(chain: DevChain, wallets: Path, name: str, stake: float) -> int:
 def plan_network(
     workdir: Path, miners: int, validators: int, block_time: float, adversaries: Sequence[str] = (), *,
     start_block: int = 0, missed_slots: float = 0.0, block_jitter: float = 0.0, miner_stake: float = 0.0,
+    pipeline_groups: tuple[int, int] = (0, 0),
 ) -> tuple[DevChain, list[NodeSpec]]:
     """Create the devchain and register owner, validators, miners and adversaries (in that uid order).
 
@@ -95,7 +97,9 @@ def plan_network(
     is past 5,000,000); ``missed_slots``/``block_jitter``: real block production
     (``protocol.devchain_clock``); ``miner_stake``: what paid miners hold (their incentive is
     staked to their hotkey; with it they get validator permits, and must stay miners).
-    Adversaries register like miners: nothing on chain tells them apart.
+    Adversaries register like miners: nothing on chain tells them apart. ``pipeline_groups`` (G, N)
+    adds G groups of N pipeline stages, each stage a miner of its own (``neurons.stage_miner``)
+    whose neighbours talk over loopback ports chosen here.
     """
     chain = DevChain.create(
         workdir / "chain.sqlite", netuid=NETUID, block_time=block_time, start_block=start_block,
@@ -119,7 +123,34 @@ def plan_network(
                 kind=kind,
             )
         )
+    specs += _plan_stages(chain, wallets, *pipeline_groups, miner_stake)
     return chain, specs
+
+
+STAGE_TIMEOUT_SECONDS = 5.0  # a neighbour silent this long is gone: well inside one local window
+
+
+def _plan_stages(chain: DevChain, wallets: Path, groups: int, n_stages: int, stake: float) -> list[NodeSpec]:
+    """Register ``groups`` pipeline groups of ``n_stages`` stage miners each; each stage but the
+    first listens on a free loopback port its upstream neighbour connects to."""
+    specs = []
+    for g in range(groups):
+        ports = [_free_port() for _ in range(n_stages)]
+        for s in range(n_stages):
+            name, bucket = f"stage-g{g}-s{s}", f"tsr-g{g}s{s}"
+            flags = ["--pipeline.group", f"g{g}", "--pipeline.stage", f"{s}/{n_stages}",
+                     "--pipeline.timeout", str(STAGE_TIMEOUT_SECONDS)]
+            if s > 0:
+                flags += ["--pipeline.listen", f"127.0.0.1:{ports[s]}"]
+            if s < n_stages - 1:
+                flags += ["--pipeline.next", f"127.0.0.1:{ports[s + 1]}"]
+            specs.append(NodeSpec(
+                name, "miner", _register(chain, wallets, name, stake), bucket,
+                writer=Identity.generate(f"{name}-rw", READ_WRITE, [bucket]),
+                reader=Identity.generate(f"{name}-ro", READ_ONLY, [bucket]),
+                pipeline=flags,
+            ))
+    return specs
 
 
 def node_command(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, data_dir: Path | None) -> list[str]:
@@ -136,7 +167,7 @@ def node_command(spec: NodeSpec, workdir: Path, endpoint: str, hparams: str, dat
         "--wallet.name", spec.name, "--wallet.hotkey", "default", "--wallet.path", str(workdir / "wallets"),
         "--hparams", hparams, "--bucket.endpoint", endpoint, "--bucket.name", spec.bucket,
         "--bucket.region", "us-east-1", "--bucket.read-key-id", spec.reader.access_key,
-        "--state-dir", str(workdir / "nodes" / spec.name), "--threads", "1",
+        "--state-dir", str(workdir / "nodes" / spec.name), "--threads", "1", *spec.pipeline,
         # no --data-dir: nodes read the corpus the launcher published, as the run's origin names it
         # (neurons.dataset); ``data_dir`` stays for callers that start nodes on a local copy
         *(["--data-dir", str(data_dir)] if data_dir is not None else []),
@@ -213,6 +244,7 @@ def build_summary(
         "miners": miners,
         "validators": [s.uid for s in specs if s.role == "validator"],
         "adversaries": {str(uid): kind for uid, kind in adversaries.items()},
+        "stages": {str(s.uid): s.name for s in specs if s.pipeline},
         "dense_fp32_bytes": 4 * params,
         "first_window_all_up": first_window_all_up(logs, on_time),
         "windows": summaries,
@@ -238,8 +270,10 @@ def _crashed(specs: list[NodeSpec]) -> list[str]:
     return [f"{s.name} (exit {s.process.returncode})" for s in specs if s.process and s.process.poll() is not None]
 
 
-def watch(specs, workdir, chain, args, endpoint, data_dir, console) -> str:
-    """Start late joiners on time, redraw the table, and say why we stopped."""
+def watch(specs, workdir, chain, args, endpoint, data_dir, console, report: dict | None = None) -> str:
+    """Start late joiners on time, redraw the table, kill a stage if asked (``report["killed"]``),
+    and say why we stopped."""
+    report = {} if report is None else report
     miners = [s.uid for s in specs if s.role == "miner"]
     adversaries = [s.uid for s in specs if s.role == "adversary"]
     on_time = on_time_miners(specs)
@@ -252,6 +286,8 @@ def watch(specs, workdir, chain, args, endpoint, data_dir, console) -> str:
     with Live(console=console, refresh_per_second=1, transient=False) as live:
         while True:
             window = (chain.block() - origin) // blocks_per_window
+            if args.kill_stage is not None and window + 1 >= args.kill_stage.window and "killed" not in report:
+                report["killed"] = kill_mid_window(specs, workdir, args.kill_stage, endpoint, args.hparams, data_dir, chain)
             if window != status_window:  # the buckets are listed once per window, not every redraw
                 status, status_window = _network_status(chain, args.hparams), window
             for s in specs:
@@ -266,6 +302,33 @@ def watch(specs, workdir, chain, args, endpoint, data_dir, console) -> str:
             if crashed := _crashed(specs):
                 return "node exited early: " + ", ".join(crashed)
             time.sleep(1.0)
+
+
+STAGE_TRAINING_MARK = "window {window}: training"  # what neurons.stage_miner logs once its links are up
+
+
+def kill_mid_window(specs, workdir: Path, plan: KillPlan, endpoint: str, hparams: str, data_dir, chain) -> bool:
+    """SIGKILL the planned stage as soon as it logs that it trains ``plan.window`` (its partners
+    are then mid-window with it), and start it again at once, as an operator's supervisor would.
+    False while it has not got there yet (or the window passed without it training)."""
+    spec = next((s for s in specs if s.name == plan.name), None)
+    if spec is None or spec.process is None:
+        raise ValueError(f"--kill-stage: no stage {plan.name} in this network")
+    log = workdir / "logs" / f"{spec.name}.log"
+    mark = STAGE_TRAINING_MARK.format(window=plan.window).encode()
+    blocks = load_hparams(hparams).window.blocks_per_window
+    give_up = time.time() + 2 * blocks * chain.block_time()
+    while time.time() < give_up:
+        if log.is_file() and mark in log.read_bytes():
+            time.sleep(0.2)  # into the window's inner steps
+            spec.process.kill()
+            spec.process.wait()
+            with log.open("ab") as f:
+                f.write(f"--- tessera localnet: SIGKILL during window {plan.window}; restarting ---\n".encode())
+            start_node(spec, workdir, endpoint, hparams, data_dir)
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _network_status(chain: DevChain, hparams: str):
@@ -305,12 +368,13 @@ def run(args: argparse.Namespace) -> int:
     chain, specs = plan_network(
         workdir, args.miners, args.validators, args.block_time, args.adversaries, start_block=args.origin_block,
         missed_slots=args.missed_slots, block_jitter=args.block_jitter, miner_stake=args.miner_stake,
+        pipeline_groups=args.pipeline_groups,
     )
     first = (chain.block() - args.origin_block) // hp.window.blocks_per_window
-    for s in [s for s in specs if s.role == "miner"][args.miners - args.late_miners :]:
+    for s in [s for s in specs if s.role == "miner" and not s.pipeline][args.miners - args.late_miners :]:
         s.start_window = first + args.late_by
     for s in specs:
-        if s.role in ("miner", "validator"):
+        if s.role in ("miner", "validator") and not s.pipeline:
             s.ranks = args.ranks
     dataset_keys = DatasetKeys.generate()  # the corpus goes to its own bucket, read as on a live network
     owner_keys = (Identity.generate("owner-rw", READ_WRITE, [OWNER_BUCKET]),
@@ -324,14 +388,18 @@ def run(args: argparse.Namespace) -> int:
                            data_url=dataset.data_url, tokenizer=hp.model.tokenizer or "embedded")
         publish_run_origin(chain, workdir, s3.endpoint_url, owner_keys, hp, origin)
         console.print(f"run origin: block {origin.start_block} (head {chain.block()})")
+        report: dict = {}
         try:
-            outcome = watch(specs, workdir, chain, args, s3.endpoint_url, None, console)
+            outcome = watch(specs, workdir, chain, args, s3.endpoint_url, None, console, report)
         except KeyboardInterrupt:
             outcome = "interrupted (Ctrl-C or SIGTERM)"
         finally:
             stop_nodes(specs)
     summary = build_summary(specs, workdir, chain, args.hparams, args.windows, args.origin_block)
     summary["outcome"] = outcome
+    if args.kill_stage is not None:
+        summary["killed"] = {"stage": args.kill_stage.name, "window": args.kill_stage.window,
+                             "done": bool(report.get("killed"))}
     out = Path(args.json_out) if args.json_out else workdir / "summary.json"
     out.write_text(json.dumps(summary, indent=1, sort_keys=True))
     _report(console, summary, out)
@@ -370,11 +438,41 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ranks", type=int, default=1,
                         help="processes per honest node: >1 starts each under torchrun, gloo on loopback (docs/hardware.md)")
     parser.add_argument("--json-out", default=None, help="summary JSON path (default <workdir>/summary.json)")
+    parser.add_argument("--pipeline-groups", type=_groups, default=(0, 0), metavar="GxN",
+                        help="add G pipeline groups of N stage miners each (docs/pipeline.md; e.g. 1x2)")
+    parser.add_argument("--kill-stage", type=_kill_plan, default=None, metavar="G/S@W",
+                        help="SIGKILL stage S of group G while it trains window W, then restart it at once")
     parser.add_argument(
         "--adversaries", "--adversary", dest="adversaries", type=_adversary_kinds, action="extend", default=[],
         metavar="KIND[,KIND]", help=f"add one adversarial miner per KIND ({', '.join(ADVERSARIAL_KINDS)}); repeatable",
     )
     parser.set_defaults(func=run)
+
+
+def _groups(text: str) -> tuple[int, int]:
+    g, sep, n = text.lower().partition("x")
+    if not sep or not g.isdigit() or not n.isdigit() or int(g) < 1 or int(n) < 2:
+        raise argparse.ArgumentTypeError(f"--pipeline-groups is GxN with G >= 1 groups of N >= 2 stages, got {text!r}")
+    return int(g), int(n)
+
+
+@dataclass(frozen=True)
+class KillPlan:
+    group: int
+    stage: int
+    window: int
+
+    @property
+    def name(self) -> str:
+        return f"stage-g{self.group}-s{self.stage}"
+
+
+def _kill_plan(text: str) -> KillPlan:
+    where, sep, window = text.partition("@")
+    g, slash, s = where.partition("/")
+    if not sep or not slash or not all(x.isdigit() for x in (g, s, window)):
+        raise argparse.ArgumentTypeError(f"--kill-stage is G/S@W (group, stage, window), got {text!r}")
+    return KillPlan(int(g), int(s), int(window))
 
 
 def _adversary_kinds(text: str) -> list[str]:
