@@ -299,8 +299,17 @@ def catch_up(node: Node) -> None:
             node.events.append(
                 WindowRecord(node.name, node.config.role, node.uid, gathered.window, fp, gathered.accepted, replayed=True)
             )
-            log.info("%s replayed window %d (%d payloads) -> %s", node.name, gathered.window, len(gathered.accepted), fp)
+            log.info("%s replayed window %d (%d payloads%s) -> %s", node.name, gathered.window, len(gathered.accepted),
+                     _not_counted(gathered), fp)
             replayed()
+
+
+def _not_counted(gathered: WindowGather) -> str:
+    """Why the gather set's other members did not count in a replayed window, for the log: a
+    replay that counts fewer payloads than the live nodes did ends in another θ."""
+    left_out = [f"uid {u} {f.result.reason} ({f.result.detail[:80]})" for u in gathered.gather_set.gather
+                if u not in gathered.accepted and (f := gathered.fetched.get(u)) is not None and not f.ok]
+    return "; not counted: " + ", ".join(left_out) if left_out else ""
 
 
 # After a window failed because the chain or storage misbehaved, wait this long and try again.
