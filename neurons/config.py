@@ -171,6 +171,8 @@ class NodeConfig(BaseModel):
             raise ValueError("--subtensor.archive-endpoint goes with --subtensor.network (a devchain keeps every block)")
         if self.pipeline is not None and self.role != "miner":
             raise ValueError("--pipeline.* flags are for miners (a pipeline stage is a miner)")
+        if self.pipeline is not None and self.behaviour != HONEST:
+            raise ValueError("--behaviour is for whole-model miners; a pipeline stage trains honestly with its group")
         return self
 
 
