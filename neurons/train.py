@@ -238,6 +238,7 @@ def load_optimizer_state(
         }
 
 
+@torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Sequence[torch.Tensor], autocast: bool = False) -> float:
     """Token-weighted mean next-token loss (float32 unless ``autocast``: scoring compares small deltas)."""
     if not batches:

@@ -130,3 +130,77 @@ def test_optimizer_state_of_another_shape_is_refused(hparams) -> None:
     bad = {f"{name}.step": torch.tensor(3.0), f"{name}.exp_avg": torch.zeros(2), f"{name}.exp_avg_sq": torch.zeros(2)}
     with pytest.raises(ValueError, match="optimizer state"):
         trainer.load_state_tensors(bad)
+
+
+def _stage_steps(params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, seed: int, steps: int) -> None:
+    """AdamW steps on synthetic gradients: the state's content, not the loss, is under test."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for p in params.values():
+            p.grad = torch.randn(p.shape, generator=generator)
+        optimizer.step()
+
+
+def test_a_stage_optimizer_state_round_trips_exactly_on_its_own_parameters(hparams) -> None:
+    """A stage miner saves and restores the AdamW state of its layers only (the ``stage`` case of
+    ``optimizer_state_tensors``/``load_optimizer_state``): after a restart it steps bit for bit as
+    if it had never stopped."""
+    from neurons.train import load_optimizer_state, optimizer_state_tensors
+    from pipeline.replica import stage_optimizer
+    from pipeline.stage import Stage, split_layers
+
+    span = split_layers(hparams.model.num_layers, 2)[1]
+    steady = Stage(build_model(hparams.model, hparams.seed), span)
+    steady_opt = stage_optimizer(steady, hparams.training)
+    _stage_steps(steady.params, steady_opt, seed=0, steps=3)
+    saved = {k: v.clone() for k, v in optimizer_state_tensors(steady.params.items(), steady_opt).items()}
+    assert {k.rpartition(".")[0] for k in saved} == set(steady.params)  # this stage's parameters, no others
+    assert all(f"{n}.{k}" in saved for n in steady.params for k in ("step", "exp_avg", "exp_avg_sq"))
+
+    restarted = Stage(build_model(hparams.model, hparams.seed), span)
+    with torch.no_grad():
+        for name, p in restarted.params.items():
+            p.copy_(steady.params[name])
+    restarted_opt = stage_optimizer(restarted, hparams.training)
+    load_optimizer_state(restarted.params.items(), restarted_opt, saved)
+    again = optimizer_state_tensors(restarted.params.items(), restarted_opt)
+    assert again.keys() == saved.keys()
+    assert all(torch.equal(again[k], saved[k]) for k in saved)
+
+    fresh = Stage(build_model(hparams.model, hparams.seed), span)
+    with torch.no_grad():
+        for name, p in fresh.params.items():
+            p.copy_(steady.params[name])
+    fresh_opt = stage_optimizer(fresh, hparams.training)
+    for stage, opt in ((steady, steady_opt), (restarted, restarted_opt), (fresh, fresh_opt)):
+        _stage_steps(stage.params, opt, seed=1, steps=2)
+    assert all(torch.equal(p, restarted.params[n]) for n, p in steady.params.items())
+    # without the restored moments the same steps land elsewhere: the test can tell the difference
+    assert not all(torch.equal(p, fresh.params[n]) for n, p in steady.params.items())
+
+
+def test_a_stage_optimizer_state_of_another_shape_is_refused(hparams) -> None:
+    from neurons.train import load_optimizer_state, optimizer_state_tensors
+    from pipeline.replica import stage_optimizer
+    from pipeline.stage import Stage, split_layers
+
+    stage = Stage(build_model(hparams.model, hparams.seed), split_layers(hparams.model.num_layers, 2)[0])
+    opt = stage_optimizer(stage, hparams.training)
+    _stage_steps(stage.params, opt, seed=0, steps=1)
+    state = optimizer_state_tensors(stage.params.items(), opt)
+    name = next(n for n, p in stage.params.items() if p.ndim == 2 and p.shape[0] != p.shape[1])
+    state[f"{name}.exp_avg"] = state[f"{name}.exp_avg"].T
+    with pytest.raises(ValueError, match=f"optimizer state {name}.exp_avg has shape"):
+        load_optimizer_state(stage.params.items(), stage_optimizer(stage, hparams.training), state)
+
+
+def test_evaluate_builds_no_autograd_graph(hparams) -> None:
+    """Validators evaluate many batches per window: with grad on, every batch's activations stay
+    alive until the sum is read (memory grows with the batch count)."""
+    model = build_model(hparams.model, 0)
+    grad_enabled: list[bool] = []
+    model.register_forward_hook(lambda *_: grad_enabled.append(torch.is_grad_enabled()))
+    batches = [torch.randint(0, hparams.model.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))] * 2
+    evaluate(model, batches)
+    assert grad_enabled == [False, False]
+    assert torch.is_grad_enabled()  # and it leaves the caller's mode alone
