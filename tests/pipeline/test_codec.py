@@ -65,3 +65,38 @@ def test_boundary_bytes_per_micro_batch_at_the_tiny_preset_shape():
     assert sub_grad == HEADER_BYTES + batch * seq * k * 4
     assert dense_act / sub_act >= 20  # 28.4x forward
     assert dense_act / sub_grad >= 20  # 32x backward
+
+
+def test_a_projected_boundary_constraint_leaves_the_weights_alone(small_model, basis):
+    """``pipeline.boundary: projected``: the stage trains θ itself, so project_ must not touch it;
+    the exact-boundary default still pulls the residual writers into span(U)."""
+    from pipeline.subspace import residual_writer_names
+
+    params = dict(small_model.named_parameters())
+    anchor = params[EMBED_NAME].detach().clone()
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(0.01 * torch.rand(p.shape, generator=generator))
+    before = {n: p.detach().clone() for n, p in params.items()}
+    with torch.no_grad():
+        SubspaceConstraint(basis, project_weights=False).project_(params, anchor)
+    assert all(torch.equal(p, before[n]) for n, p in params.items())
+
+    with torch.no_grad():
+        SubspaceConstraint(basis).project_(params, anchor)
+    changed = {n for n, p in params.items() if not torch.equal(p, before[n])}
+    assert set(residual_writer_names(params)) <= changed and EMBED_NAME in changed
+
+
+def test_a_projected_boundary_delivers_the_embedding_plus_the_projected_rest(small_model, basis, batch):
+    """What the next stage sees over an unconstrained boundary is embed + U Uᵀ (h − embed): the
+    part of h outside span(U) is what the boundary loses, and only that."""
+    anchor = dict(small_model.named_parameters())[EMBED_NAME].detach().clone()
+    hidden = _first_stage_output(small_model, batch)
+    codec = SubspaceCodec(basis, anchor)
+    seen = codec.decode_activation(codec.encode_activation(hidden, batch))
+    expected = anchor[batch] + (hidden - anchor[batch]) @ basis @ basis.T
+    assert torch.allclose(seen, expected, rtol=0, atol=1e-5 * float(hidden.abs().max()))
+    again = codec.decode_activation(codec.encode_activation(seen, batch))
+    assert torch.allclose(again, seen, rtol=0, atol=1e-5 * float(hidden.abs().max()))  # nothing more to lose
