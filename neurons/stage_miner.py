@@ -43,11 +43,33 @@ from pipeline.stage import Stage
 from pipeline.subspace import EMBED_NAME, SubspaceConstraint
 from pipeline.transport import Hello, Link, StageLost, accept_upstream, connect_downstream
 from pipeline.worker import StageWorker
+from protocol.chain import Metagraph
 from protocol.layers import split_layers
+from protocol.signing import verify_signature
 
 log = logging.getLogger(__name__)
 
 MICRO_BATCHES = 2  # every stage of a group cuts a batch the same way (frames are checked against it)
+
+
+def hello_problem(theirs: Hello, metagraph: Metagraph) -> str | None:
+    """Why a neighbour's Hello is not acceptable, or None: it must be signed by the hotkey it
+    names, that hotkey must hold the uid it claims on this subnet, and a stage 0 trains on its
+    own uid's data. A stranger that reaches the listening port can therefore not pose as a
+    neighbour without a registered hotkey, and one that does is named in the log."""
+    if theirs.uid is None or not theirs.hotkey:
+        return "its handshake names no uid and hotkey"
+    try:
+        signature = bytes.fromhex(theirs.signature)
+    except ValueError:
+        return "its handshake signature is not hex"
+    if not verify_signature(theirs.hotkey, theirs.signing_bytes(), signature):
+        return f"its handshake is not signed by hotkey {theirs.hotkey[:16]}"
+    if metagraph.uid_of(theirs.hotkey) != theirs.uid:
+        return f"hotkey {theirs.hotkey[:16]} does not hold uid {theirs.uid} on this subnet"
+    if theirs.stage == 0 and theirs.data_uid != theirs.uid:
+        return f"stage 0 (uid {theirs.uid}) names uid {theirs.data_uid}'s data, not its own"
+    return None
 
 
 class StageOptimizer:
@@ -106,22 +128,29 @@ class StageMiner(Miner):
 
     def connect(self, w: int) -> tuple[Link | None, Link | None]:
         """This window's links: accept the upstream stage (learning the group's data uid from it),
-        then connect downstream passing it on. StageLost when a neighbour does not answer."""
+        then connect downstream passing it on. Each side's Hello is signed by its hotkey and
+        must come from a hotkey registered on the subnet (``hello_problem``). StageLost when a
+        neighbour does not answer or is refused."""
         node, cfg = self.node, self.cfg
         # a neighbour that has not shown up by the end of the window will not train it with us
         wait = min(cfg.timeout, max(1.0, node.clock.window_start_time(w + 1) - time.time()))
         hello = Hello(run_id=node.hparams.run_id, group=cfg.group, stage=cfg.index, n_stages=cfg.n_stages, window=w,
                       data_uid=node.uid if cfg.index == 0 else None)
+        metagraph = node.chain.metagraph()
+
+        def check(theirs: Hello) -> str | None:
+            return hello_problem(theirs, metagraph)
+
         up = down = None
         try:
             if self.server is not None:
-                up = accept_upstream(self.server, hello, wait, keep_trying=True)
+                up = accept_upstream(self.server, self.signed_hello(hello), wait, keep_trying=True, check=check)
+                up.timeout = cfg.timeout
                 if up.hello is None or up.hello.data_uid is None:
                     raise StageLost(f"{up.peer} did not say whose data the group trains on")
-                up.timeout = cfg.timeout
                 hello = hello.model_copy(update={"data_uid": up.hello.data_uid})
             if cfg.next_address is not None:
-                down = connect_downstream(*cfg.next_address, hello, wait)
+                down = connect_downstream(*cfg.next_address, self.signed_hello(hello), wait, check=check)
                 down.timeout = cfg.timeout  # once connected, each message gets the full timeout
         except StageLost:
             if up is not None:
@@ -130,6 +159,11 @@ class StageMiner(Miner):
             raise
         self.data_uid = hello.data_uid
         return up, down
+
+    def signed_hello(self, hello: Hello) -> Hello:
+        node = self.node
+        hello = hello.model_copy(update={"uid": node.uid, "hotkey": node.signer.hotkey})
+        return hello.model_copy(update={"signature": node.signer.sign(hello.signing_bytes()).hex()})
 
     def train_and_compress(self, w: int) -> tuple[CompressedMessage | None, float | None]:
         """Train this stage's layers for window w with the group; (None, None) when the group

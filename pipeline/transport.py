@@ -18,6 +18,7 @@ import json
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -26,6 +27,7 @@ _PREFIX = struct.Struct("<BI")
 TAG_HELLO, TAG_FRAME, TAG_SCALAR, TAG_BYE = 1, 2, 3, 4
 _TAGS = {TAG_HELLO, TAG_FRAME, TAG_SCALAR, TAG_BYE}
 MAX_HELLO_BYTES = 4096
+HANDSHAKE_SECONDS = 3.0  # how long a connection that is not yet known to be the partner may stay silent
 
 
 class StageLost(ConnectionError):
@@ -44,6 +46,22 @@ class Hello(BaseModel):
     window: int = Field(ge=0)
     # in a network, whose data assignment the group trains on (stage 0's uid), passed down the chain
     data_uid: int | None = Field(default=None, ge=0)
+    # in a network, who says this: the sender's uid and hotkey, and its hotkey's signature over
+    # ``signing_bytes`` (hex); the receiver decides whether to require it (``HelloCheck``)
+    uid: int | None = Field(default=None, ge=0)
+    hotkey: str = Field(default="", max_length=64)
+    signature: str = Field(default="", max_length=256)
+
+    def signing_bytes(self) -> bytes:
+        """What the signature covers: every field but the signature, canonical, domain-tagged."""
+        body = json.dumps(self.model_dump(mode="json", exclude={"signature"}), sort_keys=True, separators=(",", ":"))
+        return _HELLO_DOMAIN + body.encode()
+
+
+# A receiver's verdict on the partner's (already parsed, adjacent) Hello: None accepts it, a
+# string refuses it and says why.
+HelloCheck = Callable[[Hello], "str | None"]
+_HELLO_DOMAIN = b"tessera-stage-hello-v1\x00"
 
 
 @dataclass
@@ -118,7 +136,7 @@ class Link:
         self.sock.close()
 
 
-def _handshake(link: Link, mine: Hello) -> Hello:
+def _handshake(link: Link, mine: Hello, check: HelloCheck | None = None) -> Hello:
     link._send(TAG_HELLO, mine.model_dump_json().encode())
     raw = link._recv(TAG_HELLO, MAX_HELLO_BYTES)
     try:
@@ -132,11 +150,16 @@ def _handshake(link: Link, mine: Hello) -> Hello:
             f"{link.peer} is {theirs.model_dump()}, not the adjacent stage of {mine.model_dump()}; "
             "check --group, --stage and the hparams on both machines"
         )
+    problem = check(theirs) if check is not None else None
+    if problem is not None:
+        raise StageLost(f"{link.peer} is refused: {problem}")
     link.hello = theirs
     return theirs
 
 
-def accept_upstream(server: socket.socket, mine: Hello, timeout: float, keep_trying: bool = False) -> Link:
+def accept_upstream(
+    server: socket.socket, mine: Hello, timeout: float, keep_trying: bool = False, check: HelloCheck | None = None
+) -> Link:
     """Downstream end: wait (up to ``timeout``) for stage ``mine.stage - 1`` to connect.
 
     With ``keep_trying`` (a stage in a network, one connection per window), a connection whose
@@ -156,9 +179,13 @@ def accept_upstream(server: socket.socket, mine: Hello, timeout: float, keep_try
             if failure is not None:
                 raise failure from exc
             raise StageLost(f"stage {mine.stage - 1}/{mine.n_stages} did not connect within {timeout:.1f} s") from exc
-        link = Link(sock, f"stage {mine.stage - 1}/{mine.n_stages} at {addr[0]}:{addr[1]}", timeout)
+        # with keep_trying, one silent connection may hold the handshake only briefly: the real
+        # partner sends its Hello as soon as it connects, and may be queued behind it
+        patience = min(left, HANDSHAKE_SECONDS) if keep_trying else timeout
+        link = Link(sock, f"stage {mine.stage - 1}/{mine.n_stages} at {addr[0]}:{addr[1]}", patience)
         try:
-            _handshake(link, mine)
+            _handshake(link, mine, check)
+            link.timeout = timeout
             return link
         except StageLost as exc:
             link.close()
@@ -167,7 +194,7 @@ def accept_upstream(server: socket.socket, mine: Hello, timeout: float, keep_try
             failure = exc
 
 
-def connect_downstream(host: str, port: int, mine: Hello, timeout: float) -> Link:
+def connect_downstream(host: str, port: int, mine: Hello, timeout: float, check: HelloCheck | None = None) -> Link:
     """Upstream end: connect to stage ``mine.stage + 1``, retrying until ``timeout`` (it may start later)."""
     deadline = time.monotonic() + timeout
     peer = f"stage {mine.stage + 1}/{mine.n_stages} at {host}:{port}"
@@ -181,5 +208,5 @@ def connect_downstream(host: str, port: int, mine: Hello, timeout: float) -> Lin
             time.sleep(0.1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     link = Link(sock, peer, timeout)
-    _handshake(link, mine)
+    _handshake(link, mine, check)
     return link
