@@ -13,8 +13,9 @@ Choices, and why:
   handshake, so no stage needs to be told another's uid, and validators check the claim.
 - A window is all-or-nothing (``pipeline.group``): a lost neighbour makes every stage of the
   group put back θ_w, its optimizer and its error feedback, and upload nothing for the window.
-- Subspace boundaries default to *projected* (``pipeline.boundary``): the stage trains θ_w itself
-  and only what crosses a boundary is projected. With ``exact`` boundaries the stage starts from
+- Subspace boundaries default to *adaptive* (``pipeline.boundary``): the stage trains θ_w itself
+  and only what crosses a boundary is projected, onto the window's top-k principal directions
+  that the upstream stage computes from θ_w and sends once (``pipeline.window_basis``). With ``exact`` boundaries the stage starts from
   θ_w with its residual writers projected and measures Δ from there, not from θ_w: full replicas
   keep θ's residual writers out of the subspace, and a Δ that pulled them all back would be as
   large as θ itself and be refused by every reader's bounds. docs/pipeline.md ("Which boundary")
@@ -42,9 +43,11 @@ from pipeline.group import run_window
 from pipeline.stage import Stage
 from pipeline.subspace import EMBED_NAME, SubspaceConstraint
 from pipeline.transport import Hello, Link, StageLost, accept_upstream, connect_downstream
+from pipeline.window_basis import basis_bytes, decode_basis, encode_basis, principal_basis
+from pipeline.wire import BoundaryError
 from pipeline.worker import StageWorker
 from protocol.chain import Metagraph
-from protocol.layers import split_layers
+from protocol.layers import LayerRange, split_layers
 from protocol.signing import verify_signature
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,7 @@ class StageMiner(Miner):
         if hp.pipeline is not None:
             basis = subspace_basis(hp.seed, hp.model.hidden_size, hp.pipeline.subspace_dim, hp.pipeline.basis_seed_tag)
             self.constraint = SubspaceConstraint(basis, project_weights=hp.pipeline.boundary == "exact")
+        self.adaptive = hp.pipeline is not None and hp.pipeline.boundary == "adaptive"
         self.worker = StageWorker(self.stage, hp.training, self.constraint, MICRO_BATCHES,
                                   lambda step: lr_at(step, hp.training))
         self.data_uid: int | None = None  # learned each window: stage 0's uid, from the handshake
@@ -165,6 +169,24 @@ class StageMiner(Miner):
         hello = hello.model_copy(update={"uid": node.uid, "hotkey": node.signer.hotkey})
         return hello.model_copy(update={"signature": node.signer.sign(hello.signing_bytes()).hex()})
 
+    def exchange_bases(
+        self, up: Link | None, down: Link | None, probe: torch.Tensor, embedding: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Adaptive boundaries: receive the basis of the boundary above from the upstream stage,
+        compute the one below from θ_w's prefix up to it on the window's first batch and send it
+        down (``pipeline.window_basis``)."""
+        hp = self.node.hparams
+        hidden, k = hp.model.hidden_size, hp.pipeline.subspace_dim
+        up_basis = decode_basis(up.recv_frame(basis_bytes(hidden, k)), hidden, k) if up is not None else None
+        down_basis = None
+        if down is not None:
+            prefix = Stage(self.node.model, LayerRange(0, self.span.stop, self.span.num_layers))
+            with torch.no_grad():
+                rest = prefix.forward(None, probe) - embedding[probe]
+            down_basis = principal_basis(rest, k)
+            down.send_frame(encode_basis(down_basis))
+        return up_basis, down_basis
+
     def train_and_compress(self, w: int) -> tuple[CompressedMessage | None, float | None]:
         """Train this stage's layers for window w with the group; (None, None) when the group
         lost the window, θ_w, the optimizer and the error feedback then as they were."""
@@ -177,13 +199,22 @@ class StageMiner(Miner):
             return None, None
         self.worker.sent_bytes = 0
         log.info("%s window %d: training %s with group %r", node.name, w, self.span.label, self.cfg.group)
-        theta_w = {n: p.detach().clone() for n, p in self.stage.params.items()}
-        embedding = dict(node.model.named_parameters())[EMBED_NAME].detach().clone()
-        self.worker.begin_window(embedding)  # a compressed stage projects its slice here
-        start = {n: p.detach().clone() for n, p in self.stage.params.items()}
-        error = self.compressor.state_dict()
         t = hp.training
         batches = assigned_batches(self.shards, hp.seed, self.data_uid, w, t.inner_steps, t.batch_size, t.seq_len)
+        embedding = dict(node.model.named_parameters())[EMBED_NAME].detach().clone()
+        try:
+            up_basis, down_basis = self.exchange_bases(up, down, batches[0], embedding) if self.adaptive else (None, None)
+        except (StageLost, BoundaryError) as exc:
+            log.warning("%s skips window %d: the boundary basis did not arrive intact: %s", node.name, w, exc)
+            for link in (up, down):
+                if link is not None:
+                    link.bye()
+                    link.close()
+            return None, None
+        theta_w = {n: p.detach().clone() for n, p in self.stage.params.items()}
+        self.worker.begin_window(embedding, up_basis, down_basis)  # an exact-boundary stage projects its slice here
+        start = {n: p.detach().clone() for n, p in self.stage.params.items()}
+        error = self.compressor.state_dict()
         result: dict[str, CompressedMessage] = {}
 
         def compress() -> None:  # inside the window: a stage that fails here makes the group skip

@@ -56,33 +56,40 @@ class StageWorker:
         self.vocab = int(stage.model.config.vocab_size)
         self.hidden = int(stage.model.config.hidden_size)
         self.optimizer = stage_optimizer(stage, cfg)
-        self.codec: Codec = DenseCodec(self.hidden)
+        # the codec of the boundary above this stage (to its upstream) and below it (downstream)
+        self.up_codec: Codec = DenseCodec(self.hidden)
+        self.down_codec: Codec = DenseCodec(self.hidden)
         self._anchor: torch.Tensor | None = None
         self.sent_bytes = 0
 
-    def begin_window(self, anchor_embedding: torch.Tensor) -> None:
-        """``anchor_embedding``: θ_w's embedding table, which every stage holds as a lookup."""
+    def begin_window(
+        self, anchor_embedding: torch.Tensor, up_basis: torch.Tensor | None = None,
+        down_basis: torch.Tensor | None = None,
+    ) -> None:
+        """``anchor_embedding``: θ_w's embedding table, which every stage holds as a lookup.
+        ``up_basis``/``down_basis``: this window's basis of the boundary above/below this stage
+        (``pipeline.window_basis``); default the constraint's fixed basis."""
         if self.constraint is None:
-            self.codec = DenseCodec(self.hidden)
+            self.up_codec = self.down_codec = DenseCodec(self.hidden)
             return
         self._anchor = anchor_embedding.detach().clone()
         self.constraint.project_(self.stage.params, self._anchor)
-        self.codec = SubspaceCodec(self.constraint.basis, self._anchor)
+        fixed = self.constraint.basis
+        self.up_codec = SubspaceCodec(fixed if up_basis is None else up_basis, self._anchor)
+        self.down_codec = SubspaceCodec(fixed if down_basis is None else down_basis, self._anchor)
 
-    def _expected(self, kind: FrameKind, ids: torch.Tensor) -> Expected:
-        with_ids = kind is FrameKind.ACTIVATION and self.codec.sends_token_ids
-        return Expected(kind, int(ids.shape[0]), int(ids.shape[1]), self.codec.width, self.vocab, with_ids)
-
-    def _max_bytes(self, ids: torch.Tensor) -> int:
-        return frame_bytes(int(ids.shape[0]), int(ids.shape[1]), self.codec.width, id_bytes(self.vocab))
+    def _expected(self, codec: Codec, kind: FrameKind, ids: torch.Tensor) -> Expected:
+        with_ids = kind is FrameKind.ACTIVATION and codec.sends_token_ids
+        return Expected(kind, int(ids.shape[0]), int(ids.shape[1]), codec.width, self.vocab, with_ids)
 
     def _send(self, link: Link, kind: FrameKind, msg) -> None:
         frame = encode_frame(kind, msg, self.vocab)
         self.sent_bytes += len(frame)
         link.send_frame(frame)
 
-    def _recv(self, link: Link, kind: FrameKind, ids: torch.Tensor):
-        return decode_frame(link.recv_frame(self._max_bytes(ids)), self._expected(kind, ids))
+    def _recv(self, link: Link, codec: Codec, kind: FrameKind, ids: torch.Tensor):
+        most = frame_bytes(int(ids.shape[0]), int(ids.shape[1]), codec.width, id_bytes(self.vocab))
+        return decode_frame(link.recv_frame(most), self._expected(codec, kind, ids))
 
     def _step(self, batch: torch.Tensor, up: Link | None, down: Link | None) -> float:
         micro = batch.chunk(self.n_micro)
@@ -90,14 +97,14 @@ class StageWorker:
         for ids in micro:
             x = None
             if up is not None:
-                msg = self._recv(up, FrameKind.ACTIVATION, ids)
+                msg = self._recv(up, self.up_codec, FrameKind.ACTIVATION, ids)
                 if msg.token_ids is not None and not torch.equal(msg.token_ids, ids):
                     raise BoundaryError("the upstream stage sent token ids of another batch; the group's data is out of step")
-                x = self.codec.decode_activation(msg, ids).requires_grad_(True)
+                x = self.up_codec.decode_activation(msg, ids).requires_grad_(True)
             out = self.stage.forward(x, ids)
             saved.append((x, out))
             if down is not None:
-                self._send(down, FrameKind.ACTIVATION, self.codec.encode_activation(out, ids))
+                self._send(down, FrameKind.ACTIVATION, self.down_codec.encode_activation(out, ids))
             else:
                 losses.append(lm_loss(out, ids) / self.n_micro)
         for m in reversed(range(self.n_micro)):
@@ -105,9 +112,9 @@ class StageWorker:
             if down is None:
                 losses[m].backward()
             else:
-                out.backward(self.codec.decode_gradient(self._recv(down, FrameKind.GRADIENT, micro[m])))
+                out.backward(self.down_codec.decode_gradient(self._recv(down, self.down_codec, FrameKind.GRADIENT, micro[m])))
             if up is not None:
-                self._send(up, FrameKind.GRADIENT, self.codec.encode_gradient(x.grad))
+                self._send(up, FrameKind.GRADIENT, self.up_codec.encode_gradient(x.grad))
         self._clip(up, down)
         return float(sum(loss.detach() for loss in losses)) if losses else math.nan  # nan: not the last stage
 

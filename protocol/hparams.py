@@ -152,10 +152,12 @@ class PipelineConfig(_Strict):
         default="tessera-subspace", min_length=1, max_length=64,
         description="mixed with the run seed to derive the frozen basis every node computes alone",
     )
-    boundary: Literal["exact", "projected"] = Field(
-        default="projected",
+    boundary: Literal["exact", "projected", "adaptive"] = Field(
+        default="adaptive",
         description="exact: a stage keeps its residual writers in span(U), so boundaries rebuild exactly; "
-        "projected: weights stay free and only the boundary is projected (docs/pipeline.md 'Which boundary')",
+        "projected: weights stay free and only the boundary is projected onto the seeded U; "
+        "adaptive: as projected, onto the window's top-k principal directions the upstream stage sends "
+        "(docs/pipeline.md 'Which boundary')",
     )
 
 

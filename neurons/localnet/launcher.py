@@ -286,14 +286,18 @@ def watch(specs, workdir, chain, args, endpoint, data_dir, console, report: dict
     with Live(console=console, refresh_per_second=1, transient=False) as live:
         while True:
             window = (chain.block() - origin) // blocks_per_window
-            if args.kill_stage is not None and window + 1 >= args.kill_stage.window and "killed" not in report:
-                report["killed"] = kill_mid_window(specs, workdir, args.kill_stage, endpoint, args.hparams, data_dir, chain)
             if window != status_window:  # the buckets are listed once per window, not every redraw
                 status, status_window = _network_status(chain, args.hparams), window
             for s in specs:
                 if s.process is None and window >= s.start_window:
                     start_node(s, workdir, endpoint, args.hparams, data_dir)
             logs = node_logs(specs, workdir)
+            first_up = first_window_all_up(logs, on_time)
+            plan = args.kill_stage
+            if plan is not None and first_up is not None and window + 1 >= first_up + plan.window and "killed" not in report:
+                target = first_up + plan.window
+                done = kill_mid_window(specs, workdir, plan, target, endpoint, args.hparams, data_dir, chain)
+                report["killed"] = {"stage": plan.name, "window": target, "done": done}
             live.update(live_view(live_table(logs, miners, chain, adversaries=adversaries), status))
             if len(scored_windows(logs, on_time)) >= args.windows:
                 return "done"
@@ -307,15 +311,17 @@ def watch(specs, workdir, chain, args, endpoint, data_dir, console, report: dict
 STAGE_TRAINING_MARK = "window {window}: training"  # what neurons.stage_miner logs once its links are up
 
 
-def kill_mid_window(specs, workdir: Path, plan: KillPlan, endpoint: str, hparams: str, data_dir, chain) -> bool:
-    """SIGKILL the planned stage as soon as it logs that it trains ``plan.window`` (its partners
-    are then mid-window with it), and start it again at once, as an operator's supervisor would.
-    False while it has not got there yet (or the window passed without it training)."""
+def kill_mid_window(
+    specs, workdir: Path, plan: KillPlan, window: int, endpoint: str, hparams: str, data_dir, chain
+) -> bool:
+    """SIGKILL the planned stage as soon as it logs that it trains ``window`` (its partners are
+    then mid-window with it), and start it again at once, as an operator's supervisor would.
+    False when the window passed without it training."""
     spec = next((s for s in specs if s.name == plan.name), None)
     if spec is None or spec.process is None:
         raise ValueError(f"--kill-stage: no stage {plan.name} in this network")
     log = workdir / "logs" / f"{spec.name}.log"
-    mark = STAGE_TRAINING_MARK.format(window=plan.window).encode()
+    mark = STAGE_TRAINING_MARK.format(window=window).encode()
     blocks = load_hparams(hparams).window.blocks_per_window
     give_up = time.time() + 2 * blocks * chain.block_time()
     while time.time() < give_up:
@@ -324,7 +330,7 @@ def kill_mid_window(specs, workdir: Path, plan: KillPlan, endpoint: str, hparams
             spec.process.kill()
             spec.process.wait()
             with log.open("ab") as f:
-                f.write(f"--- tessera localnet: SIGKILL during window {plan.window}; restarting ---\n".encode())
+                f.write(f"--- tessera localnet: SIGKILL during window {window}; restarting ---\n".encode())
             start_node(spec, workdir, endpoint, hparams, data_dir)
             return True
         time.sleep(0.05)
@@ -398,8 +404,7 @@ def run(args: argparse.Namespace) -> int:
     summary = build_summary(specs, workdir, chain, args.hparams, args.windows, args.origin_block)
     summary["outcome"] = outcome
     if args.kill_stage is not None:
-        summary["killed"] = {"stage": args.kill_stage.name, "window": args.kill_stage.window,
-                             "done": bool(report.get("killed"))}
+        summary["killed"] = report.get("killed") or {"stage": args.kill_stage.name, "window": None, "done": False}
     out = Path(args.json_out) if args.json_out else workdir / "summary.json"
     out.write_text(json.dumps(summary, indent=1, sort_keys=True))
     _report(console, summary, out)
@@ -441,7 +446,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline-groups", type=_groups, default=(0, 0), metavar="GxN",
                         help="add G pipeline groups of N stage miners each (docs/pipeline.md; e.g. 1x2)")
     parser.add_argument("--kill-stage", type=_kill_plan, default=None, metavar="G/S@W",
-                        help="SIGKILL stage S of group G while it trains window W, then restart it at once")
+                        help="SIGKILL stage S of group G while it trains the W-th window after every miner first "
+                             "uploaded (W=0: that window), then restart it at once")
     parser.add_argument(
         "--adversaries", "--adversary", dest="adversaries", type=_adversary_kinds, action="extend", default=[],
         metavar="KIND[,KIND]", help=f"add one adversarial miner per KIND ({', '.join(ADVERSARIAL_KINDS)}); repeatable",

@@ -20,7 +20,7 @@ from neurons.events import read_records
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
-KILL_WINDOW = 4  # the validator scores windows 3.. on this small subnet; one paid window before the kill
+KILL_AFTER = 1  # the stage is killed in the second window in which every miner has uploaded
 
 
 def _log_tails(logs_dir: Path, chars: int = 2500) -> str:
@@ -30,16 +30,17 @@ def _log_tails(logs_dir: Path, chars: int = 2500) -> str:
 def test_a_pipeline_group_trains_is_paid_and_survives_a_killed_stage(tmp_path: Path) -> None:
     out, net = tmp_path / "summary.json", tmp_path / "net"
     cmd = [sys.executable, "-m", "neurons.cli", "localnet", "--miners", "2", "--validators", "1",
-           "--pipeline-groups", "1x2", "--hparams", "tiny-pipeline", "--windows", "5",
-           "--kill-stage", f"0/1@{KILL_WINDOW}", "--workdir", str(net), "--json-out", str(out)]
+           "--pipeline-groups", "1x2", "--hparams", "tiny-pipeline", "--windows", "6",
+           "--kill-stage", f"0/1@{KILL_AFTER}", "--workdir", str(net), "--json-out", str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     logs = _log_tails(net / "logs")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + logs
     summary = json.loads(out.read_text())
     stages = {int(uid): name for uid, name in summary["stages"].items()}
     assert sorted(stages.values()) == ["stage-g0-s0", "stage-g0-s1"]
-    assert summary["killed"] == {"stage": "stage-g0-s1", "window": KILL_WINDOW, "done": True}, logs
     windows = {w["window"]: w for w in summary["windows"]}
+    kill_window = min(windows) + KILL_AFTER  # the summary starts at the first window all miners uploaded
+    assert summary["killed"] == {"stage": "stage-g0-s1", "window": kill_window, "done": True}, logs
 
     # every node, stages included, holds the same θ after every scored window; the loss falls
     for w in windows.values():
@@ -58,13 +59,13 @@ def test_a_pipeline_group_trains_is_paid_and_survives_a_killed_stage(tmp_path: P
         assert set(faults.values()) <= {"missing", "out_of_sync"}, (uid, faults)
 
     # the kill: neither stage uploaded for that window; the partner said why; both upload again after
-    killed = windows[KILL_WINDOW]
+    killed = windows[kill_window]
     assert {killed["rejected"].get(str(uid)) for uid in stages} == {"missing"}, (killed, logs)
     partner_log = (net / "logs" / "stage-g0-s0.log").read_text()
-    assert f"lost window {KILL_WINDOW}; nothing uploaded" in partner_log, logs
+    assert f"lost window {kill_window}; nothing uploaded" in partner_log, logs
     for name in stages.values():
         live = [r for r in read_records(net / "nodes" / name / "events.jsonl") if not r.get("replayed")]
         uploads = {r["window"]: r["uploaded_bytes"] for r in live}
-        assert uploads.get(KILL_WINDOW, 0) == 0, (name, uploads)
-        assert any(b > 0 for w, b in uploads.items() if w > KILL_WINDOW), (name, uploads, logs)
+        assert uploads.get(kill_window, 0) == 0, (name, uploads)
+        assert any(b > 0 for w, b in uploads.items() if w > kill_window), (name, uploads, logs)
     assert "Traceback" not in (net / "logs" / "stage-g0-s0.log").read_text()
