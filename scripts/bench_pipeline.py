@@ -15,6 +15,11 @@ boundary frame encoded and decoded as bytes; ``--stages`` sets how many stages a
                    projected start, leaving the full replicas' off-subspace updates alone
     all-sub-k{k}-projagg  as all-sub at the smallest k, and every node projects the aggregate's
                    o_proj/down_proj updates onto span(U) before the outer step
+    het-proj-k{k}  as het-sub at the smallest k, with *projected* boundaries (pipeline.boundary
+                   "projected"): weights stay free, only what crosses a boundary is projected
+    all-proj-k{k}  as all-sub at the smallest k, with projected boundaries
+
+``--only`` runs some of them (e.g. ``--only het-proj-k4,all-proj-k4``).
 
     .venv/bin/python scripts/bench_pipeline.py --json --data-dir /tmp/data-cache
 """
@@ -59,6 +64,9 @@ class Setting:
     # ablation: every node projects the aggregate's residual-writer updates onto span(U) before the
     # outer step, so θ stays in the subspace despite top-k (U is fixed: the same op on every node)
     project_aggregate: bool = False
+    # projected boundary: compressed stages keep their weights free (no projection of θ_w or after
+    # steps); the boundary carries U Uᵀ (h − embed) and is therefore lossy
+    projected_boundary: bool = False
 
 
 def settings(replicas: int, groups: int, ks: list[int]) -> list[Setting]:
@@ -68,6 +76,8 @@ def settings(replicas: int, groups: int, ks: list[int]) -> list[Setting]:
         out.append(Setting(f"het-sub-k{k}", k, groups, 0))
     out.append(Setting(f"het-sub-k{min(ks)}-keep", min(ks), groups, 0, delta_from_projected=True))
     out.append(Setting(f"all-sub-k{min(ks)}-projagg", min(ks), replicas, 0, project_aggregate=True))
+    out.append(Setting(f"het-proj-k{min(ks)}", min(ks), groups, 0, projected_boundary=True))
+    out.append(Setting(f"all-proj-k{min(ks)}", min(ks), replicas, 0, projected_boundary=True))
     return out
 
 
@@ -91,8 +101,9 @@ class Network:
         self.shapes = param_shapes(self.model)
         constraint = self.constraint = None
         if setting.k is not None:
-            constraint = self.constraint = SubspaceConstraint(subspace_basis(hp.seed, hp.model.hidden_size, setting.k))
-            # A run with a pipeline section starts from θ0 with its residual writers in span(U).
+            basis = subspace_basis(hp.seed, hp.model.hidden_size, setting.k)
+            constraint = self.constraint = SubspaceConstraint(basis, project_weights=not setting.projected_boundary)
+            # Exact boundaries start from θ0 with its residual writers in span(U) (a no-op when projected).
             constraint.project_(dict(self.model.named_parameters()), anchor_embedding=None)
         self.replicas = []
         for r in range(replicas):
@@ -154,8 +165,10 @@ def off_subspace_fraction(net: Network) -> float | None:
 
 
 def projected_copy(net: Network) -> torch.nn.Module:
+    """θ with its residual writers projected onto span(U), also for projected boundaries (whose
+    stages start from θ itself), so the P(θ) column means the same in every row."""
     model = copy.deepcopy(net.model)
-    net.constraint.project_(dict(model.named_parameters()), anchor_embedding=None)
+    SubspaceConstraint(net.constraint.basis).project_(dict(model.named_parameters()), anchor_embedding=None)
     return model
 
 
@@ -172,7 +185,7 @@ def run_setting(hp: Hparams, setting: Setting, args: argparse.Namespace, shards:
             curve.append(point)
     return {
         "setting": setting.name, "k": setting.k, "delta_from_projected": setting.delta_from_projected,
-        "project_aggregate": setting.project_aggregate,
+        "project_aggregate": setting.project_aggregate, "projected_boundary": setting.projected_boundary,
         "compressed_groups": setting.compressed_groups, "dense_groups": setting.dense_groups,
         "final_heldout_loss": curve[-1]["heldout_loss"],
         "final_heldout_loss_projected": curve[-1].get("heldout_loss_projected"), "curve": curve,
@@ -248,7 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     hp = _shrink(load_hparams(args.hparams), args)
     ks = [int(k) for k in args.ks.split(",") if k]
-    chosen = [s for s in settings(args.replicas, args.groups, ks) if not args.only or s.name in args.only.split(",")]
+    available = settings(args.replicas, args.groups, ks)
+    wanted = [name for name in args.only.split(",") if name]
+    unknown = sorted(set(wanted) - {s.name for s in available})
+    if unknown:
+        parser.error(f"--only: no setting {unknown}; the settings are {[s.name for s in available]}")
+    chosen = [s for s in available if not wanted or s.name in wanted]
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         chars = 150_000 if args.small else DEFAULT_MAX_CHARS

@@ -14,7 +14,8 @@ def test_small_run_compares_the_settings(tmp_path):
            "--groups", "1", "--eval-batches", "1", "--eval-every", "1", "--data-dir", str(tmp_path)]
     result = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout)
     runs = {row["setting"]: row for row in result["runs"]}
-    assert set(runs) == {"full", "pipe-dense", "all-sub-k4", "het-sub-k4", "het-sub-k4-keep", "all-sub-k4-projagg"}
+    assert set(runs) == {"full", "pipe-dense", "all-sub-k4", "het-sub-k4", "het-sub-k4-keep", "all-sub-k4-projagg",
+                         "het-proj-k4", "all-proj-k4"}
     # a pipeline without compression is the same computation as a full replica
     assert abs(runs["pipe-dense"]["final_heldout_loss"] - runs["full"]["final_heldout_loss"]) < 1e-3
     assert runs["full"]["bytes"]["activations"] == 0
@@ -23,6 +24,9 @@ def test_small_run_compares_the_settings(tmp_path):
     assert dense / sub > 7  # hidden 64, k 4: (2 x 256 B) / (18 + 16 B) per token, both directions
     # all replicas compressed send twice the activation bytes of one compressed group out of two
     assert runs["all-sub-k4"]["bytes"]["activations"] == 2 * runs["het-sub-k4"]["bytes"]["activations"]
+    # a projected boundary sends what an exact one sends (k coordinates + token ids per token)
+    assert runs["het-proj-k4"]["boundary_bytes_per_micro_batch_both_directions"]["subspace"] == sub
+    assert runs["all-proj-k4"]["bytes"]["activations"] == 2 * runs["het-proj-k4"]["bytes"]["activations"]
     # projecting the aggregate keeps θ in the subspace; top-k alone does not
     assert runs["all-sub-k4-projagg"]["off_subspace_fraction"] < 1e-3 < runs["all-sub-k4"]["off_subspace_fraction"]
     for row in runs.values():
