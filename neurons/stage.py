@@ -91,6 +91,11 @@ class StageProcess:
         if hp.pipeline is not None:
             basis = subspace_basis(hp.seed, hp.model.hidden_size, hp.pipeline.subspace_dim, hp.pipeline.basis_seed_tag)
             self.constraint = SubspaceConstraint(basis, project_weights=hp.pipeline.boundary == "exact")
+            if hp.pipeline.boundary == "adaptive":
+                # the window's basis is fitted on θ_w's prefix up to the boundary, which only a stage
+                # that follows the whole θ holds (a stage miner in a network); alone, the seeded one
+                log.warning("pipeline.boundary adaptive needs the whole θ (a stage miner in a network); "
+                            "this standalone group projects onto the seeded basis (as 'projected')")
             self.constraint.project_(dict(model.named_parameters()), anchor_embedding=None)
         self.stage = Stage(model, split_layers(hp.model.num_layers, self.n)[self.index])
         self.anchor = dict(model.named_parameters())[EMBED_NAME].detach().clone()

@@ -43,11 +43,11 @@ from pipeline.group import run_window
 from pipeline.stage import Stage
 from pipeline.subspace import EMBED_NAME, SubspaceConstraint
 from pipeline.transport import Hello, Link, StageLost, accept_upstream, connect_downstream
-from pipeline.window_basis import basis_bytes, decode_basis, encode_basis, principal_basis
+from pipeline.window_basis import basis_bytes, boundary_basis, decode_basis, encode_basis
 from pipeline.wire import BoundaryError
 from pipeline.worker import StageWorker
 from protocol.chain import Metagraph
-from protocol.layers import LayerRange, split_layers
+from protocol.layers import split_layers
 from protocol.signing import verify_signature
 
 log = logging.getLogger(__name__)
@@ -180,10 +180,7 @@ class StageMiner(Miner):
         up_basis = decode_basis(up.recv_frame(basis_bytes(hidden, k)), hidden, k) if up is not None else None
         down_basis = None
         if down is not None:
-            prefix = Stage(self.node.model, LayerRange(0, self.span.stop, self.span.num_layers))
-            with torch.no_grad():
-                rest = prefix.forward(None, probe) - embedding[probe]
-            down_basis = principal_basis(rest, k)
+            down_basis = boundary_basis(self.node.model, self.span.stop, probe, embedding, k)
             down.send_frame(encode_basis(down_basis))
         return up_basis, down_basis
 

@@ -20,6 +20,7 @@ from pipeline.codec import DenseCodec, SubspaceCodec
 from pipeline.schedule import Codec, Traffic, gpipe_step
 from pipeline.stage import Stage, split_layers
 from pipeline.subspace import EMBED_NAME, SubspaceConstraint
+from pipeline.window_basis import boundary_basis
 from protocol.hparams import TrainingConfig
 
 
@@ -72,9 +73,11 @@ class PipelineReplica:
         self.codecs: list[Codec] = []
         self.global_step = 0
 
-    def begin_window(self, global_step: int) -> None:
+    def begin_window(self, global_step: int, probe: torch.Tensor | None = None) -> None:
         """Fix this window's anchor (the embedding at its start, which every stage holds) and, if
-        compressed, project the starting point into the subspace; build the boundary codecs."""
+        compressed, project the starting point into the subspace; build the boundary codecs.
+        With ``probe`` (the window's first batch) each boundary projects onto the window's own
+        principal basis (``pipeline.window_basis``, adaptive boundaries) instead of the fixed one."""
         self.global_step = global_step
         hidden = int(self.model.config.hidden_size)
         if self.constraint is None:
@@ -83,7 +86,12 @@ class PipelineReplica:
         anchor = dict(self.model.named_parameters())[EMBED_NAME].detach().clone()
         self.constraint.project_(dict(self.model.named_parameters()), anchor)
         self._anchor = anchor
-        self.codecs = [SubspaceCodec(self.constraint.basis, anchor) for _ in self.stages[1:]]
+        k = self.constraint.k
+        self.codecs = [
+            SubspaceCodec(self.constraint.basis if probe is None else boundary_basis(self.model, st.span.stop, probe, anchor, k),
+                          anchor)
+            for st in self.stages[:-1]
+        ]
 
     def _clip(self) -> None:
         # Each stage reports one number (its squared gradient norm); all apply the same factor.

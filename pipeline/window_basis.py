@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.stage import LayerRange, Stage
 from pipeline.wire import BoundaryError
 
 ORTHONORMAL_TOLERANCE = 1e-3
@@ -34,6 +35,16 @@ def principal_basis(rest: torch.Tensor, k: int) -> torch.Tensor:
     peak = top.abs().argmax(dim=0)
     top = top * torch.sign(top[peak, torch.arange(k)]).unsqueeze(0)
     return top.to(torch.float32).contiguous()
+
+
+def boundary_basis(model, stop: int, probe: torch.Tensor, embedding: torch.Tensor, k: int) -> torch.Tensor:
+    """The window's basis of the boundary after layer ``stop``: ``principal_basis`` of what the
+    model's layers [0, stop) make of the probe batch, minus its embedding rows (``embedding``:
+    the table the receiver rebuilds them from, θ_w's)."""
+    prefix = Stage(model, LayerRange(0, stop, int(model.config.num_hidden_layers)))
+    with torch.no_grad():
+        rest = prefix.forward(None, probe) - embedding[probe]
+    return principal_basis(rest, k)
 
 
 def basis_bytes(hidden: int, k: int) -> int:

@@ -70,3 +70,24 @@ def test_a_stage_payload_must_cover_exactly_the_range_it_names(small_model):
     with pytest.raises(StagePayloadError, match="not inside"):
         check_stage_names(set(), LayerRange(1, 5, 2), names)
     check_stage_names({n for n in names if second.owns(n)}, second, names)
+
+
+def test_an_adaptive_replica_projects_each_boundary_onto_the_windows_own_basis(small_model, basis, batch):
+    """Projected weights stay free; with a probe batch the boundary's basis is the window's
+    principal one (``pipeline.window_basis``), so the boundary keeps more of what crosses it."""
+    from pipeline.window_basis import boundary_basis
+
+    replica = PipelineReplica(small_model, n_stages=2, cfg=CFG,
+                              constraint=SubspaceConstraint(basis, project_weights=False), n_micro=2)
+    before = {n: p.detach().clone() for n, p in small_model.named_parameters()}
+    replica.begin_window(0, probe=batch)
+    anchor = before[EMBED_NAME]
+    expected = boundary_basis(small_model, 1, batch, anchor, basis.shape[1])
+    assert torch.equal(replica.codecs[0].basis, expected) and not torch.equal(expected, basis)
+    assert all(torch.equal(p, before[n]) for n, p in small_model.named_parameters())  # weights not projected
+    with torch.no_grad():
+        rest = replica.stages[0].forward(None, batch) - anchor[batch]
+    kept = lambda u: float((rest @ u).pow(2).sum() / rest.pow(2).sum())  # noqa: E731
+    assert kept(expected) > kept(basis)
+    first = replica.train_window([batch]).loss_mean
+    assert replica.train_window([batch] * 4).loss_mean < first
