@@ -94,10 +94,12 @@ def gather_window(
     window: int,
     also_fetch: Iterable[int] = (),
     param_norms: Mapping[str, float] | None = None,
+    open_patience: float | None = None,
 ) -> WindowGather:
-    """Fetch G(w) and its reserves (plus ``also_fetch``, for validators) and pick who counts."""
+    """Fetch G(w) and its reserves (plus ``also_fetch``, for validators) and pick who counts.
+    ``open_patience``: how long to wait for peers' stores still being opened (replays)."""
     at_start = chain.metagraph(clock.first_block(window))
-    peers.refresh(chain.metagraph())
+    peers.refresh(chain.metagraph(), open_patience)
     gather_set = select_gather_set(
         at_start, hparams.outer.gather_peers, hparams.outer.reserve_peers, candidates=miner_uids(at_start, hparams),
         validator_min_stake=hparams.roles.validator_min_stake,

@@ -63,6 +63,7 @@ from typing import TypeVar
 
 from neurons.checkpoint import CheckpointError, load_checkpoint
 from neurons.model import build_model
+from neurons.peers import CATCH_UP_OPEN_PATIENCE_SECONDS
 from neurons.progress import progress
 from protocol.chain import Metagraph
 from protocol.fingerprint_record import MAX_RECORD_BYTES, FingerprintRecord, FingerprintRecordError
@@ -253,7 +254,7 @@ def _load_checkpoint(node, uid: int, window: int, expected: str):
 def join_from_checkpoint(node) -> int:
     """Load the best checkpoint into ``node.model``; return the window it holds θ for (0: θ0)."""
     metagraph = node.chain.metagraph()
-    node.peers.refresh(metagraph)
+    node.peers.refresh(metagraph, CATCH_UP_OPEN_PATIENCE_SECONDS)  # a joining node's clients may still be opening
     electorate = Electorate.from_metagraph(metagraph, joiner=node.uid)
     # A checkpoint named for window w holds θ_{w+1}, which validators fingerprinted for w.
     now = node.clock.current_window()

@@ -37,7 +37,7 @@ from neurons.fingerprint import model_fingerprint
 from neurons.gather import UpdateLimits, WindowGather, apply_gather, gather_window
 from neurons.memory import MemoryEstimate, check_memory, device_memory, local_world_size
 from neurons.model import build_model, param_shapes
-from neurons.peers import PeerDirectory
+from neurons.peers import CATCH_UP_OPEN_PATIENCE_SECONDS, PeerDirectory
 from neurons.progress import progress
 from neurons.run_origin import load_origin
 from neurons.selfcheck import preflight
@@ -261,11 +261,11 @@ def wait_for_slot_close(node: Node, window: int) -> bool:
     return node.sleep_until(slot_end + node.config.gather_grace_seconds)
 
 
-def gather(node: Node, also_fetch: Iterable[int] = ()) -> WindowGather:
+def gather(node: Node, also_fetch: Iterable[int] = (), replay: bool = False) -> WindowGather:
     """Fetch and check the payloads of window ``node.window`` (G(w), reserves, ``also_fetch``)."""
     return gather_window(
         node.chain, node.clock, node.peers, node.hparams, node.shapes, node.window, also_fetch,
-        param_norms=parameter_norms(node.model),
+        param_norms=parameter_norms(node.model), open_patience=CATCH_UP_OPEN_PATIENCE_SECONDS if replay else None,
     )
 
 
@@ -278,11 +278,11 @@ def apply(node: Node, gathered: WindowGather) -> dict[str, torch.Tensor] | None:
     return applied
 
 
-def advance(node: Node) -> WindowGather | None:
+def advance(node: Node, replay: bool = False) -> WindowGather | None:
     """Wait for window ``node.window``'s slot to close, gather it, apply it; None if stopped."""
     if not wait_for_slot_close(node, node.window):
         return None
-    gathered = gather(node)
+    gathered = gather(node, replay=replay)
     apply(node, gathered)
     return gathered
 
@@ -292,7 +292,7 @@ def catch_up(node: Node) -> None:
     behind = node.clock.current_window() - node.window
     with progress(f"{node.name} catching up", total=behind, min_total=2) as replayed:  # a terminal only
         while not node.stop.is_set() and node.window < node.clock.current_window():
-            gathered = advance(node)
+            gathered = advance(node, replay=True)
             if gathered is None:
                 return
             fp = model_fingerprint(node.model)

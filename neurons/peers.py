@@ -32,6 +32,8 @@ RETRY_REFUSED_EVERY = 10
 # a peer whose name server stalls is absent (MISSING) until its store is ready, and never
 # delays the window for everyone else. Honest endpoints open in milliseconds.
 OPEN_BUDGET_SECONDS = 2.0
+# How long a node that replays or joins waits for peers' stores still being opened (``refresh``).
+CATCH_UP_OPEN_PATIENCE_SECONDS = 30.0
 OPEN_WORKERS = 8
 
 
@@ -90,12 +92,17 @@ class PeerDirectory:
     def _read_only_store(self, commitment: BucketCommitment) -> ObjectStore:
         return read_only_store(commitment, self.policy)
 
-    def refresh(self, metagraph: Metagraph) -> None:
-        """Re-read every commitment; uids without a usable (or not yet opened) one are absent."""
+    def refresh(self, metagraph: Metagraph, patience: float | None = None) -> None:
+        """Re-read every commitment; uids without a usable (or not yet opened) one are absent.
+
+        ``patience``: wait up to this long for *every* store still opening, not only those started
+        now (a replaying node, where counting a payload the live nodes counted matters more than
+        time: a fresh process can take seconds to build its first clients, and a replay that
+        misses an honest peer's payload ends in another θ)."""
         raw = self._chain.commitments()
         self._round += 1
         wanted = {n.uid: raw.get(n.uid) for n in metagraph.neurons if raw.get(n.uid)}
-        opened = self._open_new({text: uid for uid, text in wanted.items()})
+        opened = self._open_new({text: uid for uid, text in wanted.items()}, patience)
         peers: dict[int, Peer] = {}
         stores: dict[str, ObjectStore] = {}
         for neuron in metagraph.neurons:
@@ -111,10 +118,11 @@ class PeerDirectory:
         self._failed = {text: r for text, r in self._failed.items() if text in current}
         self._stores, self._peers = stores, peers
 
-    def _open_new(self, owners: dict[str, int]) -> dict[str, ObjectStore | None]:
+    def _open_new(self, owners: dict[str, int], patience: float | None = None) -> dict[str, ObjectStore | None]:
         """Open the stores of commitments not yet open, concurrently, waiting at most
-        OPEN_BUDGET_SECONDS for the ones started now; returns what finished (None: failed).
-        Unfinished ones stay pending and are picked up, without waiting, by a later refresh."""
+        OPEN_BUDGET_SECONDS for the ones started now (``patience``: that long for all of the
+        wanted ones still opening); returns what finished (None: failed). Unfinished ones stay
+        pending and are picked up, without waiting, by a later refresh."""
         started = []
         for text, uid in owners.items():
             if text in self._stores or text in self._opening:
@@ -126,7 +134,9 @@ class PeerDirectory:
                 self._pool = ThreadPoolExecutor(max_workers=OPEN_WORKERS, thread_name_prefix="peer-open")
             self._opening[text] = self._pool.submit(self._open, uid, text)
             started.append(self._opening[text])
-        if started:
+        if patience is not None:
+            wait([f for text, f in self._opening.items() if text in owners], timeout=patience)
+        elif started:
             wait(started, timeout=OPEN_BUDGET_SECONDS)
         done = {text: f for text, f in self._opening.items() if f.done()}
         for text in done:

@@ -281,3 +281,34 @@ def test_a_peer_whose_store_opens_slowly_costs_only_itself(monkeypatch, tmp_path
         time.sleep(0.05)
         peers.refresh(metagraph(4))  # a store that finished opening is picked up
     assert [p.uid for p in peers] == [0, 1, 2, 3]
+
+
+def test_a_replaying_node_waits_with_patience_for_stores_still_opening(monkeypatch, tmp_path):
+    """A node that replays or joins right after starting builds its first clients slowly; with
+    ``patience`` refresh waits for every wanted store still opening (started now or before), so a
+    replay does not count fewer payloads than the live nodes did. A stalled one still costs at
+    most the patience."""
+    import threading
+    import time
+
+    import neurons.peers as peers_module
+
+    monkeypatch.setattr(peers_module, "OPEN_BUDGET_SECONDS", 0.2)
+    slow = threading.Event()
+
+    def make_store(c: BucketCommitment):
+        if c.bucket.startswith("slow"):
+            slow.wait(0.8)  # slower than the live budget, faster than the patience
+        if c.bucket.startswith("stuck"):
+            time.sleep(5)
+        return LocalStore(tmp_path / c.bucket)
+
+    chain = FakeChain({0: good("fast-zero"), 1: good("slow-one"), 2: good("stuck-two")})
+    peers = PeerDirectory(chain, make_store)
+    peers.refresh(metagraph(3))  # live: the slow store misses the budget
+    assert [p.uid for p in peers] == [0]
+    started = time.monotonic()
+    peers.refresh(metagraph(3), patience=2.0)  # replay: waits for the slow one started earlier
+    waited = time.monotonic() - started
+    assert [p.uid for p in peers] == [0, 1]
+    assert 0.3 < waited < 3.0  # the stuck one costs the patience, not its 5 s
