@@ -181,7 +181,9 @@ class StageMiner(Miner):
         down_basis = None
         if down is not None:
             down_basis = boundary_basis(self.node.model, self.span.stop, probe, embedding, k)
-            down.send_frame(encode_basis(down_basis))
+            data = encode_basis(down_basis)
+            down.send_frame(data)
+            self.worker.sent_bytes += len(data)
         return up_basis, down_basis
 
     def train_and_compress(self, w: int) -> tuple[CompressedMessage | None, float | None]:
