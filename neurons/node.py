@@ -306,10 +306,14 @@ def catch_up(node: Node) -> None:
 
 def _not_counted(gathered: WindowGather) -> str:
     """Why the gather set's other members did not count in a replayed window, for the log: a
-    replay that counts fewer payloads than the live nodes did ends in another θ."""
-    left_out = [f"uid {u} {f.result.reason} ({f.result.detail[:80]})" for u in gathered.gather_set.gather
+    replay that counts fewer payloads than live nodes did ends in another θ. Members that simply
+    uploaded nothing are only counted."""
+    left_out = [(u, f) for u in gathered.gather_set.gather
                 if u not in gathered.accepted and (f := gathered.fetched.get(u)) is not None and not f.ok]
-    return "; not counted: " + ", ".join(left_out) if left_out else ""
+    absent = sum(1 for _, f in left_out if f.result.detail == "no payload")
+    detail = [f"uid {u} {f.result.reason} ({f.result.detail[:80]})" for u, f in left_out if f.result.detail != "no payload"]
+    parts = ([f"{absent} uploaded nothing"] if absent else []) + detail
+    return "; not counted: " + ", ".join(parts) if parts else ""
 
 
 # After a window failed because the chain or storage misbehaved, wait this long and try again.
