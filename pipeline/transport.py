@@ -141,7 +141,7 @@ def _handshake(link: Link, mine: Hello, check: HelloCheck | None = None) -> Hell
     raw = link._recv(TAG_HELLO, MAX_HELLO_BYTES)
     try:
         theirs = Hello.model_validate(json.loads(raw))
-    except (ValidationError, ValueError) as exc:
+    except (ValidationError, ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
         raise StageLost(f"{link.peer} sent a malformed handshake: {exc}") from exc
     same = (theirs.run_id, theirs.group, theirs.n_stages, theirs.window) == (
         mine.run_id, mine.group, mine.n_stages, mine.window)

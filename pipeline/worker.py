@@ -128,8 +128,12 @@ class StageWorker:
             total = partial
         if up is not None:
             up.send_scalar(total)
-        if not math.isfinite(total) or total < 0:
-            raise StageLost(f"the group's squared gradient norm is {total}; a stage diverged or misbehaves")
+        # Sums of squares only grow down the chain: a neighbour's share that is negative or not a
+        # number, or a total below this stage's partial sum, would switch clipping off (huge
+        # gradients then overflow AdamW's float32 moments to inf, for good).
+        if not (math.isfinite(total) and mine <= partial <= total):
+            raise StageLost(f"the group's squared gradient norm does not add up (this stage {mine}, "
+                            f"with the stages above {partial}, the group's {total}); a stage diverged or misbehaves")
         factor = min(1.0, self.cfg.grad_clip / (math.sqrt(total) + 1e-6))
         if factor < 1.0:
             with torch.no_grad():
