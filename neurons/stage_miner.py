@@ -219,8 +219,11 @@ class StageMiner(Miner):
         def compress() -> None:  # inside the window: a stage that fails here makes the group skip
             result["message"] = self.compressor.compress({n: start[n] - p.detach() for n, p in self.stage.params.items()})
 
+        # done by the middle of the upload slot, as Miner.has_time_to_train plans it
+        finish_by = node.clock.window_start_time(w + 1) + hp.window.upload_slot_seconds / 2
         outcome = run_window(self.worker, w, batches, w * t.inner_steps, up, down, before_done=compress,
-                             on_skip=lambda: self.compressor.load_state_dict(error))
+                             on_skip=lambda: self.compressor.load_state_dict(error),
+                             deadline=time.monotonic() + max(0.0, finish_by - time.time()))
         for link in (up, down):
             if link is not None:
                 link.close()

@@ -59,12 +59,19 @@ def run_window(
     down: Link | None,
     before_done: Callable[[], None] | None = None,
     on_skip: Callable[[], None] | None = None,
+    deadline: float | None = None,
 ) -> WindowOutcome:
     """Train this stage's part of ``window``; on a lost neighbour, restore θ_w and skip.
 
     ``before_done`` runs after training, still inside the window (e.g. compress and exchange
     what the neighbours need); ``on_skip`` undoes whatever it changed when the window is dropped.
+    ``deadline`` (``time.monotonic()``) is when the window's work must be done: no message is
+    awaited past it, so a neighbour that answers each message just in time cannot stretch the
+    window over the next ones.
     """
+    for link in (up, down):
+        if link is not None and deadline is not None:
+            link.deadline = deadline
     params = {n: p.detach().clone() for n, p in worker.stage.params.items()}
     optimizer_state = copy.deepcopy(worker.optimizer.state_dict())
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ TAG_HELLO, TAG_FRAME, TAG_SCALAR, TAG_BYE = 1, 2, 3, 4
 _TAGS = {TAG_HELLO, TAG_FRAME, TAG_SCALAR, TAG_BYE}
 MAX_HELLO_BYTES = 4096
 HANDSHAKE_SECONDS = 3.0  # how long a connection that is not yet known to be the partner may stay silent
+MAX_PENDING_HANDSHAKES = 16  # handshakes in flight at once on a listening port
+ACCEPT_POLL_SECONDS = 0.05
 
 
 class StageLost(ConnectionError):
@@ -72,6 +75,9 @@ class Link:
     peer: str  # "stage 1/2 at 127.0.0.1:5000", for messages
     timeout: float
     hello: Hello | None = None  # what the partner said at the handshake
+    # the window's end (time.monotonic()): no message is awaited past it, however promptly the
+    # partner answers each one (``pipeline.group.run_window`` sets it)
+    deadline: float | None = None
 
     def _send(self, tag: int, body: bytes) -> None:
         try:
@@ -84,11 +90,15 @@ class Link:
         while got < n:
             left = deadline - time.monotonic()
             if left <= 0:
+                if self.deadline is not None and deadline >= self.deadline:
+                    raise StageLost(f"the window's time is up while waiting for {self.peer}; the group skips it")
                 raise StageLost(f"{self.peer} sent nothing for {self.timeout:.1f} s; it is stalled or gone")
             self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(min(n - got, 1 << 20))
             except TimeoutError as exc:
+                if self.deadline is not None and deadline >= self.deadline:
+                    raise StageLost(f"the window's time is up while waiting for {self.peer}; the group skips it") from exc
                 raise StageLost(f"{self.peer} sent nothing for {self.timeout:.1f} s; it is stalled or gone") from exc
             except OSError as exc:
                 raise StageLost(f"connection to {self.peer} broke ({exc}); restart that stage") from exc
@@ -100,6 +110,10 @@ class Link:
 
     def _recv(self, want_tag: int, max_bytes: int) -> bytes:
         deadline = time.monotonic() + self.timeout
+        if self.deadline is not None and self.deadline < deadline:
+            if self.deadline <= time.monotonic():
+                raise StageLost(f"the window's time is up while waiting for {self.peer}; the group skips it")
+            deadline = self.deadline
         tag, length = _PREFIX.unpack(self._recv_exact(_PREFIX.size, deadline))
         if tag == TAG_BYE and want_tag != TAG_BYE:
             raise StageLost(f"{self.peer} left the window early (it skipped or failed)")
@@ -162,36 +176,75 @@ def accept_upstream(
 ) -> Link:
     """Downstream end: wait (up to ``timeout``) for stage ``mine.stage - 1`` to connect.
 
-    With ``keep_trying`` (a stage in a network, one connection per window), a connection whose
-    handshake fails is closed and the next one awaited until the deadline: the partner's attempt
-    from a window this stage skipped can still sit in the listen backlog, and taking it as this
-    window's answer would make both stages skip again, window after window."""
+    With ``keep_trying`` (a stage in a network, one connection per window, its port open to
+    anyone) a connection whose handshake fails is closed and others are still awaited until the
+    deadline, and handshakes run side by side (``_accept_concurrently``): a partner's attempt from
+    a skipped window left in the backlog, or strangers that connect and say nothing, cannot keep
+    the partner waiting behind them."""
+    if keep_trying:
+        return _accept_concurrently(server, mine, timeout, check)
+    server.settimeout(timeout)
+    try:
+        sock, addr = server.accept()
+    except TimeoutError as exc:
+        raise StageLost(f"stage {mine.stage - 1}/{mine.n_stages} did not connect within {timeout:.1f} s") from exc
+    link = Link(sock, f"stage {mine.stage - 1}/{mine.n_stages} at {addr[0]}:{addr[1]}", timeout)
+    _handshake(link, mine, check)
+    return link
+
+
+def _accept_concurrently(server: socket.socket, mine: Hello, timeout: float, check: HelloCheck | None) -> Link:
+    """Accept every connection until one completes a valid handshake; each gets its own thread
+    and HANDSHAKE_SECONDS, at most MAX_PENDING_HANDSHAKES at once (the oldest is dropped for a
+    newer one). The first valid one wins and the others are closed."""
     deadline = time.monotonic() + timeout
-    failure: StageLost | None = None
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise failure or StageLost(f"stage {mine.stage - 1}/{mine.n_stages} did not connect within {timeout:.1f} s")
-        server.settimeout(left)
-        try:
-            sock, addr = server.accept()
-        except TimeoutError as exc:
-            if failure is not None:
-                raise failure from exc
-            raise StageLost(f"stage {mine.stage - 1}/{mine.n_stages} did not connect within {timeout:.1f} s") from exc
-        # with keep_trying, one silent connection may hold the handshake only briefly: the real
-        # partner sends its Hello as soon as it connects, and may be queued behind it
-        patience = min(left, HANDSHAKE_SECONDS) if keep_trying else timeout
+    winner: list[Link] = []
+    failures: list[StageLost] = []
+    pending: list[socket.socket] = []
+    lock = threading.Lock()
+    decided = threading.Event()
+
+    def shake(sock: socket.socket, addr: tuple) -> None:
+        patience = max(0.05, min(HANDSHAKE_SECONDS, deadline - time.monotonic()))
         link = Link(sock, f"stage {mine.stage - 1}/{mine.n_stages} at {addr[0]}:{addr[1]}", patience)
         try:
             _handshake(link, mine, check)
-            link.timeout = timeout
-            return link
         except StageLost as exc:
+            failures.append(exc)
             link.close()
-            if not keep_trying:
-                raise
-            failure = exc
+            return
+        with lock:
+            if decided.is_set():
+                link.close()
+                return
+            winner.append(link)
+            decided.set()
+
+    try:
+        while not decided.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise failures[-1] if failures else StageLost(
+                    f"stage {mine.stage - 1}/{mine.n_stages} did not connect within {timeout:.1f} s")
+            server.settimeout(min(left, ACCEPT_POLL_SECONDS))
+            try:
+                sock, addr = server.accept()
+            except TimeoutError:
+                continue
+            pending.append(sock)
+            if len(pending) > MAX_PENDING_HANDSHAKES:
+                pending.pop(0).close()  # its handshake thread fails at once
+            threading.Thread(target=shake, args=(sock, addr), daemon=True, name="stage-handshake").start()
+    finally:
+        with lock:
+            decided.set()
+            kept = winner[0].sock if winner else None
+            for sock in pending:
+                if sock is not kept:
+                    sock.close()
+    link = winner[0]
+    link.timeout = timeout
+    return link
 
 
 def connect_downstream(host: str, port: int, mine: Hello, timeout: float, check: HelloCheck | None = None) -> Link:

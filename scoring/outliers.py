@@ -42,13 +42,17 @@ def typical_norm(norms: Mapping[int, float]) -> float | None:
 
 
 def typical_norms(updates: Mapping[int, SparseUpdate]) -> dict[int, float]:
-    """Per uid, the norm a typical update of the window has over the same parameters: the root of
-    the sum, over its parameters, of the median per-parameter norm among the updates holding it.
+    """Per uid, what its update's norm would be if it were typical of the window, judged on the
+    parameters at least MIN_PEERS updates hold: ``norm × typical_S / norm_S``, where over those
+    parameters S ``norm_S`` is the update's own norm and ``typical_S`` the root of the sum of
+    each parameter's median norm among the updates holding it.
 
-    Whole-model updates are all compared with the same number. A pipeline stage's partial update
+    Whole-model updates are compared with whole-model updates. A pipeline stage's partial update
     (``compression.StageClaim``) is compared with the window's updates restricted to its layers,
-    and a whole-model update is not called boosted because half the window sent halves. A uid is
-    absent when one of its parameters is held by fewer than MIN_PEERS updates."""
+    so a whole-model update is not called boosted because half the window sent halves. Parameters
+    fewer than MIN_PEERS updates hold say nothing about what is typical and are left out of the
+    comparison (a window with a lone stage must not take the others out of the rule). A uid is
+    absent when none of its parameters is held by MIN_PEERS updates."""
     held: dict[str, dict[int, float]] = {}
     for uid, update in updates.items():
         for name, t in update.items():
@@ -56,9 +60,12 @@ def typical_norms(updates: Mapping[int, SparseUpdate]) -> dict[int, float]:
     typical = {name: typical_norm(per_uid) for name, per_uid in held.items()}
     out = {}
     for uid, update in updates.items():
-        parts = [typical[name] for name in update]
-        if parts and all(p is not None for p in parts):
-            out[uid] = math.sqrt(sum(p * p for p in parts))
+        judged = [name for name in update if typical[name] is not None]
+        own = math.sqrt(sum(held[name][uid] ** 2 for name in judged))
+        if not judged or own <= 0:
+            continue
+        whole = math.sqrt(sum(held[name][uid] ** 2 for name in update))
+        out[uid] = whole * math.sqrt(sum(typical[name] ** 2 for name in judged)) / own
     return out
 
 

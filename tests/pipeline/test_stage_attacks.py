@@ -87,8 +87,11 @@ def _worker(model, index: int, constraint: SubspaceConstraint | None = None) -> 
 Script = Callable[[Link], None]
 
 
-def _against(worker: StageWorker, index: int, script: Script, timeout: float = 5.0) -> tuple[WindowOutcome, float]:
-    """Run the honest stage ``index``'s window with ``script`` as its neighbour; (outcome, seconds)."""
+def _against(
+    worker: StageWorker, index: int, script: Script, timeout: float = 5.0, window_seconds: float | None = None
+) -> tuple[WindowOutcome, float]:
+    """Run the honest stage ``index``'s window with ``script`` as its neighbour; (outcome, seconds).
+    ``window_seconds``: the time the window's work has (``run_window``'s deadline)."""
     honest, attacker = _tcp_pair(timeout)
 
     def play() -> None:
@@ -101,7 +104,8 @@ def _against(worker: StageWorker, index: int, script: Script, timeout: float = 5
     thread.start()
     up, down = (honest, None) if index == 1 else (None, honest)
     started = time.monotonic()
-    outcome = run_window(worker, WINDOW, _batches(), 0, up, down)
+    deadline = started + window_seconds if window_seconds is not None else None
+    outcome = run_window(worker, WINDOW, _batches(), 0, up, down, deadline=deadline)
     seconds = time.monotonic() - started
     honest.close()
     thread.join(timeout=10)
@@ -309,15 +313,15 @@ def test_a_slow_drip_message_ends_at_the_per_message_deadline():
         attacker.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "no window-level deadline: the per-message deadline restarts with every message, so a neighbour "
-    "answering each one just inside --pipeline.timeout holds the stage for about "
-    "(H x (micro-batches + 1) + 2) x timeout (26 x 20 s on tiny-pipeline, 92 x 20 s with H = 30), "
-    "several windows, instead of losing one"))
 def test_a_neighbour_answering_just_inside_the_deadline_cannot_stretch_the_window(small_model):
+    """The per-message deadline restarts with every message, so without a window deadline a
+    neighbour answering each one just inside --pipeline.timeout would hold the stage for about
+    (H x (micro-batches + 1) + 2) x timeout: several windows. The window's deadline ends it."""
     worker = _worker(copy.deepcopy(small_model), 1)
     timeout = 0.3
-    outcome, seconds = _against(worker, 1, _fake_upstream(1.0, 0.0, delay=0.8 * timeout), timeout=timeout)
+    outcome, seconds = _against(worker, 1, _fake_upstream(1.0, 0.0, delay=0.8 * timeout), timeout=timeout,
+                                window_seconds=2 * timeout)
+    assert not outcome.trained and "time is up" in outcome.reason
     assert seconds < 3 * timeout, f"the window took {seconds:.1f} s ({outcome.trained=}) at a {timeout} s timeout"
 
 
@@ -438,11 +442,6 @@ def test_a_hello_naming_a_malformed_hotkey_is_refused_without_an_exception(hotke
     assert problem is not None and ("not signed" in problem or "names no uid" in problem)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "accept_upstream handshakes one connection at a time and gives each HANDSHAKE_SECONDS: a stranger "
-    "(no key needed) that opens timeout / HANDSHAKE_SECONDS silent connections before the partner keeps "
-    "the partner out of every window (7 connections at the default 20 s timeout); docs/pipeline.md says "
-    "a stranger cannot hold the port for a window"))
 def test_silent_connections_queued_ahead_of_the_partner_do_not_cost_the_window(monkeypatch):
     monkeypatch.setattr(transport, "HANDSHAKE_SECONDS", 0.5)  # the same race, at a test's pace
     timeout = 1.6
@@ -468,11 +467,6 @@ def _full(seed: int, scale: float = 1.0) -> dict[str, SparseTensor]:
             for part in ("s0", "s1") for i in range(2)}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "typical_norms leaves a uid out when any of its parameters is held by fewer than MIN_PEERS "
-    "updates, so a window of two full replicas and a lone stage 0 (no stage 1 uploaded) has no "
-    "typical norm for either replica: a x5-boosted replica is neither rejected nor measured scaled "
-    "down, where the whole-norm median of the same three updates catches it"))
 def test_a_lone_stage_0_does_not_take_a_boosted_full_replica_out_of_the_norm_rule():
     boosted, honest, lone_stage_0 = 1, 2, 3
     updates = {boosted: _full(1, scale=5.0), honest: _full(2), lone_stage_0: _half(_full(3), "s0")}
