@@ -13,12 +13,21 @@ its combined Z and whether it was paid. Free-rider kinds:
 - ``late_mean_copy``: uploads the mean of this window's honest uploads;
 - ``turncoat``: honest for the first half of the windows, then ``prev_aggregate``.
 
+``--groups N`` adds N honest 2-stage pipeline groups (uids ``stage0``, ``stage1``): each trains
+its stage 0 uid's assignment with ``pipeline.replica.PipelineReplica`` (the preset's pipeline
+boundary, adaptive by default; dense without a pipeline section), and each stage uploads the Δ
+of its own parameters through its own error feedback, as ``neurons.stage_miner`` does. Both enter
+the honest aggregate; the validator measures each on the group's data (stage 0's assignment).
+Every upload is measured scaled down to the window's typical norm over its parameters
+(``scoring.outliers``), as ``Validator.stage2`` measures it.
+
 ``sweep`` replays the measured t and LossScores under other thresholds and decays (the same
 gates, no new forward pass), which is how ``evidence_threshold`` and ``evidence_decay`` were
 chosen (docs/scoring.md).
 
     .venv/bin/python scripts/calibrate_scoring.py --json                 # default: 4 seeds x 6 windows
     .venv/bin/python scripts/calibrate_scoring.py --json --seeds 8 --windows 10
+    .venv/bin/python scripts/calibrate_scoring.py --json --hparams tiny-pipeline --groups 2
 """
 
 from __future__ import annotations
@@ -40,18 +49,50 @@ from neurons.corpus import DEFAULT_MAX_CHARS, ensure_embedded_data  # noqa: E402
 from neurons.data import Assignments, assigned_batches, random_batches  # noqa: E402
 from neurons.model import build_model, param_shapes  # noqa: E402
 from neurons.shards import TokenShards  # noqa: E402
-from neurons.train import InnerTrainer  # noqa: E402
+from neurons.train import InnerTrainer, lr_at  # noqa: E402
+from pipeline.basis import subspace_basis  # noqa: E402
+from pipeline.payload import StageCompressor  # noqa: E402
+from pipeline.replica import PipelineReplica  # noqa: E402
+from pipeline.subspace import SubspaceConstraint  # noqa: E402
 from protocol.acceptance import Stage1Result  # noqa: E402
 from protocol.hparams import Hparams, load_hparams  # noqa: E402
 from scoring.gauntlet import WindowEvidence, fold_t, score_window  # noqa: E402
 from scoring.lossscore import measure_update, reference_losses, sequence_losses  # noqa: E402
+from scoring.outliers import scaled_to, typical_norms, update_norm  # noqa: E402
 from scoring.state import MinerRecord, ScoreBook  # noqa: E402
 from scoring.weights import GatePolicy, payment_gate  # noqa: E402
 
 FREE_RIDERS = ("wrong_data", "prev_aggregate", "late_mean_copy", "turncoat")
+STAGE_KINDS = ("stage0", "stage1")  # a pipeline group's two uids; stage 1's is stage 0's + 1
+HONEST_KINDS = ("honest", *STAGE_KINDS)  # whose uploads make the aggregate
+MICRO_BATCHES = 2  # as neurons.stage_miner cuts a batch
 WRONG_DATA_UID = 200  # trains the assignment of a uid nobody holds: real data, not its own
 SWEEP_THRESHOLDS = (1.645, 2.0, 2.33, 2.58, 3.0)
 SWEEP_DECAYS = (0.5, 0.7, 0.8, 0.9)
+
+
+class StageGroup:
+    """An honest 2-stage pipeline group, as two ``neurons.stage_miner`` nodes train: one replica
+    (each stage's AdamW persists across windows) and one error-feedback compressor per stage."""
+
+    def __init__(self, hp: Hparams) -> None:
+        t, p, constraint = hp.training, hp.pipeline, None
+        if p is not None:
+            basis = subspace_basis(hp.seed, hp.model.hidden_size, p.subspace_dim, p.basis_seed_tag)
+            constraint = SubspaceConstraint(basis, project_weights=p.boundary == "exact")
+        self.adaptive = p is not None and p.boundary == "adaptive"
+        self.replica = PipelineReplica(build_model(hp.model, hp.seed), len(STAGE_KINDS), t, constraint,
+                                       n_micro=MICRO_BATCHES, lr_schedule=lambda step: lr_at(step, t))
+        self.compressors = [StageCompressor(stage, hp.codec) for stage in self.replica.stages]
+
+    def train(self, theta_w: dict[str, torch.Tensor], global_step: int, batches: list[torch.Tensor]) -> list[SparseUpdate]:
+        """The group's window from θ_w on ``batches``; each stage's Δ of its own parameters, decoded."""
+        model = self.replica.model
+        model.load_state_dict(theta_w)  # in place: the stages' optimizers keep their parameters
+        self.replica.begin_window(global_step, probe=batches[0] if self.adaptive else None)
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.replica.train_window(batches)
+        return [decode_message(c.compress(start).message) for c in self.compressors]
 
 
 @dataclass
@@ -75,6 +116,7 @@ class Network:
         trains = [u for u, k in self.kinds.items() if k in ("honest", "wrong_data", "turncoat")]
         self.trainers = {u: InnerTrainer(build_model(hp.model, hp.seed), hp.training, "cpu") for u in trains}
         self.compressors = {u: self.compressor() for u in trains}
+        self.groups = {u: StageGroup(hp) for u, k in self.kinds.items() if k == "stage0"}
         self.secret = f"calibrate-scoring-secret-{self.seed}".encode()
 
     @property
@@ -84,6 +126,10 @@ class Network:
     def compressor(self) -> ErrorFeedbackCompressor:
         c = self.hp.codec
         return ErrorFeedbackCompressor(self.shapes, chunk_size=c.chunk_size, topk_per_chunk=c.topk_per_chunk, beta=c.ef_beta)
+
+    def data_uid(self, uid: int) -> int:
+        """Whose assignment ``uid`` trains: a stage 1 its group's stage 0's, anyone else its own."""
+        return uid - 1 if self.kinds[uid] == "stage1" else uid
 
     def batches(self, uid: int, w: int, n: int) -> list[torch.Tensor]:
         t = self.hp.training
@@ -111,7 +157,11 @@ class Network:
                 out[uid] = self.train(uid, w, uid)
             elif kind == "wrong_data":
                 out[uid] = self.train(uid, w, WRONG_DATA_UID)
-        honest = [out[u] for u, k in self.kinds.items() if k == "honest"]
+            elif kind == "stage0":
+                t = self.hp.training
+                out[uid], out[uid + 1] = self.groups[uid].train(self.model.state_dict(), w * t.inner_steps,
+                                                                self.batches(uid, w, t.inner_steps))
+        honest = [out[u] for u, k in self.kinds.items() if k in HONEST_KINDS]
         for uid, kind in self.kinds.items():
             if kind == "late_mean_copy":
                 out[uid] = self.as_payload(aggregate(honest, self.shapes))
@@ -119,21 +169,26 @@ class Network:
                 out[uid] = self.as_payload(self.last_aggregate)
         return out, honest
 
-    def measure(self, w: int, uploads: dict[int, SparseUpdate]) -> dict:
-        """The validator's stage 2, exactly as ``Validator.stage2`` runs it."""
+    def measure(self, w: int, uploads: dict[int, SparseUpdate]) -> tuple[dict, dict[int, float | None]]:
+        """The validator's stage 2, exactly as ``Validator.stage2`` runs it: each upload at most at
+        the window's typical norm over its parameters, on its data uid's assignment. Also per uid
+        its norm / that typical norm (above 2 stage 1 would reject it as ``out_of_bounds``)."""
         hp, t = self.hp, self.hp.training
         given = Assignments(self.data_seed, tuple(self.kinds), t.inner_steps * t.batch_size)
         n = hp.scoring.eval_batches
         rand = random_batches(self.shards, self.secret, w, n, t.batch_size, t.seq_len, exclude=given)
         before = sequence_losses(self.model, rand)
-        own = {uid: self.batches(uid, w, n) for uid in sorted(uploads)}
-        out = {uid: measure_update(self.model, up, hp.outer.outer_lr, own[uid], rand, sequence_losses, before)
+        own = {uid: self.batches(self.data_uid(uid), w, n) for uid in sorted(uploads)}
+        norms, typical = {u: update_norm(up) for u, up in uploads.items()}, typical_norms(uploads)
+        ratios = {u: norms[u] / typical[u] if typical.get(u) else None for u in uploads}
+        out = {uid: measure_update(self.model, scaled_to(up, norms[uid], typical.get(uid)), hp.outer.outer_lr,
+                                   own[uid], rand, sequence_losses, before)
                for uid, up in sorted(uploads.items())}
         if self.use_reference and self.last_aggregate is not None:
             ref_own, ref_rand = reference_losses(self.model, self.last_aggregate, hp.outer.outer_lr, own, rand,
                                                  sequence_losses)
             out = {uid: m.with_reference(ref_own[uid], ref_rand) for uid, m in out.items()}
-        return out
+        return out, ratios
 
     def step(self, honest: list[SparseUpdate]) -> None:
         self.last_aggregate = aggregate(honest, self.shapes)
@@ -145,7 +200,7 @@ def run_seed(hp: Hparams, shards: TokenShards, seed: int, windows: int, kinds: d
     net, book, rows = Network(hp, shards, seed, kinds, use_reference=use_reference), ScoreBook(), []
     for w in range(windows):
         uploads, honest = net.uploads(w, switch=windows // 2)
-        measured = net.measure(w, uploads)
+        measured, ratios = net.measure(w, uploads)
         hotkeys = {u: f"hk{u}" for u in kinds}
         evidence = WindowEvidence(w, hotkeys, [Stage1Result.accept(u) for u in measured], measured,
                                   dict.fromkeys(measured, 1.0))
@@ -153,7 +208,8 @@ def run_seed(hp: Hparams, shards: TokenShards, seed: int, windows: int, kinds: d
         net.step(honest)
         miners = {
             str(u): {"kind": kinds[u], "t": round(result.t_stats[u], 3), "z": round(book.records[u].evidence_z, 3),
-                     "loss_score": round(result.loss_scores[u], 6), "paid": result.scores.get(u, 0.0) > 0}
+                     "loss_score": round(result.loss_scores[u], 6), "paid": result.scores.get(u, 0.0) > 0,
+                     "norm_ratio": None if ratios[u] is None else round(ratios[u], 3)}
             for u in sorted(measured)
         }
         rows.append({"seed": seed, "window": w, "miners": miners})
@@ -185,28 +241,41 @@ def summarize(rows: list[dict], windows: int) -> dict:
                     first[key] = row["window"] + 1 if m["paid"] else None
     firsts = [v for v in first.values() if v is not None]
     honest = paid.pop("honest", [])
+    stages = {k: paid.pop(k) for k in STAGE_KINDS if k in paid}
     return {
         "honest_unpaid_pct": pct([not p for p in honest]),
         "honest_miner_windows": len(honest),
+        "stage_unpaid_pct": {k: pct([not p for p in v]) for k, v in stages.items()},
+        "stage_miner_windows": {k: len(v) for k, v in stages.items()},
         "free_rider_paid_pct": {k: pct(v) for k, v in sorted(paid.items())},
         "free_rider_miner_windows": {k: len(v) for k, v in sorted(paid.items())},
         "windows_to_first_pay": {"mean": round(statistics.mean(firsts), 2) if firsts else None,
                                  "max": max(firsts, default=None), "never_paid": len(first) - len(firsts)},
         "turncoat_paid_windows_after_switch": turncoat_tail(rows, windows),
         "t_by_kind": t_by_kind(rows, windows),
+        "loss_score_positive_pct": loss_score_positive(rows, windows),
     }
 
 
 def t_by_kind(rows: list[dict], windows: int) -> dict[str, dict[str, float]]:
-    """Mean and spread of the per-window t per kind; honest window 0 apart (its edge is largest)."""
+    """Mean and spread of the per-window t per kind; honest kinds' window 0 apart (its edge is largest)."""
     ts: dict[str, list[float]] = {}
     for row in rows:
         for m in row["miners"].values():
             kind = kind_at(row, m, windows)
-            key = f"{kind}_window0" if kind == "honest" and row["window"] == 0 else kind
+            key = f"{kind}_window0" if kind in HONEST_KINDS and row["window"] == 0 else kind
             ts.setdefault(key, []).append(m["t"])
     return {k: {"mean": round(statistics.mean(v), 2), "sd": round(statistics.stdev(v), 2) if len(v) > 1 else None,
                 "n": len(v)} for k, v in sorted(ts.items())}
+
+
+def loss_score_positive(rows: list[dict], windows: int) -> dict[str, float | None]:
+    """Per kind, the % of miner-windows whose LossScore (random-data gain) was above 0."""
+    signs: dict[str, list[bool]] = {}
+    for row in rows:
+        for m in row["miners"].values():
+            signs.setdefault(kind_at(row, m, windows), []).append(m["loss_score"] > 0)
+    return {k: pct(v) for k, v in sorted(signs.items())}
 
 
 def turncoat_tail(rows: list[dict], windows: int) -> float | None:
@@ -232,7 +301,9 @@ def replay(rows: list[dict], windows: int, threshold: float, decay: float, alpha
             rec.last_evaluated_window = row["window"]
             flags.setdefault(kind_at(row, m, windows), []).append(payment_gate(rec, row["window"], gate) is None)
     honest = flags.pop("honest", [])
+    stages = {k: flags.pop(k) for k in STAGE_KINDS if k in flags}
     return {"threshold": threshold, "decay": decay, "honest_unpaid_pct": pct([not p for p in honest]),
+            "stage_unpaid_pct": {k: pct([not p for p in v]) for k, v in stages.items()},
             "free_rider_paid_pct": {k: pct(v) for k, v in sorted(flags.items())}}
 
 
@@ -249,11 +320,13 @@ def calibrate(hp: Hparams, shards: TokenShards, seeds: int, windows: int, kinds:
     return out
 
 
-def parse_kinds(honest: int, riders: str) -> dict[int, str]:
+def parse_kinds(honest: int, riders: str, groups: int = 0) -> dict[int, str]:
+    """uid -> kind: honest miners from uid 1, then the free-riders, then each group's stage 0, stage 1."""
     names = [k for k in riders.split(",") if k]
     unknown = set(names) - set(FREE_RIDERS)
     if unknown:
         raise SystemExit(f"unknown free-rider kind(s): {sorted(unknown)}; known: {', '.join(FREE_RIDERS)}")
+    names += [kind for _ in range(groups) for kind in STAGE_KINDS]
     return {u: "honest" for u in range(1, honest + 1)} | {honest + 1 + i: k for i, k in enumerate(names)}
 
 
@@ -264,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=6)
     parser.add_argument("--honest", type=int, default=3)
     parser.add_argument("--free-riders", default=",".join(FREE_RIDERS), help="comma-separated kinds")
+    parser.add_argument("--groups", type=int, default=0, help="honest 2-stage pipeline groups (two uids each)")
     parser.add_argument("--no-reference", action="store_true",
                         help="plain Welch t, without the previous aggregate as the reference update")
     parser.add_argument("--threads", type=int, default=1)
@@ -275,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     hp = load_hparams(args.hparams)
     shards = TokenShards(ensure_embedded_data(args.data_dir, hp.model.vocab_size, args.corpus_chars))
-    result = calibrate(hp, shards, args.seeds, args.windows, parse_kinds(args.honest, args.free_riders),
+    result = calibrate(hp, shards, args.seeds, args.windows, parse_kinds(args.honest, args.free_riders, args.groups),
                        use_reference=not args.no_reference)
     result["seconds"] = round(time.time() - started, 1)
     if args.json:

@@ -1,10 +1,18 @@
-"""Smoke test of the payment-rule calibration: a miniature network for two windows, JSON shape only."""
+"""Smoke tests of the payment-rule calibration: a miniature network for two windows (JSON shape), and
+a pipeline group's uploads (two stages that partition θ, both in the aggregate, both measured)."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from compression.sparse import SparseTensor
+from neurons.corpus import ensure_embedded_data
+from neurons.shards import TokenShards
+from protocol.hparams import load_hparams
+from scripts.calibrate_scoring import Network, parse_kinds
 from tests.scripts.miniature import miniature_hparams
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "calibrate_scoring.py"
@@ -26,3 +34,47 @@ def test_tiny_run_prints_the_calibration_json(tmp_path: Path):
     first = rows[0]["miners"]["1"]
     assert first["kind"] == "honest" and -4.0 <= first["t"] <= 4.0 and first["z"] == first["t"]
     assert isinstance(first["paid"], bool)
+
+
+def pipeline_hparams(path: Path) -> Path:
+    """The miniature preset with two untied layers and a k=4 pipeline section (adaptive boundaries)."""
+    data = json.loads(miniature_hparams(path).read_text())
+    data["model"].update(num_layers=2, tie_embeddings=False)
+    data["pipeline"] = {"subspace_dim": 4}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_group_uploads_its_two_stages_and_both_are_measured_on_stage_0s_data(tmp_path: Path):
+    hp = load_hparams(str(pipeline_hparams(tmp_path / "h.json")))
+    shards = TokenShards(ensure_embedded_data(tmp_path / "data", hp.model.vocab_size, 150000))
+    kinds = parse_kinds(2, "late_mean_copy", groups=1)
+    assert kinds == {1: "honest", 2: "honest", 3: "late_mean_copy", 4: "stage0", 5: "stage1"}
+    net = Network(hp, shards, 0, kinds)
+    assert net.groups[4].adaptive and net.data_uid(5) == 4 and net.data_uid(4) == 4
+    uploads, honest = net.uploads(0, switch=1)
+    stage0, stage1 = set(uploads[4]), set(uploads[5])
+    assert stage0 and stage1 and not stage0 & stage1 and stage0 | stage1 == set(net.shapes)  # a partition of θ
+    assert "model.embed_tokens.weight" in stage0 and "lm_head.weight" in stage1
+    assert len(honest) == 4  # both stages are in the aggregate next to the two full miners
+    measured, ratios = net.measure(0, uploads)
+    assert set(measured) == set(ratios) == {1, 2, 3, 4, 5} and all(r is not None and r > 0 for r in ratios.values())
+    assert measured[5].own_before == measured[4].own_before != measured[1].own_before  # the group's data: stage 0's
+    # a boosted upload is measured at the window's typical norm, as the validator's stage 2 measures it
+    boosted = {n: SparseTensor(t.shape, t.indices, t.values * 3) for n, t in uploads[1].items()}
+    scaled, _ = net.measure(0, {1: uploads[1], 2: uploads[1], 3: boosted})
+    assert scaled[3].rand_after == pytest.approx(scaled[1].rand_after, rel=1e-4)
+
+
+def test_groups_enter_the_json_as_stage_kinds(tmp_path: Path):
+    args = [sys.executable, str(SCRIPT), "--json", "--seeds", "1", "--windows", "2", "--honest", "2",
+            "--free-riders", "late_mean_copy", "--groups", "1", "--hparams", str(pipeline_hparams(tmp_path / "h.json")),
+            "--data-dir", str(tmp_path / "data"), "--corpus-chars", "150000"]
+    result = json.loads(subprocess.run(args, capture_output=True, text=True, timeout=300, check=True).stdout)
+    assert result["honest_miner_windows"] == 4 and result["stage_miner_windows"] == {"stage0": 2, "stage1": 2}
+    assert set(result["stage_unpaid_pct"]) == {"stage0", "stage1"} and set(result["free_rider_paid_pct"]) == {"late_mean_copy"}
+    assert {"stage0", "stage0_window0", "stage1", "stage1_window0"} <= set(result["t_by_kind"])
+    assert set(result["loss_score_positive_pct"]) == {"honest", "late_mean_copy", "stage0", "stage1"}
+    assert set(result["sweep"][0]["stage_unpaid_pct"]) == {"stage0", "stage1"}
+    stages = [m for r in result["per_window"] for m in r["miners"].values() if m["kind"] in ("stage0", "stage1")]
+    assert len(stages) == 4 and all(-4.0 <= m["t"] <= 4.0 and m["norm_ratio"] > 0 for m in stages)
