@@ -18,8 +18,14 @@ boundary frame encoded and decoded as bytes; ``--stages`` sets how many stages a
     het-proj-k{k}  as het-sub at the smallest k, with *projected* boundaries (pipeline.boundary
                    "projected"): weights stay free, only what crosses a boundary is projected
     all-proj-k{k}  as all-sub at the smallest k, with projected boundaries
+    het-adapt-k{k} as het-proj at the smallest k, with *adaptive* boundaries (pipeline.boundary
+                   "adaptive", the network default): each window every boundary projects onto
+                   the window's top-k principal directions of (h − embed) under θ_w, computed
+                   from the replica's first batch of the window (k x hidden float32 per boundary
+                   per window, counted as ``window_basis`` bytes)
+    all-adapt-k{k} as all-proj at the smallest k, with adaptive boundaries
 
-``--only`` runs some of them (e.g. ``--only het-proj-k4,all-proj-k4``).
+``--only`` runs some of them (e.g. ``--only het-adapt-k4,all-adapt-k4``).
 
     .venv/bin/python scripts/bench_pipeline.py --json --data-dir /tmp/data-cache
 """
@@ -49,6 +55,7 @@ from pipeline.basis import subspace_basis  # noqa: E402
 from pipeline.payload import StageCompressor, payload_bytes  # noqa: E402
 from pipeline.replica import PipelineReplica  # noqa: E402
 from pipeline.subspace import SubspaceConstraint, residual_writer_names  # noqa: E402
+from pipeline.window_basis import basis_bytes  # noqa: E402
 from protocol.hparams import Hparams, load_hparams  # noqa: E402
 
 
@@ -67,6 +74,8 @@ class Setting:
     # projected boundary: compressed stages keep their weights free (no projection of θ_w or after
     # steps); the boundary carries U Uᵀ (h − embed) and is therefore lossy
     projected_boundary: bool = False
+    # adaptive boundary: projected, onto each window's principal basis instead of the seeded U
+    adaptive_boundary: bool = False
 
 
 def settings(replicas: int, groups: int, ks: list[int]) -> list[Setting]:
@@ -78,6 +87,8 @@ def settings(replicas: int, groups: int, ks: list[int]) -> list[Setting]:
     out.append(Setting(f"all-sub-k{min(ks)}-projagg", min(ks), replicas, 0, project_aggregate=True))
     out.append(Setting(f"het-proj-k{min(ks)}", min(ks), groups, 0, projected_boundary=True))
     out.append(Setting(f"all-proj-k{min(ks)}", min(ks), replicas, 0, projected_boundary=True))
+    out.append(Setting(f"het-adapt-k{min(ks)}", min(ks), groups, 0, projected_boundary=True, adaptive_boundary=True))
+    out.append(Setting(f"all-adapt-k{min(ks)}", min(ks), replicas, 0, projected_boundary=True, adaptive_boundary=True))
     return out
 
 
@@ -116,7 +127,7 @@ class Network:
             ))
         c = hp.codec
         self.compressors = [[StageCompressor(st, c) for st in rep.stages] for rep in self.replicas]
-        self.bytes = {"pseudo_gradient": 0, "activations": 0, "activation_gradients": 0}
+        self.bytes = {"pseudo_gradient": 0, "activations": 0, "activation_gradients": 0, "window_basis": 0}
         self.boundary_bytes_per_micro_batch: dict[str, int] = {}
 
     def window(self, shards: TokenShards, w: int) -> float:
@@ -125,11 +136,15 @@ class Network:
         updates, losses = [], []
         for uid, (rep, comps) in enumerate(zip(self.replicas, self.compressors, strict=True), start=1):
             rep.model.load_state_dict(self.model.state_dict())
-            rep.begin_window(w * t.inner_steps)
+            batches = assigned_batches(shards, self.hp.seed, uid, w, t.inner_steps, t.batch_size, t.seq_len)
+            adaptive = self.setting.adaptive_boundary and rep.constraint is not None
+            rep.begin_window(w * t.inner_steps, probe=batches[0] if adaptive else None)
+            if adaptive:  # the upstream stage sends each boundary's basis once per window
+                self.bytes["window_basis"] += (len(rep.stages) - 1) * basis_bytes(self.hp.model.hidden_size, rep.constraint.k)
             origin = start
             if self.setting.delta_from_projected and rep.constraint is not None:
                 origin = {n: p.detach().clone() for n, p in rep.model.named_parameters()}
-            stats = rep.train_window(assigned_batches(shards, self.hp.seed, uid, w, t.inner_steps, t.batch_size, t.seq_len))
+            stats = rep.train_window(batches)
             losses.append(stats.loss_mean)
             self.bytes["activations"] += stats.activation_bytes
             self.bytes["activation_gradients"] += stats.gradient_bytes
@@ -186,6 +201,7 @@ def run_setting(hp: Hparams, setting: Setting, args: argparse.Namespace, shards:
     return {
         "setting": setting.name, "k": setting.k, "delta_from_projected": setting.delta_from_projected,
         "project_aggregate": setting.project_aggregate, "projected_boundary": setting.projected_boundary,
+        "adaptive_boundary": setting.adaptive_boundary,
         "compressed_groups": setting.compressed_groups, "dense_groups": setting.dense_groups,
         "final_heldout_loss": curve[-1]["heldout_loss"],
         "final_heldout_loss_projected": curve[-1].get("heldout_loss_projected"), "curve": curve,
@@ -202,12 +218,13 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for row in result["runs"]:
+    for i, row in enumerate(result["runs"]):  # past the 10 default colours, dashed lines tell rows apart
         xs = [p["window"] + 1 for p in row["curve"]]
-        ax.plot(xs, [p["heldout_loss"] for p in row["curve"]], label=row["setting"], marker=".")
+        ax.plot(xs, [p["heldout_loss"] for p in row["curve"]], label=row["setting"], marker=".",
+                linestyle=("-", "--", ":")[i // 10 % 3])
     ax.set_xlabel("window (H inner steps each)")
     ax.set_ylabel("held-out loss of the global model")
-    ax.legend()
+    ax.legend(fontsize="small", ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -222,10 +239,12 @@ def markdown(result: dict) -> str:
         groups = r["compressed_groups"] or r["dense_groups"]
         proj = r.get("final_heldout_loss_projected")
         boundary = next(iter(r["boundary_bytes_per_micro_batch_both_directions"].values()), 0)
+        basis = r["bytes"].get("window_basis", 0)  # adaptive boundaries' bases, sent with the frames
+        activations = f"{r['bytes']['activations']:,}" + (f" + {basis:,} basis" if basis else "")
         lines.append(
             f"| {r['setting']} | {groups} ({r['compressed_groups']}) | {r['k'] or '-'} | {r['final_heldout_loss']:.4f} "
             f"| {'-' if proj is None else f'{proj:.4f}'} | {'-' if r['off_subspace_fraction'] is None else r['off_subspace_fraction']} "
-            f"| {r['bytes']['pseudo_gradient']:,} | {r['bytes']['activations']:,} | {r['bytes']['activation_gradients']:,} "
+            f"| {r['bytes']['pseudo_gradient']:,} | {activations} | {r['bytes']['activation_gradients']:,} "
             f"| {boundary:,} |"
         )
     return "\n".join(lines)

@@ -14,12 +14,17 @@ assignment, once per mode:
     exact-full-delta  exact boundaries, Δ = θ_w − θ_end (includes the pull back into span(U))
     projected         projected boundaries (pipeline.boundary "projected"): weights
                       stay free, a boundary carries U Uᵀ(h − embed(tokens)) and is lossy
+    adaptive          as projected, onto the window's own basis (pipeline.boundary "adaptive",
+                      the network default): each boundary's top-k principal directions of
+                      (h − embed) under θ_w on the window's first batch of the group's assignment
 
 Each stage's Δ goes through the project's codec (a fresh error-feedback buffer: the stage's first
 window) and is decoded as a validator sees it, then measured with the validator's own procedure
 (``scoring.lossscore.measure_update`` at the outer lr) on the group's assigned batches and on
 random training batches nobody was assigned. Besides the mean gains it reports the validator's
-per-window unique-data statistic (``unique_t``, Welch's t: no reference update here). Each seed
+per-window unique-data statistic (``unique_t``, Welch's t: no reference update here), and at each
+warm-up point the share of the boundary's ||h − embed||² that the seeded U and the window's basis
+keep under θ_w (``boundary_kept``, on the window's batches after the first). Each seed
 changes θ0, U, the data assignments and the random batches. Not modelled: other peers in the
 window, the stage's error-feedback history, the validator's norm clip and reference update.
 
@@ -50,12 +55,15 @@ from neurons.train import InnerTrainer, lr_at  # noqa: E402
 from pipeline.basis import subspace_basis  # noqa: E402
 from pipeline.payload import StageCompressor  # noqa: E402
 from pipeline.replica import PipelineReplica  # noqa: E402
-from pipeline.subspace import SubspaceConstraint, residual_writer_names  # noqa: E402
+from pipeline.stage import LayerRange, Stage  # noqa: E402
+from pipeline.subspace import EMBED_NAME, SubspaceConstraint, residual_writer_names  # noqa: E402
+from pipeline.window_basis import boundary_basis  # noqa: E402
 from protocol.hparams import Hparams, PipelineConfig, load_hparams  # noqa: E402
 from protocol.layers import split_layers  # noqa: E402
 from scoring.lossscore import measure_update, sequence_losses, unique_t  # noqa: E402
 
-MODES = ("dense", "exact-keep", "exact-full-delta", "projected")
+MODES = ("dense", "exact-keep", "exact-full-delta", "projected", "adaptive")
+FREE_WEIGHTS = ("projected", "adaptive")  # modes whose boundary is lossy and whose weights stay free
 GROUP_UID, WARM_UID = 7, 50  # whose assignment the group trains on; the warm-up replica's
 STAGES = 2
 Params = dict[str, torch.Tensor]
@@ -81,7 +89,7 @@ def snapshot(model: torch.nn.Module) -> Params:
 def constraint_for(mode: str, basis: torch.Tensor) -> SubspaceConstraint | None:
     if mode == "dense":
         return None
-    return SubspaceConstraint(basis, project_weights=mode != "projected")
+    return SubspaceConstraint(basis, project_weights=mode not in FREE_WEIGHTS)
 
 
 class WarmUp:
@@ -125,17 +133,33 @@ def off_subspace(model: torch.nn.Module, basis: torch.Tensor) -> float:
     return (off / total) ** 0.5
 
 
+def boundary_kept(model: torch.nn.Module, basis: torch.Tensor, train: list[torch.Tensor]) -> dict[str, float]:
+    """Share of ||h − embed||² at the group's boundary that a basis keeps under θ_w: the seeded U
+    (projected) and the window's basis from ``train[0]`` (adaptive), both measured on the other
+    batches of the window, the ones the window's basis was not fitted on."""
+    stop = split_layers(int(model.config.num_hidden_layers), STAGES)[0].stop
+    embedding = dict(model.named_parameters())[EMBED_NAME].detach()
+    window = boundary_basis(model, stop, train[0], embedding, basis.shape[1])
+    prefix = Stage(model, LayerRange(0, stop, int(model.config.num_hidden_layers)))
+    with torch.no_grad():
+        rest = torch.cat([(prefix.forward(None, b) - embedding[b]).reshape(-1, basis.shape[0]) for b in train[1:]])
+    rest = rest.double()
+    total = float(rest.pow(2).sum())
+    return {name: float((rest @ u.double()).pow(2).sum()) / total for name, u in (("seeded", basis), ("window", window))}
+
+
 def stage_gains(model: torch.nn.Module, hp: Hparams, mode: str, basis: torch.Tensor, window: int,
                 train: list[torch.Tensor], own: list[torch.Tensor], rand: list[torch.Tensor],
                 before_rand: torch.Tensor) -> list[Gains]:
     """The group trains window ``window`` from θ_w (``model``, left unchanged) in ``mode``; each
-    stage's compressed Δ is then measured on θ_w as a validator would."""
+    stage's compressed Δ is then measured on θ_w as a validator would. ``adaptive`` probes the
+    window's basis with ``train[0]``, the batch a stage miner computes it from."""
     t = hp.training
     theta_w = snapshot(model)
     group = copy.deepcopy(model)
     replica = PipelineReplica(group, STAGES, t, constraint_for(mode, basis), n_micro=2,
                               lr_schedule=lambda step: lr_at(step, t))
-    replica.begin_window(window * t.inner_steps)
+    replica.begin_window(window * t.inner_steps, probe=train[0] if mode == "adaptive" else None)
     origin = snapshot(group) if mode == "exact-keep" else theta_w
     replica.train_window(train)
     out = []
@@ -149,7 +173,7 @@ def stage_gains(model: torch.nn.Module, hp: Hparams, mode: str, basis: torch.Ten
 def run_seed(hp: Hparams, k: int, tag: str, warm: list[int], shards: TokenShards, eval_batches: int,
              direct: bool) -> dict:
     """All modes at every warm-up point for one seed: {(warm, mode): [Gains per stage]}, plus θ_w's
-    distance from span(U) and its loss on the random batches."""
+    distance from span(U), its loss on the random batches and the boundary's kept shares."""
     t = hp.training
     basis = subspace_basis(hp.seed, hp.model.hidden_size, k, tag)
     model = build_model(hp.model, hp.seed)
@@ -157,6 +181,7 @@ def run_seed(hp: Hparams, k: int, tag: str, warm: list[int], shards: TokenShards
     gains: dict[tuple[int, str], list[Gains]] = {}
     off: dict[int, float] = {}
     loss: dict[int, float] = {}
+    kept: dict[int, dict[str, float]] = {}
     secret = f"bench-stage-value-{hp.seed}".encode()
     for w in warm:
         warm_up.until(w, shards)
@@ -167,9 +192,10 @@ def run_seed(hp: Hparams, k: int, tag: str, warm: list[int], shards: TokenShards
         rand = random_batches(shards, secret, w, eval_batches, t.batch_size, t.seq_len, exclude=given)
         before_rand = sequence_losses(model, rand)
         loss[w] = float(before_rand.mean())
+        kept[w] = boundary_kept(model, basis, train)
         for mode in MODES:
             gains[(w, mode)] = stage_gains(model, hp, mode, basis, w, train, own, rand, before_rand)
-    return {"gains": gains, "off_subspace": off, "loss": loss}
+    return {"gains": gains, "off_subspace": off, "loss": loss, "kept": kept}
 
 
 def mean_sd(values: list[float]) -> dict:
@@ -205,6 +231,10 @@ def markdown(result: dict) -> str:
         lines.append(f"| {w} | {loss[w]['mean']:.3f}, {off[w]['mean']:.3f} | {r['mode']} | {r['stage']} ({r['layers']}) "
                      f"| {fmt(r['own_gain'])} | {fmt(r['random_gain'])} | {fmt(r['edge'])} "
                      f"| {fmt(r['unique_t'], 2)} |")
+    if "boundary_kept" in result:  # results saved before adaptive was measured lack it
+        lines += ["", "| warm-up windows | boundary kept: seeded U | boundary kept: window basis |", "|---|---|---|"]
+        for w, kept in result["boundary_kept"].items():
+            lines.append(f"| {w} | {fmt(kept['seeded'], 3).lstrip('+')} | {fmt(kept['window'], 3).lstrip('+')} |")
     return "\n".join(lines)
 
 
@@ -246,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         "modes": list(MODES),
         "off_subspace": {w: mean_sd([seed["off_subspace"][w] for seed in per_seed]) for w in warm},
         "theta_w_random_loss": {w: mean_sd([seed["loss"][w] for seed in per_seed]) for w in warm},
+        "boundary_kept": {w: {b: mean_sd([seed["kept"][w][b] for seed in per_seed]) for b in ("seeded", "window")}
+                          for w in warm},
         "rows": summarize(per_seed, warm, labels), "seconds": round(time.time() - started, 1),
     }
     print(json.dumps(result) if args.json else markdown(result))

@@ -15,7 +15,7 @@ def test_small_run_compares_the_settings(tmp_path):
     result = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout)
     runs = {row["setting"]: row for row in result["runs"]}
     assert set(runs) == {"full", "pipe-dense", "all-sub-k4", "het-sub-k4", "het-sub-k4-keep", "all-sub-k4-projagg",
-                         "het-proj-k4", "all-proj-k4"}
+                         "het-proj-k4", "all-proj-k4", "het-adapt-k4", "all-adapt-k4"}
     # a pipeline without compression is the same computation as a full replica
     assert abs(runs["pipe-dense"]["final_heldout_loss"] - runs["full"]["final_heldout_loss"]) < 1e-3
     assert runs["full"]["bytes"]["activations"] == 0
@@ -27,6 +27,16 @@ def test_small_run_compares_the_settings(tmp_path):
     # a projected boundary sends what an exact one sends (k coordinates + token ids per token)
     assert runs["het-proj-k4"]["boundary_bytes_per_micro_batch_both_directions"]["subspace"] == sub
     assert runs["all-proj-k4"]["bytes"]["activations"] == 2 * runs["het-proj-k4"]["bytes"]["activations"]
+    # an adaptive boundary sends the same frames plus each window's basis: 2 windows x 1 boundary x
+    # (64 x 4 float32) per compressed group; nothing else sends one
+    assert runs["het-adapt-k4"]["boundary_bytes_per_micro_batch_both_directions"]["subspace"] == sub
+    assert runs["het-adapt-k4"]["bytes"]["activations"] == runs["het-proj-k4"]["bytes"]["activations"]
+    assert runs["het-adapt-k4"]["bytes"]["window_basis"] == 2 * 1 * 64 * 4 * 4
+    assert runs["all-adapt-k4"]["bytes"]["window_basis"] == 2 * runs["het-adapt-k4"]["bytes"]["window_basis"]
+    assert all(row["bytes"]["window_basis"] == 0 for name, row in runs.items() if "adapt" not in name)
+    # the window's basis is not the seeded one: the same network trains to another θ
+    for kind in ("het", "all"):
+        assert runs[f"{kind}-adapt-k4"]["curve"] != runs[f"{kind}-proj-k4"]["curve"]
     # projecting the aggregate keeps θ in the subspace; top-k alone does not
     assert runs["all-sub-k4-projagg"]["off_subspace_fraction"] < 1e-3 < runs["all-sub-k4"]["off_subspace_fraction"]
     for row in runs.values():

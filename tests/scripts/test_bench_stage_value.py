@@ -30,7 +30,8 @@ def test_every_mode_and_stage_has_finite_gains(tmp_path: Path, capsys: pytest.Ca
     result = json.loads(capsys.readouterr().out)
     assert result["k"] == 4 and result["seeds"] == 1 and result["warm"] == [0, 1]
     rows = {(r["mode"], r["stage"]): r for r in result["rows"] if r["warm"] == 0}
-    assert set(rows) == {(m, s) for m in bench_stage_value.MODES for s in (0, 1)}
+    modes = ("dense", "exact-keep", "exact-full-delta", "projected", "adaptive")
+    assert set(rows) == {(m, s) for m in modes for s in (0, 1)}
     assert len(result["rows"]) == 2 * len(rows)  # the same at warm-up 1
     assert [rows[("dense", s)]["layers"] for s in (0, 1)] == ["embed+layers[0:1]", "layers[1:2]+head"]
     for r in rows.values():
@@ -45,9 +46,17 @@ def test_every_mode_and_stage_has_finite_gains(tmp_path: Path, capsys: pytest.Ca
     # one warm-up window (2 inner steps + outer step) moves θ before the second measurement
     assert result["off_subspace"]["1"]["mean"] != result["off_subspace"]["0"]["mean"]
     assert all(math.isfinite(v["mean"]) for v in result["theta_w_random_loss"].values())
+    # adaptive is projected onto another basis: the same window, another update (the probe was used)
+    for s in (0, 1):
+        assert rows[("adaptive", s)]["own_gain"]["mean"] != rows[("projected", s)]["own_gain"]["mean"]
+    # the window's principal basis, fitted on the first batch, keeps more of the boundary on the
+    # others than a random 4-dim basis of 32 (which keeps about 4/32)
+    for kept in result["boundary_kept"].values():
+        assert 0 < kept["seeded"]["mean"] < kept["window"]["mean"] <= 1
     # the table renders from the saved JSON
     saved = tmp_path / "sv.json"
     saved.write_text(json.dumps(result))
     bench_stage_value.main(["--table-from", str(saved)])
     table = capsys.readouterr().out.splitlines()
-    assert len(table) == 2 + len(result["rows"]) and "exact-keep" in table[2 + 2]
+    assert len(table) == 2 + len(result["rows"]) + 1 + 2 + 2 and "exact-keep" in table[2 + 2]
+    assert "adaptive" in table[2 + 8] and table[-2].startswith("| 0 |")
