@@ -306,7 +306,8 @@ class PayloadTarget:
         self.body = b"".join(message.blobs[n].numpy().tobytes() for n in sorted(SHAPES))
         manifest = PayloadManifest.for_message(message, run_id=self.hparams.run_id, window=WINDOW, uid=UID,
                                                hotkey=self.signer.hotkey, global_step=0)
-        self.manifest = manifest.model_copy(update={"blob_sizes": self.blob_sizes}).model_dump(mode="json")
+        # as the wire holds it: canonical, so without the absent pipeline_stage key
+        self.manifest = json.loads(manifest.model_copy(update={"blob_sizes": self.blob_sizes}).canonical_json())
         self._content_hash = content_hash
         norms = {n: float(torch.randn(s, generator=gen).double().norm()) for n, s in SHAPES.items()}
         self.rule = acceptance_rule_for(self.hparams, WINDOW, 0.0, norms)
