@@ -89,6 +89,15 @@ def _fetch(peer: Peer, rule: AcceptanceRule, shapes, deadline: float | None) -> 
     return FetchedPayload(uid, verdict.result, decoded=verdict.decoded, downloaded=len(data), **seen)
 
 
+def _fetch_when_open(
+    peers: PeerDirectory, uid: int, rule: AcceptanceRule, shapes: Mapping[str, tuple[int, ...]], deadline: float | None
+) -> FetchedPayload:
+    peer = peers.await_peer(uid, deadline)
+    if peer is None:
+        return _reject(uid, RejectReason.MISSING, "its bucket's client could not be built by the deadline")
+    return fetch_payload(peer, rule, shapes, deadline)
+
+
 def fetch_many(
     peers: PeerDirectory,
     uids: list[int],
@@ -104,10 +113,12 @@ def fetch_many(
     with ThreadPoolExecutor(max_workers=max(1, min(MAX_FETCH_WORKERS, len(uids)))) as pool:
         for uid in uids:
             peer = peers.get(uid)
-            if peer is None:
-                out[uid] = _reject(uid, RejectReason.MISSING, "no bucket commitment")
-            else:
+            if peer is not None:
                 jobs[uid] = pool.submit(fetch_payload, peer, rule, shapes, deadline)
+            elif peers.is_opening(uid):  # its client is still being built: that counts against its budget
+                jobs[uid] = pool.submit(_fetch_when_open, peers, uid, rule, shapes, deadline)
+            else:
+                out[uid] = _reject(uid, RejectReason.MISSING, "no bucket commitment")
         for uid, job in jobs.items():
             out[uid] = job.result()
     return out

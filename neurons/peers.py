@@ -13,8 +13,11 @@ stops ``refresh`` and so never the node.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from protocol.chain import Chain, Metagraph
@@ -82,6 +85,9 @@ class PeerDirectory:
         self._opening: dict[str, Future] = {}  # commitment -> its store being opened
         self._pool: ThreadPoolExecutor | None = None
         self._round = 0
+        # uid -> (commitment, hotkey) whose store was still opening at the last refresh
+        self._pending: dict[int, tuple[str, str]] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def for_node(cls, chain: Chain, *, local_subnet: bool) -> PeerDirectory:
@@ -103,6 +109,9 @@ class PeerDirectory:
         self._round += 1
         wanted = {n.uid: raw.get(n.uid) for n in metagraph.neurons if raw.get(n.uid)}
         opened = self._open_new({text: uid for uid, text in wanted.items()}, patience)
+        hotkeys = {n.uid: n.hotkey for n in metagraph.neurons}
+        with self._lock:
+            self._pending = {uid: (text, hotkeys[uid]) for uid, text in wanted.items() if text in self._opening}
         peers: dict[int, Peer] = {}
         stores: dict[str, ObjectStore] = {}
         for neuron in metagraph.neurons:
@@ -170,6 +179,28 @@ class PeerDirectory:
         else:
             log.debug("uid %d %s", uid, reason)
         return None
+
+    def is_opening(self, uid: int) -> bool:
+        """Whether ``uid``'s store was still being opened at the last refresh."""
+        with self._lock:
+            return uid in self._pending
+
+    def await_peer(self, uid: int, deadline: float | None) -> Peer | None:
+        """``uid``'s peer once its store has opened, waiting until ``deadline`` (``time.monotonic()``);
+        None when it failed or is not ready by then. A fetch uses this for a peer whose client a
+        fresh process is still building: that time counts against the peer's own fetch budget,
+        side by side with the other peers' fetches, instead of the peer counting as missing."""
+        with self._lock:
+            text, hotkey = self._pending.get(uid, (None, ""))
+            future = self._opening.get(text) if text is not None else None
+        if future is None:
+            return self.get(uid)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            store = future.result(timeout=timeout)
+        except (FutureTimeout, CancelledError):
+            return None
+        return Peer(uid, hotkey, store) if store is not None else None
 
     def get(self, uid: int) -> Peer | None:
         return self._peers.get(uid)

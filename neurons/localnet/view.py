@@ -117,8 +117,12 @@ def attack_shares(
 
 
 def _record(log: NodeLog, window: int) -> dict | None:
+    """The node's record of ``window``: the one it wrote live, else the latest replay. A node that
+    ended a window out of step and replayed it after rejoining must show the θ it held live, or
+    the summary would hide the divergence."""
     found = [r for r in log.records if r["window"] == window]
-    return found[-1] if found else None
+    live = [r for r in found if not r.get("replayed")]
+    return live[0] if live else (found[-1] if found else None)
 
 
 def live_table(

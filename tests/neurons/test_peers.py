@@ -312,3 +312,39 @@ def test_a_replaying_node_waits_with_patience_for_stores_still_opening(monkeypat
     waited = time.monotonic() - started
     assert [p.uid for p in peers] == [0, 1]
     assert 0.3 < waited < 3.0  # the stuck one costs the patience, not its 5 s
+
+
+def test_a_peer_whose_client_is_still_being_built_is_fetched_within_its_own_budget(monkeypatch, tmp_path):
+    """A fresh process builds its first S3 clients slowly. A peer whose store is still opening at
+    the gather is not "no bucket commitment": its fetch waits for the store within the peer's own
+    fetch deadline, side by side with the other peers (found when a restarted stage's first live
+    gather missed an honest payload and left it out of step)."""
+    import threading
+
+    import neurons.peers as peers_module
+    from neurons.fetch import fetch_many
+    from protocol.acceptance import AcceptanceRule
+
+    monkeypatch.setattr(peers_module, "OPEN_BUDGET_SECONDS", 0.1)
+    release = threading.Event()
+
+    def make_store(c: BucketCommitment):
+        if c.bucket.startswith("slow"):
+            release.wait(5)
+        return LocalStore(tmp_path / c.bucket)
+
+    peers = PeerDirectory(FakeChain({0: good("fast-zero"), 1: good("slow-one")}), make_store)
+    peers.refresh(metagraph(2))
+    assert [p.uid for p in peers] == [0] and peers.is_opening(1) and not peers.is_opening(0)
+    rule = AcceptanceRule(run_id="r", window=3, slot_start=0.0, slot_seconds=1.0, max_bytes=1 << 20)
+    threading.Timer(0.3, release.set).start()  # the client is ready 0.3 s into a 3 s budget
+    fetched = fetch_many(peers, [0, 1], rule, {}, budget_seconds=3.0)
+    # both buckets are empty: each peer is missing for having no payload, not for having no bucket
+    assert {uid: f.result.detail for uid, f in fetched.items()} == {0: "no payload", 1: "no payload"}
+
+    release.clear()
+    peers = PeerDirectory(FakeChain({1: good("slow-again")}), make_store)
+    peers.refresh(metagraph(2))
+    late = fetch_many(peers, [1], rule, {}, budget_seconds=0.3)[1]  # never ready within the budget
+    assert "could not be built by the deadline" in late.result.detail
+    release.set()
