@@ -56,6 +56,9 @@ def host_port(value: str, flag: str) -> tuple[str, int]:
     return host, int(port)
 
 
+MAX_STAGES = 64  # what a stage's handshake (pipeline.transport.Hello) can name
+
+
 class PipelineStageConfig(BaseModel):
     """A miner that is one stage of a pipeline group (docs/pipeline.md "In the network"): it trains
     layers of ``protocol.layers.split_layers`` with its neighbours over TCP and uploads the
@@ -87,8 +90,8 @@ class PipelineStageConfig(BaseModel):
 
     @model_validator(mode="after")
     def _neighbours(self) -> PipelineStageConfig:
-        if not 0 <= self.index < self.n_stages or self.n_stages < 2:
-            raise ValueError(f"--pipeline.stage must be S/N with 0 <= S < N and N >= 2, got {self.stage!r}")
+        if not 0 <= self.index < self.n_stages or not 2 <= self.n_stages <= MAX_STAGES:
+            raise ValueError(f"--pipeline.stage must be S/N with 0 <= S < N and 2 <= N <= {MAX_STAGES}, got {self.stage!r}")
         if (self.index > 0) != (self.listen is not None):
             raise ValueError("every stage but the first needs --pipeline.listen HOST:PORT (and the first none)")
         if (self.index < self.n_stages - 1) != (self.next is not None):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,7 +108,38 @@ def preflight(config: NodeConfig, hparams: Hparams) -> list[Check]:
 
 def run_checks(config: NodeConfig, hparams: Hparams) -> list[Check]:
     """Every check in order; a check whose prerequisite failed is left out, not reported twice."""
-    return [*chain_checks(config, hparams), *bucket_checks(config)]
+    return [*pipeline_checks(config, hparams), *chain_checks(config, hparams), *bucket_checks(config)]
+
+
+# --- a pipeline stage ------------------------------------------------------------------------
+
+
+def pipeline_checks(config: NodeConfig, hparams: Hparams) -> list[Check]:
+    """A stage miner (``--pipeline.*``): its slice exists for this model, and its listening port
+    can be bound. Both would otherwise fail only after the bucket commitment."""
+    from protocol.layers import StageLayoutError, split_layers
+
+    cfg = config.pipeline
+    if cfg is None:
+        return []
+    try:
+        if hparams.model.tie_embeddings:
+            raise StageLayoutError(f"{hparams.name} ties its embeddings: one parameter would sit on two stages")
+        span = split_layers(hparams.model.num_layers, cfg.n_stages)[cfg.index]
+    except StageLayoutError as exc:
+        return [Check("pipeline stage", False, str(exc), "--pipeline.stage S/N with N <= the preset's layers, "
+                      "or a preset with untied embeddings")]
+    out = [Check("pipeline stage", True, f"stage {cfg.stage} of group {cfg.group} holds {span.label}")]
+    listen = cfg.listen_address
+    if listen is not None:
+        try:
+            with socket.create_server(listen):
+                pass
+        except OSError as exc:
+            return [*out, Check("pipeline port", False, f"cannot listen on {cfg.listen}: {exc}",
+                                "--pipeline.listen HOST:PORT, a local address and a free port")]
+        out.append(Check("pipeline port", True, f"{cfg.listen} is free"))
+    return out
 
 
 # --- wallet and chain ------------------------------------------------------------------------

@@ -162,7 +162,7 @@ def _handshake(link: Link, mine: Hello, check: HelloCheck | None = None) -> Hell
     if not same or abs(theirs.stage - mine.stage) != 1:
         raise StageLost(
             f"{link.peer} is {theirs.model_dump()}, not the adjacent stage of {mine.model_dump()}; "
-            "check --group, --stage and the hparams on both machines"
+            "check the group name, the stage numbers S/N and the hparams on both machines"
         )
     problem = check(theirs) if check is not None else None
     if problem is not None:

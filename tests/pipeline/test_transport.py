@@ -65,9 +65,9 @@ def test_a_partner_that_stalls_is_reported_after_the_deadline():
 
 
 def test_a_partner_of_another_group_or_window_is_refused_at_the_handshake():
-    with pytest.raises(StageLost, match="check --group"):
+    with pytest.raises(StageLost, match="check the group name"):
         _pair(down_hello=_hello(1, group="other"))
-    with pytest.raises(StageLost, match="check --group"):
+    with pytest.raises(StageLost, match="check the group name"):
         _pair(down_hello=_hello(1, window=4))
 
 
