@@ -37,6 +37,11 @@ class StageLost(ConnectionError):
     """The partner stage disconnected, timed out or spoke out of turn; the window is lost."""
 
 
+class HandshakeRefused(StageLost):
+    """The other end said hello, but not as this stage's partner (malformed, another group or
+    window, not adjacent, or refused by the receiver's check)."""
+
+
 class Hello(BaseModel):
     """The handshake: both ends must be the same run, group and layout, adjacent stages."""
 
@@ -156,17 +161,17 @@ def _handshake(link: Link, mine: Hello, check: HelloCheck | None = None) -> Hell
     try:
         theirs = Hello.model_validate(json.loads(raw))
     except (ValidationError, ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
-        raise StageLost(f"{link.peer} sent a malformed handshake: {exc}") from exc
+        raise HandshakeRefused(f"{link.peer} sent a malformed handshake: {exc}") from exc
     same = (theirs.run_id, theirs.group, theirs.n_stages, theirs.window) == (
         mine.run_id, mine.group, mine.n_stages, mine.window)
     if not same or abs(theirs.stage - mine.stage) != 1:
-        raise StageLost(
+        raise HandshakeRefused(
             f"{link.peer} is {theirs.model_dump()}, not the adjacent stage of {mine.model_dump()}; "
             "check the group name, the stage numbers S/N and the hparams on both machines"
         )
     problem = check(theirs) if check is not None else None
     if problem is not None:
-        raise StageLost(f"{link.peer} is refused: {problem}")
+        raise HandshakeRefused(f"{link.peer} is refused: {problem}")
     link.hello = theirs
     return theirs
 
@@ -223,9 +228,10 @@ def _accept_concurrently(server: socket.socket, mine: Hello, timeout: float, che
     try:
         while not decided.is_set():
             left = deadline - time.monotonic()
-            if left <= 0:
-                raise failures[-1] if failures else StageLost(
-                    f"stage {mine.stage - 1}/{mine.n_stages} did not connect within {timeout:.1f} s")
+            if left <= 0:  # the most telling failure: one that spoke but was refused, else any
+                refused = [f for f in failures if isinstance(f, HandshakeRefused)]
+                raise (refused or failures or [StageLost(
+                    f"stage {mine.stage - 1}/{mine.n_stages} did not connect within {timeout:.1f} s")])[-1]
             server.settimeout(min(left, ACCEPT_POLL_SECONDS))
             try:
                 sock, addr = server.accept()
