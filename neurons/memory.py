@@ -40,6 +40,7 @@ from pathlib import Path
 
 from neurons.config import ConfigError
 from protocol.hparams import Hparams, ModelConfig
+from protocol.layers import split_layers
 
 GIB = 1024**3
 # What the allocator holds beyond the live tensors counted here. CPU: measured, the tiny miner's
@@ -51,6 +52,7 @@ GATHER_BUCKET = 1 << 21  # neurons.distributed.GATHER_BUCKET (kept equal by a te
 MINER_STATE_BYTES = 24  # per parameter, replicated miner
 VALIDATOR_STATE_BYTES = 16  # per parameter
 LAYOUTS = ("replicated", "sharded")
+STAGE_MICRO_BATCHES = 2  # neurons.stage_miner.MICRO_BATCHES (kept equal by a test)
 
 
 class MemoryBudgetError(ConfigError):
@@ -85,19 +87,35 @@ class MemoryEstimate:
         return int(self.total_bytes * self.headroom)
 
 
+def _layer_params(m: ModelConfig) -> int:
+    kv = m.num_kv_heads * (m.hidden_size // m.num_heads)
+    h, i = m.hidden_size, m.intermediate_size
+    return 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
+
+
 def param_count(m: ModelConfig) -> int:
     """Parameters of the preset's Llama (no biases), without building it."""
-    head_dim = m.hidden_size // m.num_heads
-    kv = m.num_kv_heads * head_dim
-    h, i = m.hidden_size, m.intermediate_size
-    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
-    embeddings = m.vocab_size * h * (1 if m.tie_embeddings else 2)
-    return embeddings + m.num_layers * per_layer + h
+    embeddings = m.vocab_size * m.hidden_size * (1 if m.tie_embeddings else 2)
+    return embeddings + m.num_layers * _layer_params(m) + m.hidden_size
 
 
-def activation_bytes(m: ModelConfig, rows: int, seq_len: int, device: str, checkpointing: bool, backward: bool) -> int:
-    """Bytes held for one forward of ``rows`` × ``seq_len`` (kept for the backward if ``backward``).
-    Training autocasts to bf16 on CUDA; evaluation (stage 2) runs in fp32 everywhere."""
+def stage_param_count(m: ModelConfig, start: int, stop: int) -> int:
+    """Parameters a pipeline stage trains: layers [start, stop), plus the embedding on the first
+    stage and the final norm and LM head on the last (``protocol.layers``)."""
+    first, last = start == 0, stop == m.num_layers
+    table = m.vocab_size * m.hidden_size
+    return (stop - start) * _layer_params(m) + (table if first else 0) + (table + m.hidden_size if last else 0)
+
+
+def activation_bytes(
+    m: ModelConfig, rows: int, seq_len: int, device: str, checkpointing: bool, backward: bool,
+    layers: int | None = None, with_logits: bool = True,
+) -> int:
+    """Bytes held for one forward of ``rows`` × ``seq_len`` (kept for the backward if ``backward``)
+    through ``layers`` layers (default all), with the logits unless ``with_logits`` is False (a
+    pipeline stage before the last). Training autocasts to bf16 on CUDA; evaluation (stage 2)
+    runs in fp32 everywhere."""
+    n_layers = m.num_layers if layers is None else layers
     cuda = device.startswith("cuda")
     bf16 = cuda and backward
     elem = 2 if bf16 else 4
@@ -106,24 +124,33 @@ def activation_bytes(m: ModelConfig, rows: int, seq_len: int, device: str, check
     layer = (10 * m.hidden_size + 3 * kv + 4 * m.intermediate_size) * elem
     if not cuda:
         layer += m.num_heads * seq_len * elem  # the math kernel's s×s probabilities, per head
-    logits = tokens * m.vocab_size * (10 if bf16 else 8)
+    logits = tokens * m.vocab_size * (10 if bf16 else 8) if with_logits else 0
     if not backward:  # forward only: one layer alive at a time
         return tokens * layer + logits
     if checkpointing:
-        return tokens * (m.num_layers * m.hidden_size * elem + layer) + logits
-    return tokens * m.num_layers * layer + logits
+        return tokens * (n_layers * m.hidden_size * elem + layer) + logits
+    return tokens * n_layers * layer + logits
 
 
 def estimate(
     hp: Hparams, role: str, world_size: int = 1, device: str = "cuda", checkpointing: bool = False,
-    layout: str = "replicated", micro_batches: int | None = None,
+    layout: str = "replicated", micro_batches: int | None = None, stage: tuple[int, int] | None = None,
 ) -> MemoryEstimate:
     """Bytes one device holds for ``role`` at ``world_size`` ranks, each batch cut into
-    ``micro_batches`` (default: one per rank) (see the module's notes)."""
+    ``micro_batches`` (default: one per rank) (see the module's notes). ``stage`` (S, N): a miner
+    that is stage S of a pipeline group of N holds θ's weights and trains only its slice; GPipe
+    keeps every micro-batch's activations of its layers until the backward."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}")
     m, t = hp.model, hp.training
     p = param_count(m)
+    if stage is not None:  # a pipeline stage: θ's weights, plus a miner's training state for its slice
+        span = split_layers(m.num_layers, stage[1])[stage[0]]
+        rows = max(1, t.batch_size // STAGE_MICRO_BATCHES)
+        act = STAGE_MICRO_BATCHES * activation_bytes(m, rows, t.seq_len, device, checkpointing, backward=True,
+                                                     layers=span.stop - span.start, with_logits=span.last)
+        state = 4 * p + (MINER_STATE_BYTES - 4) * stage_param_count(m, span.start, span.stop)
+        return MemoryEstimate(hp.name, "stage", world_size, layout, device, checkpointing, p, state, act, 0)
     if role == "validator":
         state = VALIDATOR_STATE_BYTES * p
         act = activation_bytes(m, t.batch_size, t.seq_len, device, checkpointing, backward=False)
@@ -182,14 +209,20 @@ def fitting_micro_batches(
 
 def check_memory(
     hp: Hparams, role: str, world_size: int, device: str, available: int, checkpointing: bool = False,
-    micro_batches: int | None = None,
+    micro_batches: int | None = None, stage: tuple[int, int] | None = None,
 ) -> MemoryEstimate:
     """The estimate if it fits in ``available`` bytes; else ``MemoryBudgetError`` in one line
     naming the micro-batches / world size that would fit, or the memory no setting goes under."""
     m = micro_batches or world_size
-    est = estimate(hp, role, world_size, device, checkpointing, micro_batches=m)
+    est = estimate(hp, role, world_size, device, checkpointing, micro_batches=m, stage=stage)
     if est.needed_bytes <= available:
         return est
+    if stage is not None:
+        raise MemoryBudgetError(
+            f"{hp.name} stage {stage[0]}/{stage[1]} needs {gib(est.needed_bytes)} (θ's weights and its slice's "
+            f"training state {gib(est.state_bytes)}, activations {gib(est.activation_bytes)}, x{est.headroom:g} "
+            f"allocator headroom) but {device} has {gib(available)} free: split the model into more stages"
+        )
     head = (f"{hp.name} {role} needs {gib(est.needed_bytes)} per device at world size {world_size}"
             f"{f' with {m} micro-batches' if role == 'miner' else ''} (state {gib(est.state_bytes)}, "
             f"activations {gib(est.activation_bytes)}, x{est.headroom:g} allocator headroom) "
