@@ -177,7 +177,7 @@ def check_fits_device(config: NodeConfig, hparams: Hparams, world: World) -> Mem
         return None
     available = device_memory(config.device, local_world_size())
     stage = None
-    p = getattr(config, "pipeline", None)  # stand-in configs (tests) may not have one
+    p = config.pipeline
     if p is not None and p.n_stages <= hparams.model.num_layers and not hparams.model.tie_embeddings:
         stage = (p.index, p.n_stages)  # an impossible split is the self-check's to refuse, in one line
     return check_memory(hparams, config.role, world.size, config.device, available, config.activation_checkpointing,

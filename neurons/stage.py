@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from compression import PayloadError, decode_blob, decode_message, outer_step
-from neurons.config import ConfigError
+from neurons.config import ConfigError, host_port
 from neurons.corpus import DEFAULT_MAX_CHARS, ensure_embedded_data
 from neurons.data import assigned_batches
 from neurons.model import build_model
@@ -65,10 +65,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _endpoint(value: str | None, flag: str) -> tuple[str, int]:
-    host, sep, port = (value or "").rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{flag} must be HOST:PORT, got {value!r}")
-    return host, int(port)
+    try:
+        return host_port(value or "", flag)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _position(text: str) -> tuple[int, int]:

@@ -90,21 +90,23 @@ class Link:
         except OSError as exc:
             raise StageLost(f"sending to {self.peer} failed ({exc}); is that stage still running?") from exc
 
+    def _silence(self, deadline: float) -> StageLost:
+        """Why nothing arrived by ``deadline``: the window's end, or the partner's silence."""
+        if self.deadline is not None and deadline >= self.deadline:
+            return StageLost(f"the window's time is up while waiting for {self.peer}; the group skips it")
+        return StageLost(f"{self.peer} sent nothing for {self.timeout:.1f} s; it is stalled or gone")
+
     def _recv_exact(self, n: int, deadline: float) -> bytes:
         chunks, got = [], 0
         while got < n:
             left = deadline - time.monotonic()
             if left <= 0:
-                if self.deadline is not None and deadline >= self.deadline:
-                    raise StageLost(f"the window's time is up while waiting for {self.peer}; the group skips it")
-                raise StageLost(f"{self.peer} sent nothing for {self.timeout:.1f} s; it is stalled or gone")
+                raise self._silence(deadline)
             self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(min(n - got, 1 << 20))
             except TimeoutError as exc:
-                if self.deadline is not None and deadline >= self.deadline:
-                    raise StageLost(f"the window's time is up while waiting for {self.peer}; the group skips it") from exc
-                raise StageLost(f"{self.peer} sent nothing for {self.timeout:.1f} s; it is stalled or gone") from exc
+                raise self._silence(deadline) from exc
             except OSError as exc:
                 raise StageLost(f"connection to {self.peer} broke ({exc}); restart that stage") from exc
             if not chunk:
@@ -116,9 +118,9 @@ class Link:
     def _recv(self, want_tag: int, max_bytes: int) -> bytes:
         deadline = time.monotonic() + self.timeout
         if self.deadline is not None and self.deadline < deadline:
-            if self.deadline <= time.monotonic():
-                raise StageLost(f"the window's time is up while waiting for {self.peer}; the group skips it")
             deadline = self.deadline
+            if deadline <= time.monotonic():
+                raise self._silence(deadline)
         tag, length = _PREFIX.unpack(self._recv_exact(_PREFIX.size, deadline))
         if tag == TAG_BYE and want_tag != TAG_BYE:
             raise StageLost(f"{self.peer} left the window early (it skipped or failed)")

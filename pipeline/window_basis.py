@@ -37,14 +37,19 @@ def principal_basis(rest: torch.Tensor, k: int) -> torch.Tensor:
     return top.to(torch.float32).contiguous()
 
 
-def boundary_basis(model, stop: int, probe: torch.Tensor, embedding: torch.Tensor, k: int) -> torch.Tensor:
-    """The window's basis of the boundary after layer ``stop``: ``principal_basis`` of what the
-    model's layers [0, stop) make of the probe batch, minus its embedding rows (``embedding``:
-    the table the receiver rebuilds them from, θ_w's)."""
+def boundary_rest(model, stop: int, batch: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    """What crosses the boundary after layer ``stop`` beyond the embedding: the model's layers
+    [0, stop) applied to ``batch``, minus its rows of ``embedding`` (the table the receiver
+    rebuilds them from, θ_w's)."""
     prefix = Stage(model, LayerRange(0, stop, int(model.config.num_hidden_layers)))
     with torch.no_grad():
-        rest = prefix.forward(None, probe) - embedding[probe]
-    return principal_basis(rest, k)
+        return prefix.forward(None, batch) - embedding[batch]
+
+
+def boundary_basis(model, stop: int, probe: torch.Tensor, embedding: torch.Tensor, k: int) -> torch.Tensor:
+    """The window's basis of the boundary after layer ``stop``: ``principal_basis`` of its rest
+    on the probe batch."""
+    return principal_basis(boundary_rest(model, stop, probe, embedding), k)
 
 
 def basis_bytes(hidden: int, k: int) -> int:

@@ -25,8 +25,8 @@ from neurons.model import build_model
 from neurons.shards import TokenShards
 from neurons.train import InnerTrainer
 from pipeline.basis import subspace_basis
-from pipeline.stage import LayerRange, Stage, split_layers
-from pipeline.window_basis import principal_basis
+from pipeline.stage import split_layers
+from pipeline.window_basis import boundary_rest, principal_basis
 from protocol.hparams import load_hparams
 
 TRAIN_UID, PROBE_UID = 50, 7  # whose assignment warms the model up, and whose window is measured
@@ -39,15 +39,9 @@ def kept(rest: torch.Tensor, basis: torch.Tensor) -> float:
 
 
 def boundary_rests(model, stops: list[int], batches: list[torch.Tensor]) -> dict[int, list[torch.Tensor]]:
-    """Per boundary (after layer ``stop``): hidden − embedding for each batch, under no_grad."""
-    out: dict[int, list[torch.Tensor]] = {}
-    layers = model.config.num_hidden_layers
-    embed = model.model.embed_tokens
-    with torch.no_grad():
-        for stop in stops:
-            prefix = Stage(model, LayerRange(0, stop, layers))
-            out[stop] = [prefix.forward(None, ids) - embed(ids) for ids in batches]
-    return out
+    """Per boundary (after layer ``stop``): hidden − embedding for each batch."""
+    embedding = model.model.embed_tokens.weight.detach()
+    return {stop: [boundary_rest(model, stop, ids, embedding) for ids in batches] for stop in stops}
 
 
 def measure(hparams: str, stages: int, warm: list[int], ks: list[int], data_dir: Path) -> list[dict]:

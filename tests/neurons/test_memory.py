@@ -137,7 +137,7 @@ def test_a_node_that_does_not_fit_refuses_before_building_its_model(monkeypatch)
 
     monkeypatch.setattr(node_module, "device_memory", lambda device, ranks: 2 * 2**20)
     monkeypatch.setattr(node_module, "build_model", lambda *a: pytest.fail("built the model before the check"))
-    config = SimpleNamespace(device="cpu", role="miner", micro_batches=None, memory_check=True,
+    config = SimpleNamespace(device="cpu", role="miner", micro_batches=None, memory_check=True, pipeline=None,
                              activation_checkpointing=False)
     hp = load_hparams("tiny")
     with pytest.raises(MemoryBudgetError, match=r"^tiny miner needs .* at world size 1 .* but cpu has 2.0 MiB free"):

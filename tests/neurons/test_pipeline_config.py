@@ -9,20 +9,8 @@ import argparse
 import pytest
 
 from neurons.config import ConfigError, NodeConfig, add_node_arguments, node_config_from_args
+from tests.neurons.test_config import BASE_FLAGS, SECRETS_ENV
 
-SECRETS_ENV = {
-    "TESSERA_BUCKET_WRITE_KEY_ID": "WRITEKEYID0000000001",
-    "TESSERA_BUCKET_WRITE_SECRET": "write-secret-Zq9xV7wT3sK1",
-    "TESSERA_BUCKET_READ_SECRET": "read-secret-Hm4pL2nB8cD6",
-}
-BASE_FLAGS = [
-    "--netuid", "7",
-    "--devchain", "/tmp/tessera-chain.db",
-    "--bucket.endpoint", "http://127.0.0.1:8333",
-    "--bucket.name", "miner-bucket",
-    "--bucket.read-key-id", "reader",
-    "--state-dir", "/tmp/tessera-state",
-]
 LISTEN = ["--pipeline.listen", "127.0.0.1:7000"]
 NEXT = ["--pipeline.next", "127.0.0.1:7001"]
 
