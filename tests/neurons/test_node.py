@@ -45,6 +45,6 @@ def test_a_model_whose_payloads_can_exceed_the_cap_does_not_start():
     hp = load_hparams("tiny")
     hp = hp.model_copy(update={"codec": hp.codec.model_copy(update={"max_payload_bytes": 10_000})})
     with pytest.raises(HparamsError, match=r"^hparams 'tiny': .* can reach \d+ bytes, over codec.max_payload_bytes 10000;"):
-        config = SimpleNamespace(device="cpu", role="miner", micro_batches=None, memory_check=True,
+        config = SimpleNamespace(device="cpu", role="miner", micro_batches=None, memory_check=True, pipeline=None,
                                  activation_checkpointing=False)
         assemble_node(config, hp, None, None, 0, None, threading.Event())
