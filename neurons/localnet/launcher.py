@@ -18,6 +18,7 @@ rejection reason.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -39,6 +40,7 @@ from neurons.events import read_records
 from neurons.localnet.adversary import LEGACY_NAMES
 from neurons.localnet.dataset import DatasetKeys, publish_local_dataset
 from neurons.localnet.seaweedfs import READ_ONLY, READ_WRITE, Identity, SeaweedServer
+from neurons.localnet.stage_kill import StageKiller
 from neurons.localnet.view import (
     NodeLog,
     attack_shares,
@@ -274,6 +276,16 @@ def watch(specs, workdir, chain, args, endpoint, data_dir, console, report: dict
     """Start late joiners on time, redraw the table, kill a stage if asked (``report["killed"]``),
     and say why we stopped."""
     report = {} if report is None else report
+    killer = _stage_killer(specs, workdir, args.kill_stage, endpoint, args.hparams, data_dir)
+    try:
+        return _watch(specs, workdir, chain, args, endpoint, data_dir, console, killer)
+    finally:
+        if killer is not None:
+            killer.stop()
+            report["killed"] = killer.report()
+
+
+def _watch(specs, workdir, chain, args, endpoint, data_dir, console, killer: StageKiller | None) -> str:
     miners = [s.uid for s in specs if s.role == "miner"]
     adversaries = [s.uid for s in specs if s.role == "adversary"]
     on_time = on_time_miners(specs)
@@ -293,48 +305,34 @@ def watch(specs, workdir, chain, args, endpoint, data_dir, console, report: dict
                     start_node(s, workdir, endpoint, args.hparams, data_dir)
             logs = node_logs(specs, workdir)
             first_up = first_window_all_up(logs, on_time)
-            plan = args.kill_stage
-            if plan is not None and first_up is not None and window + 1 >= first_up + plan.window and "killed" not in report:
-                target = first_up + plan.window
-                done = kill_mid_window(specs, workdir, plan, target, endpoint, args.hparams, data_dir, chain)
-                report["killed"] = {"stage": plan.name, "window": target, "done": done}
+            if killer is not None and first_up is not None and not killer.armed:
+                killer.arm(first_up + args.kill_stage.window)
             live.update(live_view(live_table(logs, miners, chain, adversaries=adversaries), status))
             if len(scored_windows(logs, on_time)) >= args.windows:
                 return "done"
             if window > give_up and first_window_all_up(logs, on_time) is None:
                 return f"not every miner had uploaded by window {give_up}; see {workdir / 'logs'}"
-            if crashed := _crashed(specs):
+            with killer.lock if killer is not None else contextlib.nullcontext():
+                crashed = _crashed(specs)  # a stage between its planned kill and its restart is not one
+            if crashed:
                 return "node exited early: " + ", ".join(crashed)
             time.sleep(1.0)
 
 
-STAGE_TRAINING_MARK = "window {window}: training"  # what neurons.stage_miner logs once its links are up
-
-
-def kill_mid_window(
-    specs, workdir: Path, plan: KillPlan, window: int, endpoint: str, hparams: str, data_dir, chain
-) -> bool:
-    """SIGKILL the planned stage as soon as it logs that it trains ``window`` (its partners are
-    then mid-window with it), and start it again at once, as an operator's supervisor would.
-    False when the window passed without it training."""
+def _stage_killer(specs, workdir: Path, plan: KillPlan | None, endpoint: str, hparams: str, data_dir) -> StageKiller | None:
+    """The ``--kill-stage`` killer for ``plan``'s stage (None without a plan)."""
+    if plan is None:
+        return None
     spec = next((s for s in specs if s.name == plan.name), None)
-    if spec is None or spec.process is None:
+    if spec is None:
         raise ValueError(f"--kill-stage: no stage {plan.name} in this network")
-    log = workdir / "logs" / f"{spec.name}.log"
-    mark = STAGE_TRAINING_MARK.format(window=window).encode()
-    blocks = load_hparams(hparams).window.blocks_per_window
-    give_up = time.time() + 2 * blocks * chain.block_time()
-    while time.time() < give_up:
-        if log.is_file() and mark in log.read_bytes():
-            time.sleep(0.2)  # into the window's inner steps
-            spec.process.kill()
-            spec.process.wait()
-            with log.open("ab") as f:
-                f.write(f"--- tessera localnet: SIGKILL during window {window}; restarting ---\n".encode())
-            start_node(spec, workdir, endpoint, hparams, data_dir)
-            return True
-        time.sleep(0.05)
-    return False
+
+    def kill() -> None:
+        spec.process.kill()
+        spec.process.wait()
+
+    return StageKiller(spec.name, workdir / "logs" / f"{spec.name}.log", kill,
+                       lambda: start_node(spec, workdir, endpoint, hparams, data_dir))
 
 
 def _network_status(chain: DevChain, hparams: str):
@@ -404,7 +402,7 @@ def run(args: argparse.Namespace) -> int:
     summary = build_summary(specs, workdir, chain, args.hparams, args.windows, args.origin_block)
     summary["outcome"] = outcome
     if args.kill_stage is not None:
-        summary["killed"] = report.get("killed") or {"stage": args.kill_stage.name, "window": None, "done": False}
+        summary["killed"] = report.get("killed", {"stage": args.kill_stage.name, "window": None, "done": False})
     out = Path(args.json_out) if args.json_out else workdir / "summary.json"
     out.write_text(json.dumps(summary, indent=1, sort_keys=True))
     _report(console, summary, out)

@@ -39,8 +39,12 @@ def test_a_pipeline_group_trains_is_paid_and_survives_a_killed_stage(tmp_path: P
     stages = {int(uid): name for uid, name in summary["stages"].items()}
     assert sorted(stages.values()) == ["stage-g0-s0", "stage-g0-s1"]
     windows = {w["window"]: w for w in summary["windows"]}
-    kill_window = min(windows) + KILL_AFTER  # the summary starts at the first window all miners uploaded
-    assert summary["killed"] == {"stage": "stage-g0-s1", "window": kill_window, "done": True}, logs
+    killed = summary["killed"]
+    assert killed["stage"] == "stage-g0-s1" and killed["done"], (killed, logs)
+    # the summary starts at the first window all miners uploaded; the kill lands in the first window
+    # from KILL_AFTER on that the launcher caught the stage training (neurons.localnet.stage_kill)
+    kill_window = killed["window"]
+    assert min(windows) + KILL_AFTER <= kill_window <= max(windows) - 2, (killed, sorted(windows))
 
     # every node, stages included, holds the same θ after every scored window; the loss falls
     for w in windows.values():
@@ -59,8 +63,7 @@ def test_a_pipeline_group_trains_is_paid_and_survives_a_killed_stage(tmp_path: P
         assert set(faults.values()) <= {"missing", "out_of_sync"}, (uid, faults)
 
     # the kill: neither stage uploaded for that window; the partner said why; both upload again after
-    killed = windows[kill_window]
-    assert {killed["rejected"].get(str(uid)) for uid in stages} == {"missing"}, (killed, logs)
+    assert {windows[kill_window]["rejected"].get(str(uid)) for uid in stages} == {"missing"}, (windows[kill_window], logs)
     partner_log = (net / "logs" / "stage-g0-s0.log").read_text()
     assert f"lost window {kill_window}; nothing uploaded" in partner_log, logs
     for name in stages.values():
