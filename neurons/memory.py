@@ -285,7 +285,11 @@ def _warm_kernels(hp: Hparams, device: str) -> None:
 def measure_miner_window(hp: Hparams, device: str) -> dict:
     """Run one miner window (θ_w copy, H inner steps, Δ, error feedback + compression) on
     synthetic tokens and report the memory it took: on CPU the growth of the process's peak
-    RSS over its RSS before the model existed (Linux), on CUDA ``max_memory_allocated``."""
+    RSS over its RSS before the model existed (Linux), on CUDA ``max_memory_allocated`` (the live
+    tensors), plus ``reserved_bytes`` (``max_memory_reserved``: what the caching allocator took
+    from the device, the footprint the headroom is for) and ``outside_allocator_bytes`` (the
+    device memory in use at the end beyond what the allocator holds: the CUDA context and
+    libraries' own memory, which a start-up check's free-memory reading mostly excludes already)."""
     import resource
 
     import torch
@@ -298,6 +302,7 @@ def measure_miner_window(hp: Hparams, device: str) -> dict:
     _warm_kernels(hp, device)  # the kernels' own code and workspaces are not the node's per-model memory
     baseline = 0 if cuda else _rss_bytes()
     if cuda:
+        torch.cuda.empty_cache()  # the warm-up's cached blocks are not the window's
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(hp.model, hp.seed).to(device)
     trainer = InnerTrainer(model, hp.training, device)
@@ -313,12 +318,17 @@ def measure_miner_window(hp: Hparams, device: str) -> dict:
     with torch.no_grad():
         delta = {n: base[n] - p for n, p in model.named_parameters()}
     compressor.compress(delta)
+    extra = {}
     if cuda:
+        torch.cuda.synchronize(device)
         peak = int(torch.cuda.max_memory_allocated(device))
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+        extra = {"reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
+                 "outside_allocator_bytes": int(total - free - torch.cuda.memory_reserved(device))}
     else:  # ru_maxrss is in KiB on Linux
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
     est = estimate(hp, "miner", 1, device)
-    return {"preset": hp.name, "device": device, "measured_bytes": peak, "computed_bytes": est.total_bytes,
+    return {"preset": hp.name, "device": device, "measured_bytes": peak, **extra, "computed_bytes": est.total_bytes,
             "how": "cuda max_memory_allocated" if cuda else "peak RSS growth over the RSS before the model"}
 
 

@@ -161,3 +161,12 @@ def test_the_node_command_refuses_a_preset_that_does_not_fit_in_one_line(role, t
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"tessera {role}: error: 70B {role} needs") and "per device at world size 1" in err
     assert not (tmp_path / "absent.sqlite").exists() and not (tmp_path / "state").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_measured_cuda_window_reports_the_allocator_footprint():
+    from neurons.memory import measure_miner_window
+
+    r = measure_miner_window(load_hparams("tiny"), "cuda")
+    assert 0 < r["measured_bytes"] <= r["reserved_bytes"]
+    assert r["outside_allocator_bytes"] >= 0 and r["computed_bytes"] == estimate(load_hparams("tiny"), "miner").total_bytes
