@@ -11,7 +11,7 @@ same batches, same kernels: the same losses, so the same scores as one process.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,13 @@ from neurons.distributed import (
     gather_objects,
     send,
 )
-from scoring.lossscore import LossMeasurement, measure_update, reference_losses, sequence_losses
+from scoring.lossscore import (
+    LossMeasurement,
+    apply_sparse_temporarily,
+    measure_update,
+    reference_losses,
+    sequence_losses,
+)
 
 
 @dataclass(frozen=True)
@@ -39,18 +45,23 @@ class EvalShare:
     before_rand: tuple[float, ...]
     lr: float
     has_reference: bool
+    contexts: dict[int, SparseUpdate] = field(default_factory=dict)  # applied under a uid's update
 
 
 def measure_candidates(
     world: World, model: torch.nn.Module, updates: Mapping[int, SparseUpdate], lr: float,
     own: Mapping[int, Sequence[torch.Tensor]], rand: Sequence[torch.Tensor], before_rand: Sequence[float],
     reference: Mapping[str, torch.Tensor] | None,
+    contexts: Mapping[int, SparseUpdate] | None = None,
 ) -> dict[int, LossMeasurement]:
-    """Leader: every candidate's measurement, split over the world (one process: all here)."""
+    """Leader: every candidate's measurement, split over the world (one process: all here).
+    ``contexts``: per uid an update applied first, its measurement's baseline (a pipeline
+    stage's group partners, ``neurons.stage_groups.stage_contexts``)."""
     uids = sorted(updates)
+    contexts = contexts or {}
     if not world.distributed:  # one process: no copies, the validator's own tensors
         share = EvalShare(dict(updates), {u: list(own[u]) for u in uids}, list(rand), tuple(before_rand), lr,
-                          reference is not None)
+                          reference is not None, dict(contexts))
         return _measure(world, model, [share], reference)
     shares = [
         EvalShare(
@@ -58,6 +69,7 @@ def measure_candidates(
             own={u: [b.cpu() for b in own[u]] for u in uids[r:: world.size]},
             rand=[b.cpu() for b in rand], before_rand=tuple(float(x) for x in before_rand), lr=lr,
             has_reference=reference is not None,
+            contexts={u: _to_cpu(contexts[u]) for u in uids[r:: world.size] if u in contexts},
         )
         for r in range(world.size)
     ]
@@ -82,10 +94,7 @@ def _measure(
     share = _scatter(shares, world)
     if share.has_reference:
         reference = broadcast_tensor_dict(reference if world.leader else None, world, device)
-    out = {
-        uid: measure_update(model, update, share.lr, share.own[uid], share.rand, sequence_losses, share.before_rand)
-        for uid, update in share.updates.items()
-    }
+    out = {uid: _measure_one(model, uid, update, share) for uid, update in share.updates.items()}
     if share.has_reference and out:
         # the previous window's aggregate on the same sequences (scoring.lossscore.reference_t)
         ref_own, ref_rand = reference_losses(model, reference, share.lr, share.own, share.rand, sequence_losses)
@@ -94,6 +103,15 @@ def _measure(
     for part in gather_objects(out, world):
         merged.update(part)
     return dict(sorted(merged.items()))
+
+
+def _measure_one(model: torch.nn.Module, uid: int, update: SparseUpdate, share: EvalShare) -> LossMeasurement:
+    context = share.contexts.get(uid)
+    if context is None:
+        return measure_update(model, update, share.lr, share.own[uid], share.rand, sequence_losses, share.before_rand)
+    # the baseline is θ_w plus the context, so the "before" losses are measured under it too
+    with apply_sparse_temporarily(model, context, share.lr):
+        return measure_update(model, update, share.lr, share.own[uid], share.rand, sequence_losses)
 
 
 def _scatter(shares: list[EvalShare] | None, world: World) -> EvalShare:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from compression.sparse import SparseUpdate
 from neurons import metrics
 from neurons.checkpoint import CheckpointManifest, checkpoint_bytes
 from neurons.data import Assignments, assigned_batches, heldout_batches, random_batches
@@ -41,6 +42,7 @@ from neurons.node import (
     warn_if_excluded,
 )
 from neurons.parallel_eval import evaluate_handler, measure_candidates
+from neurons.stage_groups import data_uid, partner_update, stage_contexts, stage_group_problems
 from neurons.state import save_node_state
 from neurons.train import evaluate
 from neurons.verdicts import log_window, rejection_details, weights_line, window_verdicts
@@ -204,25 +206,45 @@ class Validator:
         self, w: int, fetched: dict[int, FetchedPayload], stage1: Stage1, miners: list[int],
         chosen: Collection[int] | None = None,
     ) -> dict[int, LossMeasurement]:
-        """Every candidate that passed stage 1 (of ``chosen`` when given), measured alone on θ_w
-        (then reverted), with per-sequence losses on its assigned data and on random data no
-        registered miner was given. Each update is measured at most at the window's median norm,
-        as the aggregate's clip would apply it: a larger step buys no larger LossScore
-        (``scoring.outliers``)."""
+        """Every candidate that passed stage 1 (of ``chosen`` when given), measured on θ_w (a
+        pipeline stage: on θ_w plus its group partners' updates), then reverted, with per-sequence
+        losses on its assigned data and on random data no registered miner was given. Each update
+        is measured at most at the window's median norm, as the aggregate's clip would apply it:
+        a larger step buys no larger LossScore (``scoring.outliers``)."""
         results = stage1.results
-        node, hp = self.node, self.node.hparams
-        t, n = hp.training, hp.scoring.eval_batches
-        given = Assignments(hp.seed, tuple(miners), t.inner_steps * t.batch_size)
-        rand = random_batches(self.shards, self.secret, w, n, t.batch_size, t.seq_len, exclude=given)
-        before_rand = sequence_losses(node.model, rand)
+        hp = self.node.hparams
         candidates = sorted(u for u, r in results.items() if r.passed and (chosen is None or u in chosen))
-        # a pipeline stage is measured on its group's data: stage 0's assignment (stage1 checked the claim)
-        own = {uid: assigned_batches(self.shards, hp.seed, data_uid(fetched[uid]), w, n, t.batch_size, t.seq_len)
-               for uid in candidates}
-        updates = {u: scaled_to(fetched[u].decoded.update, stage1.norms[u], stage1.typical.get(u)) for u in candidates}
-        # every rank of the node measures a share of the candidates (neurons.parallel_eval); with the
-        # previous window's aggregate as reference on the same sequences (scoring.lossscore.reference_t)
-        return measure_candidates(node.world, node.model, updates, hp.outer.outer_lr, own, rand, before_rand, self.reference)
+        contexts = stage_contexts(fetched, [u for u, r in results.items() if r.passed])
+        scaled = {u: scaled_to(fetched[u].decoded.update, stage1.norms[u], stage1.typical.get(u))
+                  for u in {*candidates, *(p for u in candidates for p in contexts.get(u, ()))}}
+        stages = [u for u in candidates if fetched[u].decoded.manifest.pipeline_stage is not None]
+        whole = [u for u in candidates if u not in stages]
+        given = Assignments(hp.seed, tuple(miners), hp.training.inner_steps * hp.training.batch_size)
+        # A stage carries part of a replica's update and so a smaller own-data edge: it is measured
+        # on more sequences (scoring.stage_eval_factor), next to its group partners' updates
+        # (neurons.stage_groups.stage_contexts), on its group's data (stage 0's assignment).
+        n = hp.scoring.eval_batches
+        measured = self.measure(w, fetched, {u: scaled[u] for u in whole}, n, given)
+        context = {u: partner_update(scaled, contexts[u]) for u in stages if u in contexts}
+        stage_n = n * hp.scoring.stage_eval_factor
+        return measured | self.measure(w, fetched, {u: scaled[u] for u in stages}, stage_n, given, context)
+
+    def measure(
+        self, w: int, fetched: dict[int, FetchedPayload], updates: dict[int, SparseUpdate], n: int,
+        given: Assignments, contexts: dict[int, SparseUpdate] | None = None,
+    ) -> dict[int, LossMeasurement]:
+        """``updates`` measured on ``n`` batches of each one's data uid's assignment and ``n``
+        random batches no registered miner was given. Every rank of the node measures a share
+        (neurons.parallel_eval), with the previous window's aggregate as reference on the same
+        sequences (scoring.lossscore.reference_t)."""
+        if not updates:
+            return {}
+        node, t = self.node, self.node.hparams.training
+        rand = random_batches(self.shards, self.secret, w, n, t.batch_size, t.seq_len, exclude=given)
+        own = {u: assigned_batches(self.shards, node.hparams.seed, data_uid(fetched[u]), w, n, t.batch_size, t.seq_len)
+               for u in updates}
+        return measure_candidates(node.world, node.model, updates, node.hparams.outer.outer_lr, own, rand,
+                                  sequence_losses(node.model, rand), self.reference, contexts)
 
     def maybe_set_weights(self, w: int, weights: dict[int, float]) -> WeightsOutcome:
         """Hand the window's weights to the schedule, which sets them when the chain allows."""
@@ -245,34 +267,6 @@ class Validator:
             pass
         except StorageError as exc:
             log.warning("%s could not publish checkpoint %d: %s", node.name, w, exc)
-
-
-def data_uid(payload: FetchedPayload) -> int:
-    """Whose assignment the payload was trained on: its own uid's, or its pipeline group's."""
-    claim = payload.decoded.manifest.pipeline_stage
-    return payload.uid if claim is None else claim.data_uid
-
-
-def stage_group_problems(fetched: dict[int, FetchedPayload], results: dict[int, Stage1Result]) -> dict[int, str]:
-    """uid -> why its pipeline-stage claim does not hold, for stages other than 0 still in the running.
-
-    A stage S > 0 trained on its group's data, the assignment of the group's stage 0 (``data_uid``).
-    The claim holds when that uid uploaded this window a stage-0 payload of the same group and
-    layout: otherwise any miner could name any uid's data as its own (and be measured on data
-    another miner trained on). Stage 0's own claim was checked by every reader (data_uid = uid)."""
-    problems = {}
-    for uid, f in sorted(fetched.items()):
-        claim = f.decoded.manifest.pipeline_stage if f.ok and results[uid].passed else None
-        if claim is None or claim.index == 0:
-            continue
-        lead = fetched.get(claim.data_uid)
-        lead_claim = lead.decoded.manifest.pipeline_stage if lead is not None and lead.ok else None
-        if lead_claim is None or (lead_claim.group, lead_claim.n_stages, lead_claim.index) != (
-            claim.group, claim.n_stages, 0
-        ):
-            problems[uid] = (f"claims stage {claim.index}/{claim.n_stages} of group {claim.group!r} on uid "
-                             f"{claim.data_uid}'s data, but uid {claim.data_uid} uploaded no stage 0 of that group")
-    return problems
 
 
 def _load_book(path) -> ScoreBook:

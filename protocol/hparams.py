@@ -84,6 +84,11 @@ class ScoringConfig(_Strict):
     loss_ema_alpha: float = Field(gt=0, le=1, default=0.3, description="EMA weight of a new LossScore")
     copy_overlap_threshold: float = Field(gt=0, le=1, default=0.9)
     eval_batches: int = Field(gt=0, default=2, description="batches per loss measurement")
+    stage_eval_factor: int = Field(
+        ge=1, le=8, default=2,
+        description="a pipeline stage is measured on this many times eval_batches: it carries part of a"
+        " replica's update, so a smaller own-data edge (docs/scoring.md, Pipeline stages)",
+    )
     windows_per_weights: int = Field(
         gt=0, default=1, description="wish; the chain's WeightsSetRateLimit decides (neurons.weights_schedule)"
     )

@@ -17,7 +17,9 @@ its combined Z and whether it was paid. Free-rider kinds:
 its stage 0 uid's assignment with ``pipeline.replica.PipelineReplica`` (the preset's pipeline
 boundary, adaptive by default; dense without a pipeline section), and each stage uploads the Δ
 of its own parameters through its own error feedback, as ``neurons.stage_miner`` does. Both enter
-the honest aggregate; the validator measures each on the group's data (stage 0's assignment).
+the honest aggregate; the validator measures each on the group's data (stage 0's assignment),
+next to its partner stage's update and on ``scoring.stage_eval_factor`` times the eval batches,
+as ``Validator.stage2`` does (``--stage-alone`` and ``--stage-eval-factor 1``: the earlier rule).
 Every upload is measured scaled down to the window's typical norm over its parameters
 (``scoring.outliers``), as ``Validator.stage2`` measures it.
 
@@ -57,7 +59,7 @@ from pipeline.subspace import SubspaceConstraint  # noqa: E402
 from protocol.acceptance import Stage1Result  # noqa: E402
 from protocol.hparams import Hparams, load_hparams  # noqa: E402
 from scoring.gauntlet import WindowEvidence, fold_t, score_window  # noqa: E402
-from scoring.lossscore import measure_update, reference_losses, sequence_losses  # noqa: E402
+from scoring.lossscore import apply_sparse_temporarily, measure_update, reference_losses, sequence_losses  # noqa: E402
 from scoring.outliers import scaled_to, typical_norms, update_norm  # noqa: E402
 from scoring.state import MinerRecord, ScoreBook  # noqa: E402
 from scoring.weights import GatePolicy, payment_gate  # noqa: E402
@@ -108,6 +110,8 @@ class Network:
     compressors: dict[int, ErrorFeedbackCompressor] = field(init=False)
     last_aggregate: dict[str, torch.Tensor] | None = None
     use_reference: bool = True  # the validator's reference update: the previous window's aggregate
+    stage_context: bool = True  # measure a stage with its partner stage's update applied first
+    stage_eval_factor: int = 2  # a stage is measured on this many times the eval batches
 
     def __post_init__(self) -> None:
         hp = self.hp
@@ -130,6 +134,10 @@ class Network:
     def data_uid(self, uid: int) -> int:
         """Whose assignment ``uid`` trains: a stage 1 its group's stage 0's, anyone else its own."""
         return uid - 1 if self.kinds[uid] == "stage1" else uid
+
+    def partner(self, uid: int) -> int | None:
+        """The other stage of ``uid``'s group, None for a full miner."""
+        return {"stage0": uid + 1, "stage1": uid - 1}.get(self.kinds[uid])
 
     def batches(self, uid: int, w: int, n: int) -> list[torch.Tensor]:
         t = self.hp.training
@@ -176,18 +184,33 @@ class Network:
         hp, t = self.hp, self.hp.training
         given = Assignments(self.data_seed, tuple(self.kinds), t.inner_steps * t.batch_size)
         n = hp.scoring.eval_batches
+        stage_n = n * self.stage_eval_factor  # a stage's data: more sequences for its smaller signal
         rand = random_batches(self.shards, self.secret, w, n, t.batch_size, t.seq_len, exclude=given)
+        rand_stage = rand if stage_n == n else random_batches(self.shards, self.secret, w, stage_n, t.batch_size,
+                                                               t.seq_len, exclude=given)
         before = sequence_losses(self.model, rand)
-        own = {uid: self.batches(self.data_uid(uid), w, n) for uid in sorted(uploads)}
+        before_stage = before if stage_n == n else sequence_losses(self.model, rand_stage)
+        stages = {u for u in uploads if self.partner(u) is not None}
+        own = {uid: self.batches(self.data_uid(uid), w, stage_n if uid in stages else n) for uid in sorted(uploads)}
         norms, typical = {u: update_norm(up) for u, up in uploads.items()}, typical_norms(uploads)
         ratios = {u: norms[u] / typical[u] if typical.get(u) else None for u in uploads}
-        out = {uid: measure_update(self.model, scaled_to(up, norms[uid], typical.get(uid)), hp.outer.outer_lr,
-                                   own[uid], rand, sequence_losses, before)
-               for uid, up in sorted(uploads.items())}
+        scaled = {uid: scaled_to(up, norms[uid], typical.get(uid)) for uid, up in uploads.items()}
+        out = {}
+        for uid in sorted(uploads):
+            partner = self.partner(uid) if self.stage_context else None
+            r, b = (rand_stage, before_stage) if uid in stages else (rand, before)
+            if partner in scaled:  # θ_w + the partner's Δ is the baseline; the stage's Δ goes on top
+                with apply_sparse_temporarily(self.model, scaled[partner], hp.outer.outer_lr):
+                    out[uid] = measure_update(self.model, scaled[uid], hp.outer.outer_lr, own[uid], r,
+                                              sequence_losses)
+            else:
+                out[uid] = measure_update(self.model, scaled[uid], hp.outer.outer_lr, own[uid], r,
+                                          sequence_losses, b)
         if self.use_reference and self.last_aggregate is not None:
-            ref_own, ref_rand = reference_losses(self.model, self.last_aggregate, hp.outer.outer_lr, own, rand,
-                                                 sequence_losses)
-            out = {uid: m.with_reference(ref_own[uid], ref_rand) for uid, m in out.items()}
+            for group, r in ((set(uploads) - stages, rand), (stages, rand_stage)):
+                ref_own, ref_rand = reference_losses(self.model, self.last_aggregate, hp.outer.outer_lr,
+                                                     {u: own[u] for u in group}, r, sequence_losses)
+                out |= {uid: out[uid].with_reference(ref_own[uid], ref_rand) for uid in group}
         return out, ratios
 
     def step(self, honest: list[SparseUpdate]) -> None:
@@ -196,8 +219,10 @@ class Network:
 
 
 def run_seed(hp: Hparams, shards: TokenShards, seed: int, windows: int, kinds: dict[int, str],
-             use_reference: bool = True) -> list[dict]:
-    net, book, rows = Network(hp, shards, seed, kinds, use_reference=use_reference), ScoreBook(), []
+             use_reference: bool = True, stage_context: bool = True, stage_eval_factor: int = 2) -> list[dict]:
+    net = Network(hp, shards, seed, kinds, use_reference=use_reference, stage_context=stage_context,
+                  stage_eval_factor=stage_eval_factor)
+    book, rows = ScoreBook(), []
     for w in range(windows):
         uploads, honest = net.uploads(w, switch=windows // 2)
         measured, ratios = net.measure(w, uploads)
@@ -308,12 +333,14 @@ def replay(rows: list[dict], windows: int, threshold: float, decay: float, alpha
 
 
 def calibrate(hp: Hparams, shards: TokenShards, seeds: int, windows: int, kinds: dict[int, str],
-              use_reference: bool = True) -> dict:
-    rows = [row for s in range(seeds) for row in run_seed(hp, shards, s, windows, kinds, use_reference)]
+              use_reference: bool = True, stage_context: bool = True, stage_eval_factor: int = 2) -> dict:
+    rows = [row for s in range(seeds)
+            for row in run_seed(hp, shards, s, windows, kinds, use_reference, stage_context, stage_eval_factor)]
     alpha = hp.scoring.loss_ema_alpha
     out = {"hparams": hp.name, "seeds": seeds, "windows": windows, "kinds": {str(u): k for u, k in kinds.items()},
            "evidence_threshold": hp.scoring.evidence_threshold, "evidence_decay": hp.scoring.evidence_decay,
-           "reference": "previous_aggregate" if use_reference else "none"}
+           "reference": "previous_aggregate" if use_reference else "none", "stage_context": stage_context,
+           "stage_eval_factor": stage_eval_factor}
     out.update(summarize(rows, windows))
     out["sweep"] = [replay(rows, windows, th, d, alpha) for d in SWEEP_DECAYS for th in SWEEP_THRESHOLDS]
     out["per_window"] = rows
@@ -340,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, default=0, help="honest 2-stage pipeline groups (two uids each)")
     parser.add_argument("--no-reference", action="store_true",
                         help="plain Welch t, without the previous aggregate as the reference update")
+    parser.add_argument("--stage-alone", action="store_true",
+                        help="measure each stage alone on θ_w (the rule before 2026-11-30), not next to its partner")
+    parser.add_argument("--stage-eval-factor", type=int, default=None,
+                        help="measure a stage on this many times eval_batches (default: the preset's scoring.stage_eval_factor)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", type=Path, default=Path(".tessera/data-cache"), help="embedded corpus cache")
     parser.add_argument("--corpus-chars", type=int, default=DEFAULT_MAX_CHARS, help="embedded corpus size (tests)")
@@ -350,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     hp = load_hparams(args.hparams)
     shards = TokenShards(ensure_embedded_data(args.data_dir, hp.model.vocab_size, args.corpus_chars))
     result = calibrate(hp, shards, args.seeds, args.windows, parse_kinds(args.honest, args.free_riders, args.groups),
-                       use_reference=not args.no_reference)
+                       use_reference=not args.no_reference, stage_context=not args.stage_alone,
+                       stage_eval_factor=args.stage_eval_factor or hp.scoring.stage_eval_factor)
     result["seconds"] = round(time.time() - started, 1)
     if args.json:
         print(json.dumps(result))

@@ -87,7 +87,8 @@ def _miner_windows(model, hp, world: World) -> list[bytes]:
 
 
 def _stage2(model, hp, world: World) -> dict:
-    """Three candidates' measurements (and LossScores) on θ with a reference update."""
+    """Three candidates' measurements (and LossScores) on θ with a reference update; uid 9 is
+    measured next to uid 4's update (a pipeline stage's partner)."""
     g = torch.Generator().manual_seed(7)
     t = hp.training
     params = dict(model.named_parameters())
@@ -103,7 +104,8 @@ def _stage2(model, hp, world: World) -> dict:
     rand = list(torch.randint(0, hp.model.vocab_size, (2, 4, t.seq_len), generator=g).unbind(0))
     reference = {n: torch.randn(p.shape, generator=g) * 1e-3 for n, p in params.items()}
     before = sequence_losses(model, rand)
-    measured = measure_candidates(world, model, updates, hp.outer.outer_lr, own, rand, before, reference)
+    measured = measure_candidates(world, model, updates, hp.outer.outer_lr, own, rand, before, reference,
+                                  contexts={9: updates[4]})
     return {uid: (m, loss_score(m)) for uid, m in measured.items()}
 
 

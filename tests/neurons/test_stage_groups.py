@@ -1,12 +1,16 @@
-"""The validator's check of pipeline-group claims (``stage_group_problems``) and whose data a
-payload is measured on (``data_uid``), on hand-built fetch results: a stage S > 0 counts only
-when its lead (the claim's ``data_uid``) uploaded this window's stage 0 of the same group."""
+"""The validator's check of pipeline-group claims (``stage_group_problems``), whose data a
+payload is measured on (``data_uid``) and next to which partners (``stage_contexts``), on
+hand-built fetch results: a stage S > 0 counts only when its lead (the claim's ``data_uid``)
+uploaded this window's stage 0 of the same group."""
 
 from __future__ import annotations
 
+import torch
+
 from compression import DecodedPayload, PayloadManifest, StageClaim
+from compression.sparse import SparseTensor
 from neurons.fetch import FetchedPayload
-from neurons.validator import data_uid, stage_group_problems
+from neurons.stage_groups import data_uid, partner_update, stage_contexts, stage_group_problems
 from protocol.acceptance import RejectReason, Stage1Result
 
 LEAD, SECOND, THIRD = 10, 11, 12
@@ -115,3 +119,51 @@ def test_data_uid_is_the_claims_lead_for_stages_and_the_own_uid_otherwise():
     assert data_uid(fetched(SECOND, stage(1))) == LEAD
     assert data_uid(fetched(LEAD, stage(0))) == LEAD
     assert data_uid(fetched(THIRD)) == THIRD
+
+
+# --- stage_contexts: which partners' updates a stage is measured next to ---------------------------
+
+def contexts(*payloads: FetchedPayload, passed: set[int] | None = None) -> dict[int, tuple[int, ...]]:
+    window = {p.uid: p for p in payloads}
+    return stage_contexts(window, passed if passed is not None else {u for u, p in window.items() if p.ok})
+
+
+def test_each_stage_of_a_group_is_measured_next_to_the_others_and_full_miners_alone():
+    assert contexts(fetched(LEAD, stage(0)), fetched(SECOND, stage(1)), fetched(THIRD)) == {
+        LEAD: (SECOND,), SECOND: (LEAD,)}
+    three = [fetched(LEAD, stage(0, n_stages=3)), fetched(SECOND, stage(1, n_stages=3)),
+             fetched(THIRD, stage(2, n_stages=3))]
+    assert contexts(*three) == {LEAD: (SECOND, THIRD), SECOND: (LEAD, THIRD), THIRD: (LEAD, SECOND)}
+
+
+def test_a_stage_whose_partners_did_not_pass_is_measured_alone():
+    assert contexts(fetched(LEAD, stage(0)), fetched(SECOND, stage(1)), passed={LEAD}) == {}
+    assert contexts(fetched(LEAD, stage(0)), missing(SECOND)) == {}
+
+
+def test_a_crowded_index_is_nobodys_partner_so_a_claimant_cannot_choose_an_honest_stages_baseline():
+    """Two uploads claim stage 1 of LEAD's group: stage 0 is measured alone, and each claimant of
+    stage 1 next to stage 0 only (what it adds on top of stage 0's update is still its own)."""
+    found = contexts(fetched(LEAD, stage(0)), fetched(SECOND, stage(1)), fetched(THIRD, stage(1)))
+    assert found == {SECOND: (LEAD,), THIRD: (LEAD,)}
+
+
+def test_groups_are_told_apart_by_name_size_and_lead():
+    window = [fetched(LEAD, stage(0)), fetched(SECOND, stage(1)),
+              fetched(20, stage(0, lead=20, group="grp-2")), fetched(21, stage(1, lead=20, group="grp-2")),
+              fetched(22, stage(1, lead=20, group="grp-1")),  # grp-1's name on grp-2's lead: its own group
+              fetched(23, stage(1, n_stages=3))]  # a 3-stage group on LEAD: no stage 0 of that size
+    assert contexts(*window) == {LEAD: (SECOND,), SECOND: (LEAD,), 20: (21,), 21: (20,)}
+
+
+def test_a_stage_0_naming_another_uids_data_leads_no_group():
+    # every reader refuses it (protocol.acceptance.stage_part); were it ever passed, it is nobody's lead
+    assert contexts(fetched(THIRD, stage(0, lead=LEAD)), fetched(SECOND, stage(1))) == {}
+
+
+def test_partner_update_joins_disjoint_updates_and_keeps_the_first_of_a_name_named_twice():
+    a = {"layers.0.w": SparseTensor((4,), torch.tensor([0]), torch.tensor([1.0]))}
+    b = {"layers.1.w": SparseTensor((4,), torch.tensor([1]), torch.tensor([2.0]))}
+    c = {"layers.1.w": SparseTensor((4,), torch.tensor([2]), torch.tensor([3.0]))}
+    assert partner_update({1: a, 2: b, 3: c}, (1, 2)) == a | b
+    assert partner_update({1: a, 2: b, 3: c}, (2, 3))["layers.1.w"] is b["layers.1.w"]

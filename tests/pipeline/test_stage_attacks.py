@@ -26,8 +26,8 @@ import torch
 from compression import DecodedPayload, PayloadManifest, StageClaim
 from compression.sparse import SparseTensor
 from neurons.fetch import FetchedPayload
+from neurons.stage_groups import data_uid, stage_group_problems
 from neurons.stage_miner import hello_problem
-from neurons.validator import data_uid, stage_group_problems
 from pipeline import transport
 from pipeline.codec import Boundary
 from pipeline.group import WindowOutcome, run_window

@@ -59,6 +59,12 @@ def test_a_group_uploads_its_two_stages_and_both_are_measured_on_stage_0s_data(t
     assert len(honest) == 4  # both stages are in the aggregate next to the two full miners
     measured, ratios = net.measure(0, uploads)
     assert set(measured) == set(ratios) == {1, 2, 3, 4, 5} and all(r is not None and r > 0 for r in ratios.values())
+    # as the validator's stage 2: each stage next to its partner's update, on twice the sequences
+    assert len(measured[5].own_before) == len(measured[4].own_before) == 2 * len(measured[1].own_before)
+    assert measured[5].own_before != measured[4].own_before  # different partners applied before
+    alone = Network(hp, shards, 0, kinds, stage_context=False, stage_eval_factor=1)
+    uploads, _ = alone.uploads(0, switch=1)
+    measured, _ = alone.measure(0, uploads)
     assert measured[5].own_before == measured[4].own_before != measured[1].own_before  # the group's data: stage 0's
     # a boosted upload is measured at the window's typical norm, as the validator's stage 2 measures it
     boosted = {n: SparseTensor(t.shape, t.indices, t.values * 3) for n, t in uploads[1].items()}
