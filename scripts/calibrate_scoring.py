@@ -11,7 +11,10 @@ its combined Z and whether it was paid. Free-rider kinds:
 - ``wrong_data``: honest training, on data it was not assigned;
 - ``prev_aggregate``: re-uploads the last applied aggregate (nothing in window 0);
 - ``late_mean_copy``: uploads the mean of this window's honest uploads;
-- ``turncoat``: honest for the first half of the windows, then ``prev_aggregate``.
+- ``turncoat``: honest for the first half of the windows, then ``prev_aggregate``;
+- ``stage_rider`` (``--stage-riders N``, with ``--groups``): claims stage 1 of a group (its data
+  and layers) and uploads the last aggregate's stage-1 part. The group's stage 1 is then crowded:
+  stage 0 is measured alone, each stage-1 claimant next to stage 0.
 
 ``--groups N`` adds N honest 2-stage pipeline groups (uids ``stage0``, ``stage1``): each trains
 its stage 0 uid's assignment with ``pipeline.replica.PipelineReplica`` (the preset's pipeline
@@ -39,6 +42,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +125,9 @@ class Network:
         self.trainers = {u: InnerTrainer(build_model(hp.model, hp.seed), hp.training, "cpu") for u in trains}
         self.compressors = {u: self.compressor() for u in trains}
         self.groups = {u: StageGroup(hp) for u, k in self.kinds.items() if k == "stage0"}
+        riders = [u for u, k in self.kinds.items() if k == "stage_rider"]
+        leads = sorted(self.groups)
+        self.rider_leads = {u: leads[i % len(leads)] for i, u in enumerate(riders)}
         self.secret = f"calibrate-scoring-secret-{self.seed}".encode()
 
     @property
@@ -131,13 +138,28 @@ class Network:
         c = self.hp.codec
         return ErrorFeedbackCompressor(self.shapes, chunk_size=c.chunk_size, topk_per_chunk=c.topk_per_chunk, beta=c.ef_beta)
 
-    def data_uid(self, uid: int) -> int:
-        """Whose assignment ``uid`` trains: a stage 1 its group's stage 0's, anyone else its own."""
-        return uid - 1 if self.kinds[uid] == "stage1" else uid
+    def claim(self, uid: int) -> tuple[int, int] | None:
+        """(stage 0's uid, stage index) that ``uid``'s payload claims, None for a whole-model one."""
+        kind = self.kinds[uid]
+        if kind == "stage0":
+            return uid, 0
+        if kind == "stage1":
+            return uid - 1, 1
+        return (self.rider_leads[uid], 1) if kind == "stage_rider" else None
 
-    def partner(self, uid: int) -> int | None:
-        """The other stage of ``uid``'s group, None for a full miner."""
-        return {"stage0": uid + 1, "stage1": uid - 1}.get(self.kinds[uid])
+    def data_uid(self, uid: int) -> int:
+        """Whose assignment ``uid`` trains (or claims to): a stage its group's stage 0's, anyone else its own."""
+        claim = self.claim(uid)
+        return uid if claim is None else claim[0]
+
+    def partner(self, uid: int, present: Collection[int]) -> int | None:
+        """The one upload of the other index of ``uid``'s group, as ``neurons.stage_groups.stage_contexts``
+        picks it (a crowded index is nobody's partner)."""
+        claim = self.claim(uid)
+        if claim is None:
+            return None
+        others = [u for u in present if (c := self.claim(u)) is not None and c[0] == claim[0] and c[1] != claim[1]]
+        return others[0] if len(others) == 1 else None
 
     def batches(self, uid: int, w: int, n: int) -> list[torch.Tensor]:
         t = self.hp.training
@@ -155,7 +177,10 @@ class Network:
 
     def as_payload(self, dense: dict[str, torch.Tensor]) -> SparseUpdate:
         """A dense update sent through the codec, as a free-rider would have to send it."""
-        return decode_message(self.compressor().compress(dense))
+        c = self.hp.codec
+        codec = ErrorFeedbackCompressor({n: self.shapes[n] for n in dense}, chunk_size=c.chunk_size,
+                                        topk_per_chunk=c.topk_per_chunk, beta=c.ef_beta)
+        return decode_message(codec.compress(dense))
 
     def uploads(self, w: int, switch: int) -> tuple[dict[int, SparseUpdate], list[SparseUpdate]]:
         """Every miner's upload of window ``w`` and the honest ones (what gets aggregated)."""
@@ -175,6 +200,9 @@ class Network:
                 out[uid] = self.as_payload(aggregate(honest, self.shapes))
             elif kind in ("prev_aggregate", "turncoat") and uid not in out and self.last_aggregate is not None:
                 out[uid] = self.as_payload(self.last_aggregate)
+            elif kind == "stage_rider" and self.last_aggregate is not None:
+                names = set(out[self.rider_leads[uid] + 1])  # stage 1's parameters
+                out[uid] = self.as_payload({n: d for n, d in self.last_aggregate.items() if n in names})
         return out, honest
 
     def measure(self, w: int, uploads: dict[int, SparseUpdate]) -> tuple[dict, dict[int, float | None]]:
@@ -190,14 +218,14 @@ class Network:
                                                                t.seq_len, exclude=given)
         before = sequence_losses(self.model, rand)
         before_stage = before if stage_n == n else sequence_losses(self.model, rand_stage)
-        stages = {u for u in uploads if self.partner(u) is not None}
+        stages = {u for u in uploads if self.claim(u) is not None}
         own = {uid: self.batches(self.data_uid(uid), w, stage_n if uid in stages else n) for uid in sorted(uploads)}
         norms, typical = {u: update_norm(up) for u, up in uploads.items()}, typical_norms(uploads)
         ratios = {u: norms[u] / typical[u] if typical.get(u) else None for u in uploads}
         scaled = {uid: scaled_to(up, norms[uid], typical.get(uid)) for uid, up in uploads.items()}
         out = {}
         for uid in sorted(uploads):
-            partner = self.partner(uid) if self.stage_context else None
+            partner = self.partner(uid, uploads) if self.stage_context else None
             r, b = (rand_stage, before_stage) if uid in stages else (rand, before)
             if partner in scaled:  # θ_w + the partner's Δ is the baseline; the stage's Δ goes on top
                 with apply_sparse_temporarily(self.model, scaled[partner], hp.outer.outer_lr):
@@ -347,13 +375,16 @@ def calibrate(hp: Hparams, shards: TokenShards, seeds: int, windows: int, kinds:
     return out
 
 
-def parse_kinds(honest: int, riders: str, groups: int = 0) -> dict[int, str]:
-    """uid -> kind: honest miners from uid 1, then the free-riders, then each group's stage 0, stage 1."""
+def parse_kinds(honest: int, riders: str, groups: int = 0, stage_riders: int = 0) -> dict[int, str]:
+    """uid -> kind: honest miners from uid 1, then the free-riders, then each group's stage 0, stage 1,
+    then the stage riders (each claims stage 1 of a group, in turn)."""
+    if stage_riders and not groups:
+        raise SystemExit("--stage-riders needs --groups: a stage rider claims stage 1 of a group")
     names = [k for k in riders.split(",") if k]
     unknown = set(names) - set(FREE_RIDERS)
     if unknown:
         raise SystemExit(f"unknown free-rider kind(s): {sorted(unknown)}; known: {', '.join(FREE_RIDERS)}")
-    names += [kind for _ in range(groups) for kind in STAGE_KINDS]
+    names += [kind for _ in range(groups) for kind in STAGE_KINDS] + ["stage_rider"] * stage_riders
     return {u: "honest" for u in range(1, honest + 1)} | {honest + 1 + i: k for i, k in enumerate(names)}
 
 
@@ -367,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, default=0, help="honest 2-stage pipeline groups (two uids each)")
     parser.add_argument("--no-reference", action="store_true",
                         help="plain Welch t, without the previous aggregate as the reference update")
+    parser.add_argument("--stage-riders", type=int, default=0,
+                        help="free-riders that each claim stage 1 of a group and upload the last aggregate's"
+                        " stage-1 part (the honest stage 1 is then not the only claimant)")
     parser.add_argument("--stage-alone", action="store_true",
                         help="measure each stage alone on θ_w (the rule before 2026-11-30), not next to its partner")
     parser.add_argument("--stage-eval-factor", type=int, default=None,
@@ -380,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     hp = load_hparams(args.hparams)
     shards = TokenShards(ensure_embedded_data(args.data_dir, hp.model.vocab_size, args.corpus_chars))
-    result = calibrate(hp, shards, args.seeds, args.windows, parse_kinds(args.honest, args.free_riders, args.groups),
+    result = calibrate(hp, shards, args.seeds, args.windows, parse_kinds(args.honest, args.free_riders, args.groups, args.stage_riders),
                        use_reference=not args.no_reference, stage_context=not args.stage_alone,
                        stage_eval_factor=args.stage_eval_factor or hp.scoring.stage_eval_factor)
     result["seconds"] = round(time.time() - started, 1)

@@ -84,3 +84,24 @@ def test_groups_enter_the_json_as_stage_kinds(tmp_path: Path):
     assert set(result["sweep"][0]["stage_unpaid_pct"]) == {"stage0", "stage1"}
     stages = [m for r in result["per_window"] for m in r["miners"].values() if m["kind"] in ("stage0", "stage1")]
     assert len(stages) == 4 and all(-4.0 <= m["t"] <= 4.0 and m["norm_ratio"] > 0 for m in stages)
+
+
+def test_a_stage_rider_claims_stage_1_of_a_group_and_crowds_that_index(tmp_path: Path):
+    """The free-rider the stage contexts are built against: it claims the group's data and stage 1's
+    layers and uploads the last aggregate's stage-1 part. Stage 1 then has two claimants, so stage 0
+    is measured alone and each claimant next to stage 0 (neurons.stage_groups.stage_contexts)."""
+    with pytest.raises(SystemExit, match="needs --groups"):
+        parse_kinds(1, "", groups=0, stage_riders=1)
+    hp = load_hparams(str(pipeline_hparams(tmp_path / "h.json")))
+    shards = TokenShards(ensure_embedded_data(tmp_path / "data", hp.model.vocab_size, 150000))
+    kinds = parse_kinds(1, "", groups=1, stage_riders=1)
+    assert kinds == {1: "honest", 2: "stage0", 3: "stage1", 4: "stage_rider"}
+    net = Network(hp, shards, 0, kinds)
+    assert net.claim(4) == (2, 1) and net.data_uid(4) == 2 and net.claim(1) is None
+    uploads, honest = net.uploads(0, switch=1)
+    assert 4 not in uploads and len(honest) == 3  # nothing to re-upload in window 0; riders never aggregate
+    assert net.partner(2, uploads) == 3 and net.partner(3, uploads) == 2 and net.partner(1, uploads) is None
+    net.step(honest)
+    uploads, honest = net.uploads(1, switch=1)
+    assert set(uploads[4]) == set(uploads[3]) and len(honest) == 3
+    assert net.partner(2, uploads) is None and net.partner(3, uploads) == net.partner(4, uploads) == 2
