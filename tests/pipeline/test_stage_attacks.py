@@ -318,11 +318,11 @@ def test_a_neighbour_answering_just_inside_the_deadline_cannot_stretch_the_windo
     neighbour answering each one just inside --pipeline.timeout would hold the stage for about
     (H x (micro-batches + 1) + 2) x timeout: several windows. The window's deadline ends it."""
     worker = _worker(copy.deepcopy(small_model), 1)
-    timeout = 0.3
+    timeout = window = 1.0  # stretched: (2 x 3 + 2) messages x 0.8 s = 6.4 s; a loaded 2-core CI box
     outcome, seconds = _against(worker, 1, _fake_upstream(1.0, 0.0, delay=0.8 * timeout), timeout=timeout,
-                                window_seconds=2 * timeout)
+                                window_seconds=window)  # took 1.2 s at a 0.6 s window once, so 2 s of slack
     assert not outcome.trained and "time is up" in outcome.reason
-    assert seconds < 3 * timeout, f"the window took {seconds:.1f} s ({outcome.trained=}) at a {timeout} s timeout"
+    assert seconds < window + 2.0, f"the window took {seconds:.1f} s ({outcome.trained=}) at a {window} s deadline"
 
 
 # --- the window's boundary basis -------------------------------------------------------------
