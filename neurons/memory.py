@@ -13,20 +13,38 @@ What is counted (bytes per device; P parameters, computed from the preset's shap
   ``neurons.distributed.ordered_sum_`` ((N + 2) × 2^21 values: the gathered parts, this rank's
   slice, the sum; only when N > 1).
 - validator (stage 2 is forward only): fp32 θ 4P, the reference aggregate 4P, the saved θ while
-  a dense update is applied 4P, the outer step's dense aggregate 4P → 16P; plus one evaluation
-  batch's logits (``batch_size`` rows: stage 2 evaluates whole batches).
-- activations per token and layer, in elements: 10·h + 3·kv + 4·i (norm inputs/outputs with
-  their fp32 upcast, q/k/v and the rotated q/k, attention output, the SwiGLU's gate, up, silu
-  and product), times 2 bytes under bf16 autocast (training on CUDA) or 4 (CPU, and stage 2's
-  fp32 evaluation); CPU attention also keeps the s×s probabilities per head. Logits: 10 bytes per
-  token and vocabulary entry under autocast (bf16 logits, their fp32 copy, the log-softmax), 8 in
-  fp32. With activation checkpointing only each
-  layer's input (h) stays, plus one layer recomputed at a time.
+  a dense update is applied 4P, the outer step's dense aggregate 4P → 16P; plus one fp32
+  evaluation batch's peak (``batch_size`` rows: stage 2 evaluates whole batches): its logits and
+  log-probabilities (8 bytes per token and vocabulary entry) or one layer's values, the larger.
+- on CUDA, 64 MiB of cuBLAS workspaces that stay allocated (``CUDA_WORKSPACE_BYTES``).
+- activations kept for the backward, per token and layer, in bytes (what autograd saves, counted
+  with ``torch.autograd.graph.saved_tensors_hooks`` and the profiler's memory timeline on narrow
+  copies of the 150M preset; docs/hardware.md, "What the count holds"). Under bf16 autocast (the
+  miner's training on CUDA): ``30h + 4kv + 8i + 4·heads + 8`` — each RMSNorm keeps its fp32 input,
+  its fp32 normalised value and 1/rms (8h + 4); autocast casts a norm's output to bf16 once per
+  projection that reads it (q, k, v; gate, up: 10h); attention keeps q, k, v and its output in bf16
+  and a fp32 log-sum-exp per head (4h + 4kv + 4·heads; k and v at kv width: transformers passes
+  ``enable_gqa`` to sdpa, no repeated heads); the SwiGLU keeps gate, silu, up and their product
+  (8i). In fp32 (no autocast: CPU, pipeline stages): ``32h + 8kv + 16i + 4·heads + 8`` (the norms'
+  fp32 outputs instead of the bf16 casts). On CUDA in fp32 with fewer kv heads than heads, sdpa
+  runs its MATH kernel, which keeps the s×s probabilities per head (4·heads·s), q, the repeated k
+  and v and a copy of the output: ``40h + 16i + 4·heads·s + 8``. The residual stream is fp32
+  either way (the embedding is), so a checkpointed layer keeps 4h.
+- logits: the peak is the log-softmax's backward, 12 bytes per token and vocabulary entry (the
+  fp32 log-probabilities, the gradient into them and the gradient out); the final norm and the LM
+  head's input add 10h (bf16) or 12h (fp32) per token. Under autocast the LM head and every
+  layer's projections also keep bf16 copies of their weights (2 bytes per matrix entry).
+- a pipeline stage (GPipe, ``pipeline.worker``: fp32, no autocast) keeps every micro-batch's
+  activations until the backwards, the last stage also each micro-batch's logits and
+  log-probabilities (8 bytes per token and vocabulary entry), plus once the backward's 8 (or,
+  through the MATH kernel, a layer's attention transients, 12 bytes per head and position).
 - ``sharded`` (FSDP2 ``fully_shard``; *not built*, for planning): the 24P of the miner divided by
   N, plus two layers gathered in full, plus the same activations.
 
-These are estimates from shapes (docs/hardware.md marks them "computed"); they ignore the
-allocator's fragmentation and CUDA's own context, hence ``HEADROOM`` (measured on CPU).
+These are counts from shapes (docs/hardware.md marks them "computed"); they ignore the allocator's
+fragmentation, hence ``HEADROOM`` (measured on CPU and on one H200). The 24P keeps the gradients
+although a one-micro-batch step has none yet at its peak (the first op of the backward): with
+more micro-batches they exist, and at 150M they are 0.6 GiB.
 """
 
 from __future__ import annotations
@@ -44,10 +62,17 @@ from protocol.layers import split_layers
 
 GIB = 1024**3
 # What the allocator holds beyond the live tensors counted here. CPU: measured, the tiny miner's
-# window grows the process's peak RSS by 1.9-2.2x the computed bytes (glibc keeps freed blocks;
-# `tessera memory --hparams tiny --device cpu --measure`). CUDA: not measured (no GPU in this
-# task); the caching allocator's fragmentation plus the CUDA context, assumed 20 %.
+# window grows the process's peak RSS by 1.6-2.0x the computed bytes (glibc keeps freed blocks;
+# `tessera memory --hparams tiny --device cpu --measure`, 5 runs). CUDA: measured on one H200
+# (torch 2.11, scripts/device_memory_probe.py): the caching allocator's reserved peak is 1.03-1.05x
+# the allocated peak at 150M and 1.10-1.23x at tiny, and the count is within 1 % of the allocated peak
+# (150M window +0.4 %, tiny -0.3 %). 1.2 keeps the margin for what one machine did not show: other
+# shapes' fragmentation, and other torch/transformers versions choosing other attention kernels.
 HEADROOM = {"cpu": 2.5, "cuda": 1.20}
+# What the caching allocator still holds after a warm-up forward/backward was freed and the cache
+# emptied, on CUDA: 67,108,864 bytes on an H200 with torch 2.11 (scripts/device_memory_probe.py,
+# "after-warm-up"), the size of two 32 MiB cuBLAS workspaces (the forward's thread and autograd's).
+CUDA_WORKSPACE_BYTES = 64 << 20
 GATHER_BUCKET = 1 << 21  # neurons.distributed.GATHER_BUCKET (kept equal by a test)
 MINER_STATE_BYTES = 24  # per parameter, replicated miner
 VALIDATOR_STATE_BYTES = 16  # per parameter
@@ -71,7 +96,7 @@ class MemoryEstimate:
     params: int
     state_bytes: int  # weights, gradients, optimizer, window buffers
     activation_bytes: int  # kept for the backward (miner) or one evaluation batch (validator)
-    buffer_bytes: int  # collectives' scratch
+    buffer_bytes: int  # collectives' scratch, CUDA's cuBLAS workspaces
 
     @property
     def total_bytes(self) -> int:
@@ -107,29 +132,94 @@ def stage_param_count(m: ModelConfig, start: int, stop: int) -> int:
     return (stop - start) * _layer_params(m) + (table if first else 0) + (table + m.hidden_size if last else 0)
 
 
+def _kv_width(m: ModelConfig) -> int:
+    return m.num_kv_heads * (m.hidden_size // m.num_heads)
+
+
+def math_attention(m: ModelConfig, device: str, autocast: bool) -> bool:
+    """Whether sdpa falls back to its composite MATH kernel: CUDA in fp32 with fewer kv heads than
+    heads (no fused kernel takes fp32 with ``enable_gqa``; torch 2.11 on an H200 picks MATH, where
+    bf16 gets cuDNN and fp32 without GQA the memory-efficient kernel). CPU's flash kernel takes both."""
+    return device.startswith("cuda") and not autocast and m.num_kv_heads < m.num_heads
+
+
+def layer_bytes(m: ModelConfig, autocast: bool, seq_len: int = 0, math: bool = False) -> int:
+    """Bytes one decoder layer keeps for the backward, per token (see the module's notes); ``math``:
+    attention by the MATH kernel (fp32 only), which keeps the s×s probabilities per head, q, the
+    repeated k and v and a copy of its output instead of q, k, v, the output and the log-sum-exp."""
+    h, i, kv, heads = m.hidden_size, m.intermediate_size, _kv_width(m), m.num_heads
+    norms = 2 * (8 * h + 4)  # two RMSNorms: fp32 input and normalised value, 1/rms
+    if autocast:  # bf16 casts of the norms' outputs (q, k, v, gate, up); q, k, v, output, fp32 lse; the SwiGLU
+        return norms + 5 * 2 * h + 2 * (2 * h + 2 * kv) + 4 * heads + 4 * 2 * i
+    attention = 4 * (4 * h + heads * seq_len) if math else 4 * (2 * h + 2 * kv + heads)
+    return norms + 2 * 4 * h + attention + 4 * 4 * i  # the norms' fp32 outputs, attention, the SwiGLU
+
+
+LOGIT_BYTES = 12  # per token and vocabulary entry at the log-softmax's backward (fp32 log-probs, two gradients)
+
+
+def _head_bytes(m: ModelConfig, autocast: bool) -> int:
+    """Per token: the final norm (8h + 4) and the LM head's input (bf16 cast or fp32 norm output)."""
+    return 8 * m.hidden_size + 4 + (2 if autocast else 4) * m.hidden_size
+
+
+def _matrix_params(m: ModelConfig, layers: int, head: bool) -> int:
+    """Matrix entries of ``layers`` layers' projections and, with ``head``, the LM head: what bf16
+    autocast keeps a cast copy of for the backward (the embedding lookup is not cast)."""
+    kv, h, i = _kv_width(m), m.hidden_size, m.intermediate_size
+    return layers * (2 * h * h + 2 * h * kv + 3 * h * i) + (m.vocab_size * h if head else 0)
+
+
 def activation_bytes(
     m: ModelConfig, rows: int, seq_len: int, device: str, checkpointing: bool, backward: bool,
-    layers: int | None = None, with_logits: bool = True,
+    layers: int | None = None, with_logits: bool = True, autocast: bool | None = None,
 ) -> int:
-    """Bytes held for one forward of ``rows`` × ``seq_len`` (kept for the backward if ``backward``)
-    through ``layers`` layers (default all), with the logits unless ``with_logits`` is False (a
-    pipeline stage before the last). Training autocasts to bf16 on CUDA; evaluation (stage 2)
-    runs in fp32 everywhere."""
+    """Bytes held at the peak of one forward of ``rows`` × ``seq_len`` through ``layers`` layers
+    (default all), with the logits unless ``with_logits`` is False: with ``backward``, what is kept
+    for the backward plus the log-softmax's backward; without, forward only (stage 2's evaluation):
+    one layer's values (counted as a layer's saved bytes, an upper bound) or the fp32 logits and
+    their log-probabilities with the final hidden state, whichever is more. ``autocast`` (default:
+    training on CUDA, as ``neurons.train`` does) counts bf16 autocast."""
     n_layers = m.num_layers if layers is None else layers
-    cuda = device.startswith("cuda")
-    bf16 = cuda and backward
-    elem = 2 if bf16 else 4
+    bf16 = (device.startswith("cuda") and backward) if autocast is None else autocast
+    math = math_attention(m, device, bf16)
     tokens = rows * seq_len
-    kv = m.num_kv_heads * (m.hidden_size // m.num_heads)
-    layer = (10 * m.hidden_size + 3 * kv + 4 * m.intermediate_size) * elem
-    if not cuda:
-        layer += m.num_heads * seq_len * elem  # the math kernel's s×s probabilities, per head
-    logits = tokens * m.vocab_size * (10 if bf16 else 8) if with_logits else 0
-    if not backward:  # forward only: one layer alive at a time
-        return tokens * layer + logits
-    if checkpointing:
-        return tokens * (n_layers * m.hidden_size * elem + layer) + logits
-    return tokens * n_layers * layer + logits
+    layer = layer_bytes(m, bf16, seq_len, math)
+    if not backward:  # forward only: one layer's values at a time (MATH: the scores beside the
+        # probabilities), or the logits and their log-probabilities with the last hidden state
+        layer += 4 * m.num_heads * seq_len if math else 0
+        return tokens * max(layer, 8 * (m.hidden_size + m.vocab_size) if with_logits else 0)
+    head = _head_bytes(m, bf16) if with_logits else 0
+    logits = LOGIT_BYTES * m.vocab_size if with_logits else 0
+    kept = n_layers * 4 * m.hidden_size + layer if checkpointing else n_layers * layer  # fp32 residual inputs
+    casts = 2 * _matrix_params(m, n_layers, with_logits) if bf16 else 0
+    return tokens * (kept + head + logits) + casts
+
+
+def stage_activation_bytes(
+    m: ModelConfig, rows: int, seq_len: int, span, micro_batches: int, checkpointing: bool, device: str,
+) -> int:
+    """A pipeline stage's peak (``pipeline.worker.StageWorker._step``, GPipe, fp32): every micro-batch
+    of ``rows`` keeps its layers' activations and its output (the last stage: the logits and their
+    log-probabilities, 8 bytes per token and vocabulary entry; the others: the hidden state sent on,
+    4h) until the backwards, which add once the log-softmax's two gradients (8 per vocabulary entry)
+    or the received gradient and the input's (8h), or, through the MATH kernel, a layer's attention
+    transients (12 bytes per head and position), whichever is more."""
+    tokens = rows * seq_len
+    n = span.stop - span.start
+    h = m.hidden_size
+    math = math_attention(m, device, autocast=False)
+    layer = layer_bytes(m, False, seq_len, math)
+    kept = n * 4 * h + layer if checkpointing else n * layer
+    if span.last:
+        held, once = _head_bytes(m, False) + 8 * m.vocab_size, 8 * m.vocab_size
+    else:
+        held, once = 4 * h, 8 * h
+    if math:  # a layer's attention through the MATH kernel: the gradients of its probabilities and
+        # scores, or in the forward the scores, softmax and mask beside the probabilities; measured
+        # 2.4 probability-sized tensors on an H200 (150M stage 0 of 2, fp32), counted as 3
+        once = max(once, 3 * 4 * m.num_heads * seq_len)
+    return tokens * (micro_batches * (kept + held) + once)
 
 
 def estimate(
@@ -144,17 +234,17 @@ def estimate(
         raise ValueError(f"layout must be one of {LAYOUTS}")
     m, t = hp.model, hp.training
     p = param_count(m)
+    workspace = CUDA_WORKSPACE_BYTES if device.startswith("cuda") else 0
     if stage is not None:  # a pipeline stage: θ's weights, plus a miner's training state for its slice
         span = split_layers(m.num_layers, stage[1])[stage[0]]
         rows = max(1, t.batch_size // STAGE_MICRO_BATCHES)
-        act = STAGE_MICRO_BATCHES * activation_bytes(m, rows, t.seq_len, device, checkpointing, backward=True,
-                                                     layers=span.stop - span.start, with_logits=span.last)
+        act = stage_activation_bytes(m, rows, t.seq_len, span, STAGE_MICRO_BATCHES, checkpointing, device)
         state = 4 * p + (MINER_STATE_BYTES - 4) * stage_param_count(m, span.start, span.stop)
-        return MemoryEstimate(hp.name, "stage", world_size, layout, device, checkpointing, p, state, act, 0)
+        return MemoryEstimate(hp.name, "stage", world_size, layout, device, checkpointing, p, state, act, workspace)
     if role == "validator":
         state = VALIDATOR_STATE_BYTES * p
         act = activation_bytes(m, t.batch_size, t.seq_len, device, checkpointing, backward=False)
-        return MemoryEstimate(hp.name, role, world_size, layout, device, checkpointing, p, state, act, 0)
+        return MemoryEstimate(hp.name, role, world_size, layout, device, checkpointing, p, state, act, workspace)
     rows = max(1, t.batch_size // (micro_batches or world_size))
     act = activation_bytes(m, rows, t.seq_len, device, checkpointing, backward=True)
     if layout == "sharded":
@@ -162,7 +252,7 @@ def estimate(
         state = MINER_STATE_BYTES * p // world_size + 2 * 4 * max(layer, m.vocab_size * m.hidden_size)
     else:
         state = MINER_STATE_BYTES * p
-    buffers = 4 * GATHER_BUCKET * (world_size + 2) if world_size > 1 else 0
+    buffers = workspace + (4 * GATHER_BUCKET * (world_size + 2) if world_size > 1 else 0)
     return MemoryEstimate(hp.name, role, world_size, layout, device, checkpointing, p, state, act, buffers)
 
 
@@ -299,7 +389,7 @@ def measure_miner_window(hp: Hparams, device: str) -> dict:
     from neurons.train import InnerTrainer
 
     cuda = device.startswith("cuda")
-    _warm_kernels(hp, device)  # the kernels' own code and workspaces are not the node's per-model memory
+    _warm_kernels(hp, device)  # kernels' code and caches; cuBLAS's workspaces stay allocated (counted)
     baseline = 0 if cuda else _rss_bytes()
     if cuda:
         torch.cuda.empty_cache()  # the warm-up's cached blocks are not the window's

@@ -5,6 +5,11 @@
 #
 #   scripts/device_memory.sh                       # tiny and 150M on cuda, results under $OUT
 #   DEVICE=cpu PRESETS=tiny scripts/device_memory.sh   # the same steps on CPU (no nvidia-smi)
+#   STEPS=probe scripts/device_memory.sh           # only scripts/device_memory_probe.py: the window
+#       at 3 inner steps, at half the rows and half the sequence, stage 2's evaluation and a GPipe
+#       stage, each measured beside its count (probe.jsonl)
+#
+# STEPS (default "measure probe pytest") picks the steps.
 #
 # Run from the checkout's root. Packages the machine lacks travel as wheels in .whl/ (installed
 # to /tmp/site first, when .whl/ exists); results go to $OUT (default /tmp/device_memory).
@@ -13,6 +18,7 @@ OUT=${OUT:-/tmp/device_memory}
 DEVICE=${DEVICE:-cuda}
 PRESETS=${PRESETS:-tiny 150M}
 PY=${PYTHON:-python3}
+STEPS=${STEPS:-measure probe pytest}
 WHEELS=${WHEELS:-.whl}  # WHEELS=none: use what $PY has
 mkdir -p "$OUT"
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
@@ -31,7 +37,8 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')"
 } 2>&1 | tee "$OUT/env.txt"
 
 : >"$OUT/measure.jsonl"
-for preset in $PRESETS; do
+case " $STEPS " in *" measure "*) ;; *) PRESETS_MEASURE= ;; esac
+for preset in ${PRESETS_MEASURE-$PRESETS}; do
     smi=""
     if [ "$DEVICE" != cpu ]; then
         nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader,nounits -lms 100 >"$OUT/smi_$preset.csv" &
@@ -48,6 +55,12 @@ for preset in $PRESETS; do
 done
 cat "$OUT/measure.jsonl"
 
-if [ "$DEVICE" != cpu ]; then  # the CUDA-only test (no conftest: the S3 fixtures need boto3)
+case " $STEPS " in *" probe "*)
+    start=$(date +%s)
+    "$PY" scripts/device_memory_probe.py --device "$DEVICE" --presets "${PRESETS// /,}" | tee "$OUT/probe.jsonl"
+    echo "probe on $DEVICE: rc ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s"
+esac
+
+if [ "$DEVICE" != cpu ] && [[ " $STEPS " == *" pytest "* ]]; then  # the CUDA-only test (no conftest: the S3 fixtures need boto3)
     "$PY" -m pytest -q -p no:cacheprovider --noconftest tests/neurons/test_memory.py -k cuda 2>&1 | tee "$OUT/pytest.txt"
 fi
