@@ -53,7 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from compression import ErrorFeedbackCompressor, SparseUpdate, aggregate, decode_message, outer_step  # noqa: E402
 from neurons.corpus import DEFAULT_MAX_CHARS, ensure_embedded_data  # noqa: E402
 from neurons.data import Assignments, assigned_batches, random_batches  # noqa: E402
+from neurons.distributed import World  # noqa: E402
 from neurons.model import build_model, param_shapes  # noqa: E402
+from neurons.parallel_eval import measure_candidates  # noqa: E402
 from neurons.shards import TokenShards  # noqa: E402
 from neurons.train import InnerTrainer, lr_at  # noqa: E402
 from pipeline.basis import subspace_basis  # noqa: E402
@@ -63,7 +65,7 @@ from pipeline.subspace import SubspaceConstraint  # noqa: E402
 from protocol.acceptance import Stage1Result  # noqa: E402
 from protocol.hparams import Hparams, load_hparams  # noqa: E402
 from scoring.gauntlet import WindowEvidence, fold_t, score_window  # noqa: E402
-from scoring.lossscore import apply_sparse_temporarily, measure_update, reference_losses, sequence_losses  # noqa: E402
+from scoring.lossscore import sequence_losses  # noqa: E402
 from scoring.outliers import scaled_to, typical_norms, update_norm  # noqa: E402
 from scoring.state import MinerRecord, ScoreBook  # noqa: E402
 from scoring.weights import GatePolicy, payment_gate  # noqa: E402
@@ -223,22 +225,14 @@ class Network:
         norms, typical = {u: update_norm(up) for u, up in uploads.items()}, typical_norms(uploads)
         ratios = {u: norms[u] / typical[u] if typical.get(u) else None for u in uploads}
         scaled = {uid: scaled_to(up, norms[uid], typical.get(uid)) for uid, up in uploads.items()}
-        out = {}
-        for uid in sorted(uploads):
-            partner = self.partner(uid, uploads) if self.stage_context else None
-            r, b = (rand_stage, before_stage) if uid in stages else (rand, before)
-            if partner in scaled:  # θ_w + the partner's Δ is the baseline; the stage's Δ goes on top
-                with apply_sparse_temporarily(self.model, scaled[partner], hp.outer.outer_lr):
-                    out[uid] = measure_update(self.model, scaled[uid], hp.outer.outer_lr, own[uid], r,
-                                              sequence_losses)
-            else:
-                out[uid] = measure_update(self.model, scaled[uid], hp.outer.outer_lr, own[uid], r,
-                                          sequence_losses, b)
-        if self.use_reference and self.last_aggregate is not None:
-            for group, r in ((set(uploads) - stages, rand), (stages, rand_stage)):
-                ref_own, ref_rand = reference_losses(self.model, self.last_aggregate, hp.outer.outer_lr,
-                                                     {u: own[u] for u in group}, r, sequence_losses)
-                out |= {uid: out[uid].with_reference(ref_own[uid], ref_rand) for uid in group}
+        partners = {u: self.partner(u, uploads) for u in stages} if self.stage_context else {}
+        contexts = {u: scaled[p] for u, p in partners.items() if p is not None}
+        reference = self.last_aggregate if self.use_reference else None
+        lr, out = hp.outer.outer_lr, {}
+        # the validator's own stage-2 code (neurons.parallel_eval), one process
+        for group, r, b in ((set(uploads) - stages, rand, before), (stages, rand_stage, before_stage)):
+            out |= measure_candidates(World(), self.model, {u: scaled[u] for u in group}, lr,
+                                      {u: own[u] for u in group}, r, b, reference, contexts)
         return out, ratios
 
     def step(self, honest: list[SparseUpdate]) -> None:

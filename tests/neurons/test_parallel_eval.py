@@ -11,7 +11,7 @@ from neurons.distributed import World
 from neurons.model import build_model
 from neurons.parallel_eval import measure_candidates
 from protocol.hparams import ModelConfig
-from scoring.lossscore import apply_sparse_temporarily, measure_update, sequence_losses
+from scoring.lossscore import apply_sparse_temporarily, measure_update, reference_losses, sequence_losses
 
 SMALL = ModelConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=4,
                     max_seq_len=32)
@@ -49,3 +49,24 @@ def test_a_candidate_with_a_context_is_measured_on_theta_plus_the_context_and_th
     assert got[1] == expected and got[2] == alone
     # the context moved the baseline: uid 1's "before" is not θ_w's
     assert got[1].rand_before != tuple(float(x) for x in before)
+
+
+def test_a_candidates_reference_losses_are_taken_under_its_context_too():
+    """With a reference update, a candidate in context gets the reference's losses on θ_w plus the
+    context (the same baseline as its own), the others on θ_w."""
+    model = build_model(SMALL, 0)
+    g = torch.Generator().manual_seed(5)
+    own = {u: list(torch.randint(0, SMALL.vocab_size, (2, 4, 16), generator=g).unbind(0)) for u in (1, 2)}
+    rand = list(torch.randint(0, SMALL.vocab_size, (2, 4, 16), generator=g).unbind(0))
+    stage1, partner = _update(model, "model.layers.1", 1), _update(model, "model.layers.0", 2)
+    reference = {n: torch.randn(p.shape, generator=g) * 1e-2 for n, p in model.named_parameters()}
+    before = sequence_losses(model, rand)
+
+    got = measure_candidates(World(), model, {1: stage1, 2: stage1}, LR, own, rand, before, reference, {1: partner})
+
+    with apply_sparse_temporarily(model, partner, LR):
+        ref_own, ref_rand = reference_losses(model, reference, LR, {1: own[1]}, rand, sequence_losses)
+    plain_own, plain_rand = reference_losses(model, reference, LR, {2: own[2]}, rand, sequence_losses)
+    assert got[1].own_reference == ref_own[1] and got[1].rand_reference == ref_rand
+    assert got[2].own_reference == plain_own[2] and got[2].rand_reference == plain_rand
+    assert got[1].rand_reference != got[2].rand_reference
