@@ -25,7 +25,7 @@ What is counted (bytes per device; P parameters, computed from the preset's shap
   projection that reads it (q, k, v; gate, up: 10h); attention keeps q, k, v and its output in bf16
   and a fp32 log-sum-exp per head (4h + 4kv + 4·heads; k and v at kv width: transformers passes
   ``enable_gqa`` to sdpa, no repeated heads); the SwiGLU keeps gate, silu, up and their product
-  (8i). In fp32 (no autocast: CPU, pipeline stages): ``32h + 8kv + 16i + 4·heads + 8`` (the norms'
+  (8i). In fp32 (no autocast: CPU): ``32h + 8kv + 16i + 4·heads + 8`` (the norms'
   fp32 outputs instead of the bf16 casts). On CUDA in fp32 with fewer kv heads than heads, sdpa
   runs its MATH kernel, which keeps the s×s probabilities per head (4·heads·s), q, the repeated k
   and v and a copy of the output: ``40h + 16i + 4·heads·s + 8``. The residual stream is fp32
@@ -34,10 +34,12 @@ What is counted (bytes per device; P parameters, computed from the preset's shap
   fp32 log-probabilities, the gradient into them and the gradient out); the final norm and the LM
   head's input add 10h (bf16) or 12h (fp32) per token. Under autocast the LM head and every
   layer's projections also keep bf16 copies of their weights (2 bytes per matrix entry).
-- a pipeline stage (GPipe, ``pipeline.worker``: fp32, no autocast) keeps every micro-batch's
-  activations until the backwards, the last stage also each micro-batch's logits and
-  log-probabilities (8 bytes per token and vocabulary entry), plus once the backward's 8 (or,
-  through the MATH kernel, a layer's attention transients, 12 bytes per head and position).
+- a pipeline stage (GPipe, ``pipeline.worker``; ``Stage.train_forward`` autocasts as the miner
+  does: bf16 on CUDA, fp32 on CPU) keeps every micro-batch's activations until the backwards,
+  the last stage also each micro-batch's logits and fp32 log-probabilities (6 bytes per token and
+  vocabulary entry in bf16, 8 in fp32), under autocast each micro-batch's bf16 copies of the
+  slice's matrices, plus once the backward's 8 (or, in fp32 on CUDA through the MATH kernel, a
+  layer's attention transients, 12 bytes per head and position).
 - ``sharded`` (FSDP2 ``fully_shard``; *not built*, for planning): the 24P of the miner divided by
   N, plus two layers gathered in full, plus the same activations.
 
@@ -198,28 +200,35 @@ def activation_bytes(
 
 def stage_activation_bytes(
     m: ModelConfig, rows: int, seq_len: int, span, micro_batches: int, checkpointing: bool, device: str,
+    autocast: bool | None = None,
 ) -> int:
-    """A pipeline stage's peak (``pipeline.worker.StageWorker._step``, GPipe, fp32): every micro-batch
-    of ``rows`` keeps its layers' activations and its output (the last stage: the logits and their
-    log-probabilities, 8 bytes per token and vocabulary entry; the others: the hidden state sent on,
-    4h) until the backwards, which add once the log-softmax's two gradients (8 per vocabulary entry)
-    or the received gradient and the input's (8h), or, through the MATH kernel, a layer's attention
-    transients (12 bytes per head and position), whichever is more."""
+    """A pipeline stage's peak (``pipeline.worker.StageWorker._step``, GPipe; ``autocast``, default
+    training on CUDA, as ``Stage.train_forward`` does: bf16 autocast, else fp32). Every micro-batch
+    of ``rows`` keeps its layers' activations and its output until the backwards: the last stage's
+    logits (2 bytes per token and vocabulary entry in bf16, 4 in fp32) and their fp32
+    log-probabilities (4), the others' fp32 hidden state sent on (4h); under autocast also its own
+    bf16 copies of the slice's weight matrices (each micro-batch's forward is its own autocast
+    region). The backwards add once the log-softmax's two fp32 gradients (8 per vocabulary entry)
+    or the received gradient and the input's (8h), or, through the MATH kernel (fp32 on CUDA with
+    fewer kv heads than heads), a layer's attention transients (12 bytes per head and position),
+    whichever is more."""
+    bf16 = device.startswith("cuda") if autocast is None else autocast
     tokens = rows * seq_len
     n = span.stop - span.start
     h = m.hidden_size
-    math = math_attention(m, device, autocast=False)
-    layer = layer_bytes(m, False, seq_len, math)
+    math = math_attention(m, device, bf16)
+    layer = layer_bytes(m, bf16, seq_len, math)
     kept = n * 4 * h + layer if checkpointing else n * layer
     if span.last:
-        held, once = _head_bytes(m, False) + 8 * m.vocab_size, 8 * m.vocab_size
+        held, once = _head_bytes(m, bf16) + ((2 if bf16 else 4) + 4) * m.vocab_size, 8 * m.vocab_size
     else:
         held, once = 4 * h, 8 * h
     if math:  # a layer's attention through the MATH kernel: the gradients of its probabilities and
         # scores, or in the forward the scores, softmax and mask beside the probabilities; measured
         # 2.4 probability-sized tensors on an H200 (150M stage 0 of 2, fp32), counted as 3
         once = max(once, 3 * 4 * m.num_heads * seq_len)
-    return tokens * (micro_batches * (kept + held) + once)
+    casts = micro_batches * 2 * _matrix_params(m, n, span.last) if bf16 else 0
+    return tokens * (micro_batches * (kept + held) + once) + casts
 
 
 def estimate(

@@ -19,6 +19,7 @@ import torch
 
 from neurons.distributed import World, ordered_sum_
 from protocol.hparams import TrainingConfig
+from protocol.precision import training_autocast
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,6 @@ def lr_at(step: int, cfg: TrainingConfig) -> float:
     progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _autocast(device: torch.device):
-    # bf16 autocast only where it is fast and well supported; on CPU it would be slower and
-    # would change the numerics the tests and the CPU localnet rely on.
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def _lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -122,7 +115,7 @@ class InnerTrainer:
         """Fill ``.grad`` with the step's gradient under the micro-batch rule; the step's loss."""
         m, g = self.micro_batches, self.groups
         if m == 1:
-            with _autocast(self.device):
+            with training_autocast(self.device):
                 loss = _lm_loss(self.model, batch)
             loss.backward()
             return loss
@@ -146,7 +139,7 @@ class InnerTrainer:
     def _accumulate(self, blocks: torch.Tensor, indices: range, losses: torch.Tensor) -> None:
         """Backward of each block in order into ``.grad`` (None before the first: it assigns)."""
         for i in indices:
-            with _autocast(self.device):
+            with training_autocast(self.device):
                 loss = _lm_loss(self.model, blocks[i])
             loss.backward()  # accumulates into .grad: ((g_0 + g_1) + g_2) + …
             losses[i] = loss.detach().float()
@@ -251,7 +244,7 @@ def evaluate(model: torch.nn.Module, batches: Sequence[torch.Tensor], autocast: 
         predicted = 0
         for batch in batches:
             batch = batch.to(device, non_blocking=True)
-            with _autocast(device) if autocast else nullcontext():
+            with training_autocast(device) if autocast else nullcontext():
                 loss = _lm_loss(model, batch)
             n = batch.shape[0] * (batch.shape[1] - 1)  # next-token predictions in this batch
             total += loss.double() * n

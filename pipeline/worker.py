@@ -9,6 +9,10 @@ total comes back up, so every stage scales by the same factor as an unsplit repl
 Every stage of a group reads the group's batches itself (the assignment is a function of the
 seed, the group's uid and the window), so labels never cross a link; token ids still travel with
 subspace frames, where the receiver rebuilds the embedding part from them.
+
+A stage computes as a whole-model miner does (``Stage.train_forward``: bf16 autocast on CUDA,
+fp32 on CPU); the codecs run outside autocast, in fp32, and frames carry fp32 values whatever the
+precision, so the wire format and its byte counts do not depend on the device.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from pipeline.codec import DenseCodec, SubspaceCodec
+from pipeline.codec import Boundary, DenseCodec, SubspaceCodec
 from pipeline.replica import stage_optimizer
 from pipeline.stage import Stage, lm_loss
 from pipeline.subspace import SubspaceConstraint
@@ -87,12 +91,15 @@ class StageWorker:
         self.sent_bytes += len(frame)
         link.send_frame(frame)
 
-    def _recv(self, link: Link, codec: Codec, kind: FrameKind, ids: torch.Tensor):
+    def _recv(self, link: Link, codec: Codec, kind: FrameKind, ids: torch.Tensor) -> Boundary:
+        """The next frame, checked, its tensors moved to the stage's device (frames decode on CPU)."""
         most = frame_bytes(int(ids.shape[0]), int(ids.shape[1]), codec.width, id_bytes(self.vocab))
-        return decode_frame(link.recv_frame(most), self._expected(codec, kind, ids))
+        msg = decode_frame(link.recv_frame(most), self._expected(codec, kind, ids))
+        device = ids.device
+        return Boundary(msg.values.to(device), None if msg.token_ids is None else msg.token_ids.to(device))
 
     def _step(self, batch: torch.Tensor, up: Link | None, down: Link | None) -> float:
-        micro = batch.chunk(self.n_micro)
+        micro = batch.to(self.stage.device).chunk(self.n_micro)  # batches are read on CPU
         saved, losses = [], []
         for ids in micro:
             x = None
@@ -101,7 +108,7 @@ class StageWorker:
                 if msg.token_ids is not None and not torch.equal(msg.token_ids, ids):
                     raise BoundaryError("the upstream stage sent token ids of another batch; the group's data is out of step")
                 x = self.up_codec.decode_activation(msg, ids).requires_grad_(True)
-            out = self.stage.forward(x, ids)
+            out = self.stage.train_forward(x, ids)
             saved.append((x, out))
             if down is not None:
                 self._send(down, FrameKind.ACTIVATION, self.down_codec.encode_activation(out, ids))

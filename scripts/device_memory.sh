@@ -6,8 +6,10 @@
 #   scripts/device_memory.sh                       # tiny and 150M on cuda, results under $OUT
 #   DEVICE=cpu PRESETS=tiny scripts/device_memory.sh   # the same steps on CPU (no nvidia-smi)
 #   STEPS=probe scripts/device_memory.sh           # only scripts/device_memory_probe.py: the window
-#       at 3 inner steps, at half the rows and half the sequence, stage 2's evaluation and a GPipe
-#       stage, each measured beside its count (probe.jsonl)
+#       at 3 inner steps, at half the rows and half the sequence, stage 2's evaluation, a GPipe
+#       stage (bf16 autocast, as pipeline.worker trains) and two StageWorkers over loopback, each
+#       measured beside its count (probe.jsonl)
+#   STEPS=probe PROBE_ARGS="--cases stage,workers" scripts/device_memory.sh   # the stages only
 #
 # STEPS (default "measure probe pytest") picks the steps.
 #
@@ -57,7 +59,8 @@ cat "$OUT/measure.jsonl"
 
 case " $STEPS " in *" probe "*)
     start=$(date +%s)
-    "$PY" scripts/device_memory_probe.py --device "$DEVICE" --presets "${PRESETS// /,}" | tee "$OUT/probe.jsonl"
+    # shellcheck disable=SC2086 # PROBE_ARGS is a list of flags
+    "$PY" scripts/device_memory_probe.py --device "$DEVICE" --presets "${PRESETS// /,}" ${PROBE_ARGS:-} | tee "$OUT/probe.jsonl"
     echo "probe on $DEVICE: rc ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s"
 esac
 

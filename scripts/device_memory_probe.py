@@ -2,12 +2,15 @@
 
 Cases: the miner window (``measure_miner_window``) at the preset's batch and at half its rows and
 half its sequence (what scales with tokens against what does not); stage 2's fp32 evaluation of
-one batch; a GPipe pipeline stage's forward/backward of two micro-batches (fp32, as
-``pipeline.worker`` trains); plus which sdpa kernel torch picks for the preset's attention shapes
-and the bytes the allocator still holds after a warm-up was freed (cuBLAS workspaces).
+one batch; a GPipe pipeline stage's forward/backward of two micro-batches (bf16 autocast on
+CUDA, as ``pipeline.worker`` trains through ``Stage.train_forward``); two ``StageWorker``s linked
+over loopback for one inner step (the real path, end to end); plus which sdpa kernel torch picks
+for the preset's attention shapes and the bytes the allocator still holds after a warm-up was
+freed (cuBLAS workspaces).
 
     python scripts/device_memory_probe.py --device cuda --presets tiny,150M --inner-steps 3
-    python scripts/device_memory_probe.py --device cpu --presets tiny            # a CPU dry run
+    python scripts/device_memory_probe.py --device cuda --presets tiny,150M --cases stage,workers
+    python scripts/device_memory_probe.py --device cpu --presets tiny --shrink   # a CPU dry run
 
 On CUDA the peaks are ``torch.cuda.max_memory_allocated``: for the miner cases as
 ``measure_miner_window`` reports it (from after its warm-up, cuBLAS's workspaces included), for the
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,7 +43,13 @@ from neurons.memory import (  # noqa: E402
 )
 from neurons.model import build_model  # noqa: E402
 from neurons.train import evaluate  # noqa: E402
+from pipeline.basis import subspace_basis  # noqa: E402
 from pipeline.stage import Stage, lm_loss  # noqa: E402
+from pipeline.subspace import EMBED_NAME, SubspaceConstraint  # noqa: E402
+from pipeline.transport import Hello, accept_upstream, connect_downstream  # noqa: E402
+from pipeline.window_basis import boundary_basis, decode_basis, encode_basis  # noqa: E402
+from pipeline.wire import frame_bytes, id_bytes  # noqa: E402
+from pipeline.worker import StageWorker  # noqa: E402
 from protocol.hparams import Hparams, load_hparams  # noqa: E402
 from protocol.layers import split_layers  # noqa: E402
 
@@ -112,27 +123,10 @@ def validator_case(hp: Hparams, device: str, model: torch.nn.Module) -> None:
           "computed_bytes": activation_bytes(hp.model, t.batch_size, t.seq_len, device, False, backward=False)})
 
 
-def stage_forward(stage: Stage, hidden: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor:
-    """``Stage.forward``, or where this transformers' ``create_causal_mask`` takes other arguments
-    (5.17: no ``cache``), the same layers with the mask sdpa gets there for a causal batch without
-    padding (None: ``is_causal``)."""
-    try:
-        return stage.forward(hidden, ids)
-    except TypeError as e:
-        if "create_causal_mask" not in str(e):
-            raise
-    inner, span = stage.model.model, stage.span
-    h = inner.embed_tokens(ids) if span.first else hidden
-    position_ids = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
-    position_embeddings = inner.rotary_emb(h, position_ids=position_ids)
-    for layer in inner.layers[span.start : span.stop]:
-        h = layer(h, attention_mask=None, position_embeddings=position_embeddings, position_ids=position_ids)
-    return stage.model.lm_head(inner.norm(h)) if span.last else h
-
-
 def stage_case(hp: Hparams, device: str, model: torch.nn.Module, s: int, n: int) -> None:
-    """What ``StageWorker._step`` does without links: every micro-batch's forward (inputs from
-    upstream are random, requiring grad), then the backwards in reverse (downstream gradients random)."""
+    """What ``StageWorker._step`` does without links: every micro-batch's forward through
+    ``Stage.train_forward`` (bf16 autocast on CUDA, as the worker trains; inputs from upstream are
+    random, requiring grad), then the backwards in reverse (downstream gradients random)."""
     m, t = hp.model, hp.training
     span = split_layers(m.num_layers, n)[s]
     stage = Stage(model, span)
@@ -144,7 +138,7 @@ def stage_case(hp: Hparams, device: str, model: torch.nn.Module, s: int, n: int)
         saved, losses = [], []
         for ids in micro:
             x = None if span.first else torch.randn(rows, t.seq_len, m.hidden_size, device=device, requires_grad=True)
-            out = stage_forward(stage, x, ids)
+            out = stage.train_forward(x, ids)
             saved.append((x, out))
             if span.last:
                 losses.append(lm_loss(out, ids) / len(micro))
@@ -160,7 +154,70 @@ def stage_case(hp: Hparams, device: str, model: torch.nn.Module, s: int, n: int)
     emit({"case": "stage", "preset": hp.name, "stage": f"{s}/{n}", "layers": span.label, "rows": rows,
           "micro_batches": len(micro), "seq_len": t.seq_len, "measured_bytes": p.bytes,
           "computed_bytes": stage_activation_bytes(m, rows, t.seq_len, span, STAGE_MICRO_BATCHES, False, device)
-          + 4 * stage_param_count(m, span.start, span.stop), "note": "activations and the slice's fp32 gradients"})
+          + 4 * stage_param_count(m, span.start, span.stop), "autocast": device.startswith("cuda"),
+          "note": "activations and the slice's fp32 gradients"})
+
+
+def stage_workers_case(hp: Hparams, device: str, model: torch.nn.Module, adaptive: bool) -> None:
+    """Two ``StageWorker``s of one model on this device, linked over loopback TCP, one inner step
+    of the preset's batch: the real path (batches read on CPU, frames decoded on CPU, the mask,
+    autocast) end to end. ``adaptive``: subspace boundaries as ``neurons.stage_miner`` runs them
+    by default, the window's basis computed from θ_w's prefix on the batch and passed through its
+    wire form (k = 64, or the preset's ``pipeline.subspace_dim``). Reports the loss, the bytes each
+    stage sent (frames: float32 values whatever the precision), any error, and the peak of both
+    stages together above the weights."""
+    m, t = hp.model, hp.training
+    hello = [Hello(run_id="probe", group="g", stage=s, n_stages=2, window=0) for s in range(2)]
+    spans = split_layers(m.num_layers, 2)
+    batch = torch.randint(0, m.vocab_size, (t.batch_size, t.seq_len), generator=torch.Generator().manual_seed(3))
+    embedding = dict(model.named_parameters())[EMBED_NAME].detach().clone()
+    results, errors, workers = {}, [], []
+    t0 = time.perf_counter()
+    with Peak(device) as p:
+        try:
+            constraint, bases = None, (None, None)
+            if adaptive:
+                k = hp.pipeline.subspace_dim if hp.pipeline is not None else 64
+                constraint = SubspaceConstraint(subspace_basis(hp.seed, m.hidden_size, k), project_weights=False)
+                sent = encode_basis(boundary_basis(model, spans[0].stop, batch, embedding, k))
+                bases = (decode_basis(sent, m.hidden_size, k), None)
+            workers = [StageWorker(Stage(model, span), t, constraint, STAGE_MICRO_BATCHES, lambda _step: t.lr)
+                       for span in spans]
+            workers[0].begin_window(embedding, None, bases[0])
+            workers[1].begin_window(embedding, bases[0], None)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(f"setup: {exc!r}")
+        if not errors:
+            server = socket.create_server(("127.0.0.1", 0))
+
+            def downstream() -> None:
+                try:
+                    link = accept_upstream(server, hello[1], timeout=60)
+                    results[1] = workers[1].train_window([batch], 0, up=link, down=None)
+                    link.close()
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    errors.append(f"stage 1: {exc!r}")
+
+            thread = threading.Thread(target=downstream)
+            thread.start()
+            try:
+                link = connect_downstream("127.0.0.1", server.getsockname()[1], hello[0], timeout=60)
+                workers[0].train_window([batch], 0, up=None, down=link)
+                link.close()
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(f"stage 0: {exc!r}")
+            thread.join(timeout=300)
+            server.close()
+    for q in model.parameters():
+        q.grad = None
+    width = (hp.pipeline.subspace_dim if hp.pipeline is not None else 64) if adaptive else m.hidden_size
+    emit({"case": "stage-workers", "preset": hp.name, "boundary": "adaptive" if adaptive else "dense",
+          "rows": t.batch_size, "seq_len": t.seq_len, "loss": results.get(1, [None])[0],
+          "sent_bytes": [w.sent_bytes for w in workers],
+          "frame_bytes": frame_bytes(t.batch_size // STAGE_MICRO_BATCHES, t.seq_len, width,
+                                     id_bytes(m.vocab_size) if adaptive else 0),
+          "measured_bytes": p.bytes, "errors": errors, "seconds": round(time.perf_counter() - t0, 1),
+          "note": "peak of both stages and both optimizers' first step together"})
 
 
 def main() -> int:
@@ -169,7 +226,10 @@ def main() -> int:
     ap.add_argument("--presets", default="tiny,150M")
     ap.add_argument("--inner-steps", type=int, default=3, help="inner steps per miner window (the peak is in step 2)")
     ap.add_argument("--shrink", action="store_true", help="CPU dry run: 2 layers, 4 rows of 256 tokens")
+    ap.add_argument("--cases", default="miner,validator,stage,workers",
+                    help="which cases, comma separated (sdpa and after-warm-up always run)")
     a = ap.parse_args()
+    cases = set(a.cases.split(","))
     dev = a.device
     emit({"case": "env", "torch": torch.__version__, "cuda": torch.version.cuda,
           "gpu": torch.cuda.get_device_name(0) if dev.startswith("cuda") else None})
@@ -186,14 +246,20 @@ def main() -> int:
             torch.cuda.empty_cache()
             emit({"case": "after-warm-up", "preset": name, "allocated_bytes": torch.cuda.memory_allocated()})
         t = hp.training
-        miner_case(hp, dev, "preset")
-        miner_case(with_training(hp, batch_size=t.batch_size // 2), dev, "half rows")
-        miner_case(with_training(hp, seq_len=t.seq_len // 2), dev, "half sequence")
+        if "miner" in cases:
+            miner_case(hp, dev, "preset")
+            miner_case(with_training(hp, batch_size=t.batch_size // 2), dev, "half rows")
+            miner_case(with_training(hp, seq_len=t.seq_len // 2), dev, "half sequence")
         model = build_model(hp.model, hp.seed).to(dev)
-        validator_case(hp, dev, model)
+        if "validator" in cases:
+            validator_case(hp, dev, model)
         if hp.model.num_layers >= 2 and not hp.model.tie_embeddings:
-            for s in range(2):
-                stage_case(hp, dev, model, s, 2)
+            if "stage" in cases:
+                for s in range(2):
+                    stage_case(hp, dev, model, s, 2)
+            if "workers" in cases:
+                for adaptive in (False, True):
+                    stage_workers_case(hp, dev, model, adaptive)
         del model
     return 0
 

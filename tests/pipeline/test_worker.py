@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+import pipeline.stage
 from pipeline.replica import PipelineReplica
 from pipeline.stage import Stage, split_layers
 from pipeline.subspace import EMBED_NAME, SubspaceConstraint
@@ -66,3 +67,20 @@ def test_two_processes_worth_of_stages_match_the_in_process_pipeline(small_model
             assert torch.allclose(p, ref[name], rtol=1e-5, atol=1e-7), name
     assert workers[0].sent_bytes == expected.activation_bytes
     assert workers[1].sent_bytes == expected.gradient_bytes
+
+
+def test_workers_under_bf16_autocast_send_the_same_frames(small_model, batch, monkeypatch):
+    """The stage trains through Stage.train_forward (bf16 autocast on CUDA; CPU's autocast stands
+    in for it here): the frames stay float32 and the same size, and it trains what the fp32
+    pipeline trains to bf16's precision."""
+    batches = [batch, batch.flip(0)]
+    start = {n: p.detach().clone() for n, p in small_model.named_parameters()}
+    fp32, fp32_workers = _run_pair([copy.deepcopy(small_model), copy.deepcopy(small_model)], batches, None)
+    monkeypatch.setattr(pipeline.stage, "training_autocast", lambda _d: torch.autocast("cpu", dtype=torch.bfloat16))
+    bf16, bf16_workers = _run_pair([copy.deepcopy(small_model), copy.deepcopy(small_model)], batches, None)
+    assert [w.sent_bytes for w in bf16_workers] == [w.sent_bytes for w in fp32_workers]
+    assert bf16[1] != fp32[1]  # autocast did run
+    assert bf16[1] == pytest.approx(fp32[1], rel=1e-3)
+    for a, b in zip(bf16_workers, fp32_workers, strict=True):  # each stage's update, bf16 against fp32
+        moved = [torch.cat([(p.detach() - start[n]).flatten() for n, p in w.stage.params.items()]) for w in (a, b)]
+        assert float(torch.nn.functional.cosine_similarity(*moved, dim=0)) > 0.99
