@@ -165,8 +165,17 @@ def node_model(config: NodeConfig, hparams: Hparams, world: World) -> torch.nn.M
     check_fits_device(config, hparams, world)
     model = build_model(hparams.model, hparams.seed).to(config.device)
     if config.activation_checkpointing:  # recomputation gives the same bits (tests/neurons/test_memory.py)
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     return model
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """transformers 5.24 calls it ``activation_checkpointing_enable``; 5.17 (in the range the
+    project allows) has only the older ``gradient_checkpointing_enable``, same arguments."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def check_fits_device(config: NodeConfig, hparams: Hparams, world: World) -> MemoryEstimate | None:

@@ -72,7 +72,7 @@ def gpipe_step(
                 codec = codecs[s - 1]
                 msg = _cross(codec.encode_activation(out, ids), FrameKind.ACTIVATION, codec, vocab, ids, traffic, s - 1)
                 x = codec.decode_activation(msg, ids).requires_grad_(True)
-            out = stage.forward(x, ids)
+            out = stage.train_forward(x, ids)  # bf16 autocast on CUDA, as the workers and miners
             saved[s].append((x, out))
         losses.append(lm_loss(out, ids) / n_micro)
     for m in reversed(range(n_micro)):

@@ -57,7 +57,7 @@ def basis_bytes(hidden: int, k: int) -> int:
 
 
 def encode_basis(basis: torch.Tensor) -> bytes:
-    return basis.detach().to(torch.float32).contiguous().numpy().tobytes()
+    return basis.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes()
 
 
 def decode_basis(data: bytes, hidden: int, k: int) -> torch.Tensor:

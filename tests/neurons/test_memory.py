@@ -20,6 +20,7 @@ from neurons.memory import (
     param_count,
 )
 from neurons.model import build_model
+from neurons.node import enable_activation_checkpointing
 from neurons.train import InnerTrainer
 from protocol.hparams import load_hparams
 
@@ -117,10 +118,22 @@ def test_activation_checkpointing_gives_the_same_bits():
     for checkpointing in (False, True):
         model = build_model(hp.model, hp.seed)
         if checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         InnerTrainer(model, hp.training, "cpu").train_window(batches)
         thetas.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(thetas[0], thetas[1])
+
+
+def test_activation_checkpointing_falls_back_to_the_older_transformers_name():
+    """transformers 5.17 has no activation_checkpointing_enable; the node uses the older name there."""
+    calls = []
+
+    class Older(torch.nn.Module):
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+            calls.append(gradient_checkpointing_kwargs)
+
+    enable_activation_checkpointing(Older())
+    assert calls == [{"use_reentrant": False}]
 
 
 def test_memory_command_prints_the_table(capsys):
