@@ -243,8 +243,11 @@ class Validator:
         rand = random_batches(self.shards, self.secret, w, n, t.batch_size, t.seq_len, exclude=given)
         own = {u: assigned_batches(self.shards, node.hparams.seed, data_uid(fetched[u]), w, n, t.batch_size, t.seq_len)
                for u in updates}
-        return measure_candidates(node.world, node.model, updates, node.hparams.outer.outer_lr, own, rand,
-                                  sequence_losses(node.model, rand), self.reference, contexts)
+        contexts = contexts or {}
+        # θ_w's losses on the random batches, shared by every update measured without a context
+        before = sequence_losses(node.model, rand) if set(updates) - set(contexts) else ()
+        return measure_candidates(node.world, node.model, updates, node.hparams.outer.outer_lr, own, rand, before,
+                                  self.reference, contexts)
 
     def maybe_set_weights(self, w: int, weights: dict[int, float]) -> WeightsOutcome:
         """Hand the window's weights to the schedule, which sets them when the chain allows."""

@@ -45,6 +45,9 @@ class Stage:
             raise StageLayoutError("tied embeddings put one parameter on the first and last stage; untie them")
         if span.num_layers != model.config.num_hidden_layers:
             raise StageLayoutError(f"range for {span.num_layers} layers, model has {model.config.num_hidden_layers}")
+        if _MASK_CACHE_ARG is None:  # at start-up, not in the middle of a window
+            raise RuntimeError("transformers.masking_utils.create_causal_mask takes neither `cache` nor "
+                               "`past_key_values`: this transformers is not one pipeline.stage knows")
         self.model = model
         self.span = span
         self.params: dict[str, torch.nn.Parameter] = {n: p for n, p in model.named_parameters() if span.owns(n)}
@@ -64,9 +67,6 @@ class Stage:
         if h is None:
             raise ValueError(f"stage {self.span.label} needs the previous stage's hidden state")
         position_ids = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
-        if _MASK_CACHE_ARG is None:
-            raise RuntimeError("transformers.masking_utils.create_causal_mask takes neither `cache` nor "
-                               "`past_key_values`: this transformers is not one pipeline.stage knows")
         mask = create_causal_mask(config=self.model.config, inputs_embeds=h, attention_mask=None,
                                   position_ids=position_ids, **{_MASK_CACHE_ARG: None})
         position_embeddings = inner.rotary_emb(h, position_ids=position_ids)

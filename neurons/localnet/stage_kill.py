@@ -15,6 +15,7 @@ the planned one that it catches mid-training, and reports which one that was.
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,7 @@ class StageKiller:
         self.name, self.log, self._kill, self._restart = name, log, kill, restart
         self.lock = threading.Lock()
         self.window: int | None = None  # the window it was killed in, once done
+        self.error: str | None = None  # why the kill or the restart failed, if it did
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -64,18 +66,27 @@ class StageKiller:
             self._thread.join()
 
     def report(self) -> dict:
-        return {"stage": self.name, "window": self.window, "done": self.window is not None}
+        out = {"stage": self.name, "window": self.window, "done": self.window is not None}
+        return out | ({"error": self.error} if self.error else {})
+
+    def _training_now(self, earliest: int) -> int | None:
+        return training_now(self.log.read_bytes() if self.log.is_file() else b"", earliest)
 
     def _watch(self, earliest: int) -> None:
         while not self._stop.wait(POLL_SECONDS):
-            text = self.log.read_bytes() if self.log.is_file() else b""
-            w = training_now(text, earliest)
-            if w is None:
+            if self._training_now(earliest) is None:
                 continue
             with self.lock:
-                self._kill()
-                with self.log.open("ab") as f:
-                    f.write(f"--- tessera localnet: SIGKILL during window {w}; restarting ---\n".encode())
-                self._restart()
+                w = self._training_now(earliest)  # again, just before the kill: the window may have ended
+                if w is None:
+                    continue
+                try:
+                    self._kill()
+                    with self.log.open("ab") as f:
+                        f.write(f"--- tessera localnet: SIGKILL during window {w}; restarting ---\n".encode())
+                    self._restart()
+                except (OSError, subprocess.SubprocessError) as exc:
+                    self.error = f"kill or restart of {self.name} in window {w} failed: {exc}"
+                    return
             self.window = w
             return

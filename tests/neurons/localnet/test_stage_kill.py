@@ -69,3 +69,20 @@ def test_a_killer_that_never_caught_its_stage_reports_not_done(tmp_path: Path):
     time.sleep(0.1)
     killer.stop()
     assert killer.report() == {"stage": "stage-g0-s1", "window": None, "done": False}
+
+
+def test_a_failed_restart_is_reported_with_its_reason(tmp_path: Path):
+    log = tmp_path / "stage.log"
+    log.write_bytes(_log(TRAINING.format(w=4)))
+
+    def restart() -> None:
+        raise OSError("no such file: tessera")
+
+    killer = StageKiller("stage-g0-s1", log, lambda: None, restart)
+    killer.arm(4)
+    deadline = time.monotonic() + 5
+    while killer.error is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killer.stop()
+    report = killer.report()
+    assert report["done"] is False and "window 4" in report["error"] and "no such file" in report["error"]
