@@ -114,9 +114,12 @@ class MemoryEstimate:
         return int(self.total_bytes * self.headroom)
 
 
+def _kv_width(m: ModelConfig) -> int:
+    return m.num_kv_heads * (m.hidden_size // m.num_heads)
+
+
 def _layer_params(m: ModelConfig) -> int:
-    kv = m.num_kv_heads * (m.hidden_size // m.num_heads)
-    h, i = m.hidden_size, m.intermediate_size
+    kv, h, i = _kv_width(m), m.hidden_size, m.intermediate_size
     return 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
 
 
@@ -132,10 +135,6 @@ def stage_param_count(m: ModelConfig, start: int, stop: int) -> int:
     first, last = start == 0, stop == m.num_layers
     table = m.vocab_size * m.hidden_size
     return (stop - start) * _layer_params(m) + (table if first else 0) + (table + m.hidden_size if last else 0)
-
-
-def _kv_width(m: ModelConfig) -> int:
-    return m.num_kv_heads * (m.hidden_size // m.num_heads)
 
 
 def math_attention(m: ModelConfig, device: str, autocast: bool) -> bool:

@@ -23,6 +23,7 @@ from neurons.model import build_model
 from neurons.node import enable_activation_checkpointing
 from neurons.train import InnerTrainer
 from protocol.hparams import load_hparams
+from tests.neurons.saved_storages import saved_storages
 
 PRESETS = ("tiny", "150M", "1B", "8B", "70B")
 
@@ -189,21 +190,11 @@ def test_a_measured_cuda_window_reports_the_allocator_footprint():
 
 def _saved_bytes(model: torch.nn.Module, batch: torch.Tensor, autocast: bool) -> int:
     """Bytes of the distinct storages autograd saves in one forward (the parameters' own excluded)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            seen.setdefault(storage.data_ptr(), storage.nbytes())
-        return t
-
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), cast:
+    with saved_storages(model) as saved, cast:
         loss = model(input_ids=batch, labels=batch).loss
-    total = sum(seen.values())
     del loss
-    return total
+    return saved.bytes
 
 
 @pytest.mark.parametrize(("autocast", "math"), [(True, False), (False, False), (False, True)])

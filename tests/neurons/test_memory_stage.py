@@ -22,6 +22,7 @@ from neurons.stage_miner import MICRO_BATCHES
 from pipeline.stage import Stage, lm_loss
 from protocol.hparams import load_hparams
 from protocol.layers import split_layers
+from tests.neurons.saved_storages import saved_storages
 
 
 def test_the_stage_micro_batches_are_the_stage_miners():
@@ -92,26 +93,17 @@ def _gpipe_forward_bytes(stage: Stage, micro: list[torch.Tensor], hidden: int) -
     """Bytes of the distinct storages a GPipe step holds after every micro-batch's forward
     (``StageWorker._step``): what autograd saved (parameters excluded) and each micro-batch's
     input and output, which the worker keeps until its backward."""
-    params = {p.untyped_storage().data_ptr() for p in stage.model.parameters()}
-    seen: dict[int, int] = {}
-
-    def keep(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            seen.setdefault(storage.data_ptr(), storage.nbytes())
-        return t
-
     held = []
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+    with saved_storages(stage.model) as saved:
         for ids in micro:
             x = None if stage.span.first else torch.randn(*ids.shape, hidden, requires_grad=True)
             out = stage.train_forward(x, ids)
             held.append((x, out, lm_loss(out, ids) if stage.span.last else None))
     for x, out, _ in held:
-        keep(out)
+        saved.add(out)
         if x is not None:
-            keep(x)
-    return sum(seen.values())
+            saved.add(x)
+    return saved.bytes
 
 
 @pytest.mark.parametrize("autocast", [True, False])
