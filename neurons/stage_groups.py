@@ -40,7 +40,7 @@ def stage_group_problems(fetched: dict[int, FetchedPayload], results: dict[int, 
         if claim is None or claim.index == 0:
             continue
         lead = fetched.get(claim.data_uid)
-        lead_claim = lead.decoded.manifest.pipeline_stage if lead is not None and lead.ok else None
+        lead_claim = claim_of(lead) if lead is not None else None
         if lead_claim is None or (lead_claim.group, lead_claim.n_stages, lead_claim.index) != (
             claim.group, claim.n_stages, 0
         ):
@@ -49,8 +49,9 @@ def stage_group_problems(fetched: dict[int, FetchedPayload], results: dict[int, 
     return problems
 
 
-def stage_contexts(fetched: Mapping[int, FetchedPayload], passed: Collection[int]) -> dict[int, tuple[int, ...]]:
-    """uid -> the uids of its group partners to apply before its own update is measured.
+def stage_contexts(claims: Mapping[int, StageClaim | None]) -> dict[int, tuple[int, ...]]:
+    """uid -> the uids of its group partners to apply before its own update is measured, from the
+    claims of the window's uploads that passed stage 1 (None: a whole-model upload).
 
     A stage's update was trained next to its partners' updates of the other layers, and alone on
     θ_w it shows only part of its edge: the tiny model's calibration paid honest stages less
@@ -64,15 +65,14 @@ def stage_contexts(fetched: Mapping[int, FetchedPayload], passed: Collection[int
     several uploads claim it, none of them is anyone's partner, so no claimant can choose what an
     honest stage is measured next to by crowding in."""
     members: dict[tuple[str, int, int], dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for uid in sorted(passed):
-        claim = claim_of(fetched[uid]) if uid in fetched else None
+    for uid, claim in sorted(claims.items()):
         if claim is not None and (claim.index > 0 or claim.data_uid == uid):
             members[(claim.group, claim.n_stages, claim.data_uid)][claim.index].append(uid)
     contexts = {}
     for by_index in members.values():
-        for index, uids in by_index.items():
-            partners = tuple(sorted(u[0] for i, u in by_index.items() if i != index and len(u) == 1))
-            for uid in uids:
+        for index, claimants in by_index.items():
+            partners = tuple(sorted(c[0] for i, c in by_index.items() if i != index and len(c) == 1))
+            for uid in claimants:
                 if partners:
                     contexts[uid] = partners
     return contexts

@@ -42,7 +42,7 @@ from neurons.node import (
     warn_if_excluded,
 )
 from neurons.parallel_eval import evaluate_handler, measure_candidates
-from neurons.stage_groups import data_uid, partner_update, stage_contexts, stage_group_problems
+from neurons.stage_groups import claim_of, data_uid, partner_update, stage_contexts, stage_group_problems
 from neurons.state import save_node_state
 from neurons.train import evaluate
 from neurons.verdicts import log_window, rejection_details, weights_line, window_verdicts
@@ -214,7 +214,7 @@ class Validator:
         results = stage1.results
         hp = self.node.hparams
         candidates = sorted(u for u, r in results.items() if r.passed and (chosen is None or u in chosen))
-        contexts = stage_contexts(fetched, [u for u, r in results.items() if r.passed])
+        contexts = stage_contexts({u: claim_of(fetched[u]) for u, r in results.items() if r.passed})
         scaled = {u: scaled_to(fetched[u].decoded.update, stage1.norms[u], stage1.typical.get(u))
                   for u in {*candidates, *(p for u in candidates for p in contexts.get(u, ()))}}
         stages = [u for u in candidates if fetched[u].decoded.manifest.pipeline_stage is not None]

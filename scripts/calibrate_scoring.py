@@ -42,7 +42,6 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,13 +49,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from compression import ErrorFeedbackCompressor, SparseUpdate, aggregate, decode_message, outer_step  # noqa: E402
+from compression import (  # noqa: E402
+    ErrorFeedbackCompressor,
+    SparseUpdate,
+    StageClaim,
+    aggregate,
+    decode_message,
+    outer_step,
+)
 from neurons.corpus import DEFAULT_MAX_CHARS, ensure_embedded_data  # noqa: E402
 from neurons.data import Assignments, assigned_batches, random_batches  # noqa: E402
 from neurons.distributed import World  # noqa: E402
 from neurons.model import build_model, param_shapes  # noqa: E402
 from neurons.parallel_eval import measure_candidates  # noqa: E402
 from neurons.shards import TokenShards  # noqa: E402
+from neurons.stage_groups import partner_update, stage_contexts  # noqa: E402
 from neurons.train import InnerTrainer, lr_at  # noqa: E402
 from pipeline.basis import subspace_basis  # noqa: E402
 from pipeline.payload import StageCompressor  # noqa: E402
@@ -64,6 +71,7 @@ from pipeline.replica import PipelineReplica  # noqa: E402
 from pipeline.subspace import SubspaceConstraint  # noqa: E402
 from protocol.acceptance import Stage1Result  # noqa: E402
 from protocol.hparams import Hparams, load_hparams  # noqa: E402
+from protocol.layers import split_layers  # noqa: E402
 from scoring.gauntlet import WindowEvidence, fold_t, score_window  # noqa: E402
 from scoring.lossscore import sequence_losses  # noqa: E402
 from scoring.outliers import scaled_to, typical_norms, update_norm  # noqa: E402
@@ -140,28 +148,26 @@ class Network:
         c = self.hp.codec
         return ErrorFeedbackCompressor(self.shapes, chunk_size=c.chunk_size, topk_per_chunk=c.topk_per_chunk, beta=c.ef_beta)
 
-    def claim(self, uid: int) -> tuple[int, int] | None:
-        """(stage 0's uid, stage index) that ``uid``'s payload claims, None for a whole-model one."""
+    def claim(self, uid: int) -> StageClaim | None:
+        """The pipeline-stage claim ``uid``'s payload makes (as ``neurons.stage_miner`` signs it),
+        None for a whole-model one."""
         kind = self.kinds[uid]
         if kind == "stage0":
-            return uid, 0
-        if kind == "stage1":
-            return uid - 1, 1
-        return (self.rider_leads[uid], 1) if kind == "stage_rider" else None
+            lead, index = uid, 0
+        elif kind == "stage1":
+            lead, index = uid - 1, 1
+        elif kind == "stage_rider":
+            lead, index = self.rider_leads[uid], 1
+        else:
+            return None
+        span = split_layers(self.hp.model.num_layers, len(STAGE_KINDS))[index]
+        return StageClaim(group=f"g{lead}", index=index, n_stages=len(STAGE_KINDS), layer_start=span.start,
+                          layer_stop=span.stop, data_uid=lead)
 
     def data_uid(self, uid: int) -> int:
         """Whose assignment ``uid`` trains (or claims to): a stage its group's stage 0's, anyone else its own."""
         claim = self.claim(uid)
-        return uid if claim is None else claim[0]
-
-    def partner(self, uid: int, present: Collection[int]) -> int | None:
-        """The one upload of the other index of ``uid``'s group, as ``neurons.stage_groups.stage_contexts``
-        picks it (a crowded index is nobody's partner)."""
-        claim = self.claim(uid)
-        if claim is None:
-            return None
-        others = [u for u in present if (c := self.claim(u)) is not None and c[0] == claim[0] and c[1] != claim[1]]
-        return others[0] if len(others) == 1 else None
+        return uid if claim is None else claim.data_uid
 
     def batches(self, uid: int, w: int, n: int) -> list[torch.Tensor]:
         t = self.hp.training
@@ -225,8 +231,9 @@ class Network:
         norms, typical = {u: update_norm(up) for u, up in uploads.items()}, typical_norms(uploads)
         ratios = {u: norms[u] / typical[u] if typical.get(u) else None for u in uploads}
         scaled = {uid: scaled_to(up, norms[uid], typical.get(uid)) for uid, up in uploads.items()}
-        partners = {u: self.partner(u, uploads) for u in stages} if self.stage_context else {}
-        contexts = {u: scaled[p] for u, p in partners.items() if p is not None}
+        # partners as the validator picks them (a crowded index is nobody's partner)
+        partners = stage_contexts({u: self.claim(u) for u in uploads}) if self.stage_context else {}
+        contexts = {u: partner_update(scaled, p) for u, p in partners.items()}
         reference = self.last_aggregate if self.use_reference else None
         lr, out = hp.outer.outer_lr, {}
         # the validator's own stage-2 code (neurons.parallel_eval), one process

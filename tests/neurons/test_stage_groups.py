@@ -10,7 +10,7 @@ import torch
 from compression import DecodedPayload, PayloadManifest, StageClaim
 from compression.sparse import SparseTensor
 from neurons.fetch import FetchedPayload
-from neurons.stage_groups import data_uid, partner_update, stage_contexts, stage_group_problems
+from neurons.stage_groups import claim_of, data_uid, partner_update, stage_contexts, stage_group_problems
 from protocol.acceptance import RejectReason, Stage1Result
 
 LEAD, SECOND, THIRD = 10, 11, 12
@@ -125,7 +125,8 @@ def test_data_uid_is_the_claims_lead_for_stages_and_the_own_uid_otherwise():
 
 def contexts(*payloads: FetchedPayload, passed: set[int] | None = None) -> dict[int, tuple[int, ...]]:
     window = {p.uid: p for p in payloads}
-    return stage_contexts(window, passed if passed is not None else {u for u, p in window.items() if p.ok})
+    passed = passed if passed is not None else {u for u, p in window.items() if p.ok}
+    return stage_contexts({u: claim_of(window[u]) for u in passed})
 
 
 def test_each_stage_of_a_group_is_measured_next_to_the_others_and_full_miners_alone():

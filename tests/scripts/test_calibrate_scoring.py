@@ -11,6 +11,7 @@ import pytest
 from compression.sparse import SparseTensor
 from neurons.corpus import ensure_embedded_data
 from neurons.shards import TokenShards
+from neurons.stage_groups import stage_contexts
 from protocol.hparams import load_hparams
 from scripts.calibrate_scoring import Network, parse_kinds
 from tests.scripts.miniature import miniature_hparams
@@ -97,11 +98,13 @@ def test_a_stage_rider_claims_stage_1_of_a_group_and_crowds_that_index(tmp_path:
     kinds = parse_kinds(1, "", groups=1, stage_riders=1)
     assert kinds == {1: "honest", 2: "stage0", 3: "stage1", 4: "stage_rider"}
     net = Network(hp, shards, 0, kinds)
-    assert net.claim(4) == (2, 1) and net.data_uid(4) == 2 and net.claim(1) is None
+    claim = net.claim(4)
+    assert (claim.data_uid, claim.index, claim.group) == (2, 1, net.claim(3).group) and net.data_uid(4) == 2
+    assert net.claim(1) is None
     uploads, honest = net.uploads(0, switch=1)
     assert 4 not in uploads and len(honest) == 3  # nothing to re-upload in window 0; riders never aggregate
-    assert net.partner(2, uploads) == 3 and net.partner(3, uploads) == 2 and net.partner(1, uploads) is None
+    assert stage_contexts({u: net.claim(u) for u in uploads}) == {2: (3,), 3: (2,)}
     net.step(honest)
     uploads, honest = net.uploads(1, switch=1)
     assert set(uploads[4]) == set(uploads[3]) and len(honest) == 3
-    assert net.partner(2, uploads) is None and net.partner(3, uploads) == net.partner(4, uploads) == 2
+    assert stage_contexts({u: net.claim(u) for u in uploads}) == {3: (2,), 4: (2,)}
